@@ -1,0 +1,234 @@
+"""Tenancy operations shared by the CLI (and later the Administration API): one code path for both.
+
+Each function opens its own transaction and returns plain dicts ready to print as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelhost.auth.keys import new_secret
+from modelhost.store import tenancy
+from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
+
+DEFAULT_OWNER_EMAIL = "owner@localhost"
+
+
+class AccountError(Exception):
+    """An account operation was asked for something that does not exist or is not allowed."""
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    created: bool
+    organization_id: str
+    project_id: str
+    user_id: str
+    user_email: str
+
+
+def bootstrap(sessions: sessionmaker[Session], owner_email: str = DEFAULT_OWNER_EMAIL) -> Bootstrap:
+    """On an empty store, create the first owner, organization and default project."""
+    with sessions() as session:
+        owner = session.scalar(select(User).order_by(User.created_at).limit(1))
+        if owner is not None and owner.default_organization_id:
+            project = tenancy.default_project(session, owner.default_organization_id)
+            assert project is not None
+            return Bootstrap(False, owner.default_organization_id, project.id, owner.id, owner.email)
+        owner = owner or tenancy.create_user(session, owner_email, "Owner")
+        org = tenancy.create_organization(session, "Personal", owner)
+        session.commit()
+        project = tenancy.default_project(session, org.id)
+        assert project is not None
+        return Bootstrap(True, org.id, project.id, owner.id, owner.email)
+
+
+def _user(session: Session, who: str | None) -> User:
+    if who is None:
+        user = session.scalar(select(User).order_by(User.created_at).limit(1))
+    else:
+        user = tenancy.find_user(session, who)
+    if user is None:
+        raise AccountError(f"No user {who!r}.")
+    return user
+
+
+def _org(session: Session, which: str) -> Organization:
+    org = tenancy.find_organization(session, which)
+    if org is None:
+        raise AccountError(f"No organization {which!r}.")
+    return org
+
+
+def create_key(
+    sessions: sessionmaker[Session],
+    *,
+    user: str | None = None,
+    organization: str | None = None,
+    project: str | None = None,
+    kind: str = "project",
+    name: str = "default",
+) -> dict[str, object]:
+    """A new key; the secret is in the returned dict and nowhere else, ever again."""
+    if kind not in ("user", "project"):
+        raise AccountError("kind is 'user' or 'project'.")
+    with sessions() as session:
+        owner = _user(session, user)
+        org_id = _org(session, organization).id if organization else owner.default_organization_id
+        if org_id is None or not tenancy.is_member(session, owner.id, org_id):
+            raise AccountError(f"User {owner.email} is not a member of organization {org_id}.")
+        if project:
+            chosen = session.get(Project, project)
+            if chosen is None or chosen.organization_id != org_id:
+                raise AccountError(f"No project {project!r} in organization {org_id}.")
+        else:
+            chosen = tenancy.default_project(session, org_id)
+            assert chosen is not None
+        if chosen.status != "active":
+            raise AccountError(f"Project {chosen.id} is archived.")
+        secret = new_secret(kind)
+        key = tenancy.add_key(
+            session,
+            kind=kind,
+            secret_hash=secret.secret_hash,
+            redacted_value=secret.redacted_value,
+            name=name,
+            user_id=owner.id,
+            organization_id=org_id if kind == "project" else None,
+            project_id=chosen.id if kind == "project" else None,
+        )
+        session.commit()
+        return {
+            "id": key.id,
+            "secret": secret.secret,
+            "kind": kind,
+            "name": name,
+            "user": owner.id,
+            "organization": org_id,
+            "project": chosen.id,
+        }
+
+
+def list_keys(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
+    with sessions() as session:
+        return [_key_view(key) for key in session.scalars(select(ApiKey).order_by(ApiKey.created_at))]
+
+
+def revoke_key(sessions: sessionmaker[Session], key_id: str) -> dict[str, object]:
+    with sessions() as session:
+        try:
+            key = tenancy.revoke_key(session, key_id)
+        except tenancy.TenancyConflict as exc:
+            raise AccountError(str(exc)) from exc
+        session.commit()
+        return _key_view(key)
+
+
+def _key_view(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "kind": key.kind,
+        "name": key.name,
+        "redacted_value": key.redacted_value,
+        "user": key.user_id,
+        "organization": key.organization_id,
+        "project": key.project_id,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "revoked": key.revoked_at is not None,
+    }
+
+
+def create_organization(sessions: sessionmaker[Session], name: str, owner: str | None = None) -> dict[str, object]:
+    with sessions() as session:
+        user = _user(session, owner)
+        org = tenancy.create_organization(session, name, user)
+        session.commit()
+        project = tenancy.default_project(session, org.id)
+        assert project is not None
+        return {"id": org.id, "name": org.name, "owner": user.id, "default_project": project.id}
+
+
+def list_organizations(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
+    with sessions() as session:
+        return [
+            {"id": o.id, "name": o.name, "created_at": o.created_at.isoformat()}
+            for o in session.scalars(select(Organization).order_by(Organization.created_at))
+        ]
+
+
+def create_project(sessions: sessionmaker[Session], organization: str, name: str) -> dict[str, object]:
+    with sessions() as session:
+        project = tenancy.create_project(session, _org(session, organization).id, name)
+        session.commit()
+        return _project_view(project)
+
+
+def archive_project(sessions: sessionmaker[Session], project_id: str) -> dict[str, object]:
+    with sessions() as session:
+        try:
+            project = tenancy.archive_project(session, project_id)
+        except tenancy.TenancyConflict as exc:
+            raise AccountError(str(exc)) from exc
+        session.commit()
+        return _project_view(project)
+
+
+def list_projects(sessions: sessionmaker[Session], organization: str | None = None) -> list[dict[str, object]]:
+    with sessions() as session:
+        query = select(Project).order_by(Project.created_at)
+        if organization:
+            query = query.where(Project.organization_id == _org(session, organization).id)
+        return [_project_view(p) for p in session.scalars(query)]
+
+
+def _project_view(project: Project) -> dict[str, object]:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "organization": project.organization_id,
+        "default": project.is_default,
+        "status": project.status,
+    }
+
+
+def create_user(sessions: sessionmaker[Session], email: str, name: str | None = None) -> dict[str, object]:
+    with sessions() as session:
+        try:
+            user = tenancy.create_user(session, email, name)
+        except tenancy.TenancyConflict as exc:
+            raise AccountError(str(exc)) from exc
+        session.commit()
+        return {"id": user.id, "email": user.email, "name": user.name, "default_organization": None}
+
+
+def add_member(sessions: sessionmaker[Session], user: str, organization: str, role: str) -> dict[str, object]:
+    with sessions() as session:
+        member = _user(session, user)
+        try:
+            tenancy.add_member(session, member, _org(session, organization).id, role)
+        except tenancy.TenancyConflict as exc:
+            raise AccountError(str(exc)) from exc
+        session.commit()
+        return {"user": member.id, "organization": _org(session, organization).id, "role": role}
+
+
+def list_users(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
+    with sessions() as session:
+        users = list(session.scalars(select(User).order_by(User.created_at)))
+        roles: dict[str, dict[str, str]] = {}
+        for m in session.scalars(select(Membership)):
+            roles.setdefault(m.user_id, {})[m.organization_id] = m.role
+        return [
+            {
+                "id": u.id,
+                "email": u.email,
+                "name": u.name,
+                "default_organization": u.default_organization_id,
+                "organizations": roles.get(u.id, {}),
+            }
+            for u in users
+        ]

@@ -1,0 +1,17 @@
+"""`/health`: unauthenticated on purpose (load balancers call it); says only whether we can serve."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from modelhost.api.deps import app_state
+
+router = APIRouter()
+
+
+@router.get("/health", include_in_schema=False)
+async def health(request: Request) -> JSONResponse:
+    state = app_state(request)
+    engines = [m.engine.state() for m in state.registry.all()]
+    return JSONResponse({"status": "ok", "engines": engines})

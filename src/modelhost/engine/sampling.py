@@ -1,0 +1,74 @@
+"""Per-sequence token sampling over the model's logits, exactly as one request asked.
+
+Each choice owns a `TokenSampler` with its own random generator, so a seeded request produces the
+same tokens whether it runs alone or beside others in the same batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelhost.engine.base import SamplingParams
+
+# top_p first looks among this many best tokens; only if they hold less mass than top_p is the
+# whole vocabulary sorted (rare), which keeps a sample well under a millisecond.
+_TOP_P_CANDIDATES = 512
+
+
+class TokenSampler:
+    """Applies logit_bias, presence/frequency penalties, temperature and top_p, then draws."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int, choice_index: int) -> None:
+        self._params = params
+        self._n_vocab = n_vocab
+        bias = {t: b for t, b in params.logit_bias.items() if 0 <= t < n_vocab}
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        self._penalised = bool(params.presence_penalty or params.frequency_penalty)
+        self._counts: dict[int, int] = {}
+        if params.seed is None:
+            self._rng = np.random.default_rng()
+        else:
+            # Seeds are int64 on the wire; numpy wants non-negative entropy.
+            self._rng = np.random.default_rng([params.seed & 0xFFFFFFFFFFFFFFFF, choice_index])
+
+    def sample(self, logits: np.ndarray) -> int:
+        """Pick the next token from one row of logits (`logits` is not modified)."""
+        scores = logits.astype(np.float32, copy=True)
+        if self._bias_ids.size:
+            scores[self._bias_ids] += self._bias_values
+        if self._penalised and self._counts:
+            ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            scores[ids] -= counts * self._params.frequency_penalty + self._params.presence_penalty
+        if self._params.temperature <= 0.0:
+            return int(np.argmax(scores))
+        scores /= self._params.temperature
+        if self._params.top_p < 1.0:
+            return self._sample_top_p(scores)
+        probs = np.exp(scores - scores.max())
+        return self._draw(probs, np.arange(scores.size))
+
+    def accept(self, token: int) -> None:
+        """Record a generated token (for the penalties)."""
+        if self._penalised:
+            self._counts[token] = self._counts.get(token, 0) + 1
+
+    def _sample_top_p(self, scores: np.ndarray) -> int:
+        probs = np.exp(scores - scores.max())
+        total = float(probs.sum())
+        k = min(_TOP_P_CANDIDATES, probs.size)
+        candidates = np.argpartition(probs, -k)[-k:] if k < probs.size else np.arange(probs.size)
+        order = candidates[np.argsort(-probs[candidates], kind="stable")]
+        cumulative = np.cumsum(probs[order]) / total
+        if cumulative[-1] < self._params.top_p and k < probs.size:
+            order = np.argsort(-probs, kind="stable")
+            cumulative = np.cumsum(probs[order]) / total
+        keep = int(np.searchsorted(cumulative, self._params.top_p)) + 1
+        kept = order[:keep]
+        return self._draw(probs[kept], kept)
+
+    def _draw(self, weights: np.ndarray, ids: np.ndarray) -> int:
+        cumulative = np.cumsum(weights, dtype=np.float64)
+        point = self._rng.random() * cumulative[-1]
+        return int(ids[min(int(np.searchsorted(cumulative, point, side="right")), ids.size - 1)])
