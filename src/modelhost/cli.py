@@ -19,10 +19,15 @@ from modelhost.config import Settings
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
 
 
-def _open_store(settings: Settings) -> sessionmaker[Session]:
+def _migrated(settings: Settings) -> sessionmaker[Session]:
     engine = open_engine(settings.resolved_database_url())
     migrate(engine)
-    sessions = session_factory(engine)
+    return session_factory(engine)
+
+
+def _open_store(settings: Settings) -> sessionmaker[Session]:
+    """The store, migrated, with its first organization (created on first use)."""
+    sessions = _migrated(settings)
     accounts.bootstrap(sessions)
     return sessions
 
@@ -55,7 +60,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.port = args.port
     if args.model:
         settings.model_path = args.model
-    first = accounts.bootstrap(_open_store(settings))
+    first = accounts.bootstrap(_migrated(settings))
     if first.created:
         print(
             f"First start: created organization {first.organization_id} (Personal), its default project "

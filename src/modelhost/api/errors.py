@@ -18,17 +18,26 @@ def error_response(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+# Tags of our discriminated unions (message roles, content part types): pydantic puts the tag in
+# the error location (`messages.0.user.content`); OpenAI's `param` does not.
+_UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "function", "text", "image_url", "input_audio", "file", "refusal"}
+
+
 def _param(loc: tuple[object, ...]) -> str | None:
-    """``("body", "messages", 0, "content")`` → ``"messages[0].content"`` (OpenAI's notation)."""
+    """``("body", "messages", 0, "user", "content")`` → ``"messages[0].content"`` (OpenAI's notation)."""
     parts = [p for p in loc if p != "body"]
     text = ""
+    previous: object = None
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "list[...]")):
-            continue  # pydantic's union branch labels
+        elif isinstance(part, str) and (
+            part.startswith("function-") or part in ("str", "list[...]") or (isinstance(previous, int) and part in _UNION_TAGS)
+        ):
+            pass  # pydantic's union branch labels
         else:
             text += f".{part}" if text else str(part)
+        previous = part
     return text or None
 
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install everything (idempotent) and run the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+# Other SDKs the client tests drive (openai 0.28 for Python, openai@3 and current for Node),
+# cached outside the checkout; a failure here shows up again, readably, in the test itself.
+.venv/bin/python tests/clients/runner.py install >/dev/null || echo "warning: could not pre-install the client SDKs" >&2
+exec .venv/bin/python -m pytest "$@"
