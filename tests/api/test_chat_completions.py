@@ -178,3 +178,12 @@ def test_images_are_rejected_for_a_text_model(client: openai.OpenAI, model: str,
             messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://10.0.0.1/x.png"}}]}],
         )
     assert info.value.body["param"] == "messages[0].content[0].type"
+
+
+def test_models_list_and_retrieve_match_openai_schema(client: openai.OpenAI, model: str) -> None:
+    listed = client.models.with_raw_response.list().http_response.json()
+    validate("ListModelsResponse", listed)
+    assert [m["id"] for m in listed["data"]] == [model]
+    retrieved = client.models.with_raw_response.retrieve(model).http_response.json()
+    validate("Model", retrieved)
+    assert retrieved["owned_by"]
