@@ -41,12 +41,12 @@ def open_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema up to the newest Alembic revision (idempotent)."""
+    """Bring the schema up to the newest revision of every migration branch (idempotent)."""
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
