@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     batch_tokens: int = Field(default=512, ge=32, description="Most tokens decoded in one engine step.")
     threads: int = Field(default=0, ge=0, description="CPU threads for llama.cpp; 0 means all cores.")
     flash_attention: bool = Field(default=True, description="Use llama.cpp's flash attention kernels.")
+    kv_unified: bool = Field(
+        default=False,
+        description=(
+            "One KV buffer shared by all slots (faster under load) instead of one per slot. Shared, a "
+            "sequence's attention sums run over cells laid out by whatever else is running, so a seeded "
+            "request can differ alone and under load; per slot it cannot."
+        ),
+    )
+    max_queued: int = Field(default=256, ge=1, description="Requests that may wait for a slot before 503s.")
+    prefix_reuse: bool = Field(default=True, description="Reuse the KV of a prompt prefix left by an earlier request.")
+    share_prefix_across_organizations: bool = Field(
+        default=False, description="Let prefix reuse cross organization boundaries (off: tenants never share KV)."
+    )
 
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` a request may ask for.")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")

@@ -187,3 +187,66 @@ def test_models_list_and_retrieve_match_openai_schema(client: openai.OpenAI, mod
     retrieved = client.models.with_raw_response.retrieve(model).http_response.json()
     validate("Model", retrieved)
     assert retrieved["owned_by"]
+
+
+def test_logprobs_report_each_token_with_exactly_top_logprobs_alternatives(client: openai.OpenAI, model: str) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=HI, max_tokens=4, logprobs=True, top_logprobs=3, logit_bias={"2": -100}
+    )
+    validate("CreateChatCompletionResponse", raw.http_response.json())
+    completion = raw.parse()
+    content = completion.choices[0].logprobs.content
+    assert len(content) == completion.usage.completion_tokens == 4
+    assert "".join(t.token for t in content) == completion.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0
+        assert bytes(token.bytes).decode("utf-8", "backslashreplace") == token.token
+        assert len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob >= token.top_logprobs[-1].logprob
+
+
+def test_logprobs_in_streamed_chunks(client: openai.OpenAI, model: str) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=HI, max_tokens=3, logprobs=True, top_logprobs=0, stream=True, logit_bias={"2": -100}
+        )
+    )
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert len(tokens) == 3
+    assert all(t.top_logprobs == [] for t in tokens)
+
+
+def test_top_logprobs_without_logprobs_is_400(client: openai.OpenAI, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=HI, max_tokens=1, top_logprobs=2)
+    assert info.value.param == "top_logprobs"
+
+
+def test_shared_prefix_is_reused_within_an_organization(client: openai.OpenAI, model: str) -> None:
+    system = {"role": "system", "content": "You are a careful assistant. " * 40}
+    first = client.chat.completions.create(model=model, messages=[system, {"role": "user", "content": "One"}], max_tokens=1)
+    second = client.chat.completions.create(model=model, messages=[system, {"role": "user", "content": "Two"}], max_tokens=1)
+    assert first.usage.prompt_tokens > 200
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 200, cached
+
+
+def test_seeded_request_is_identical_alone_and_among_concurrent_requests(server: ServerProcess, project_key, model: str) -> None:  # type: ignore[no-untyped-def]
+    story = [{"role": "user", "content": "Tell me a story about a fox."}]
+    kwargs = {"model": model, "max_tokens": 24, "temperature": 1.0, "seed": 99, "logit_bias": {"2": -100}}
+
+    async def main() -> tuple[str, list[str]]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=project_key.secret, max_retries=0)
+        async with client:
+            alone = await client.chat.completions.create(messages=story, **kwargs)
+            others = [
+                client.chat.completions.create(
+                    messages=[{"role": "user", "content": f"Write about topic {i}"}], **{**kwargs, "seed": i}
+                )
+                for i in range(7)
+            ]
+            together = await asyncio.gather(client.chat.completions.create(messages=story, **kwargs), *others)
+            return alone.choices[0].message.content, [together[0].choices[0].message.content]
+
+    alone, together = asyncio.run(main())
+    assert together == [alone]

@@ -42,6 +42,10 @@ def default_registry(settings: Settings) -> ModelRegistry:
         batch_tokens=settings.batch_tokens,
         threads=settings.threads,
         flash_attention=settings.flash_attention,
+        kv_unified=settings.kv_unified,
+        max_queued=settings.max_queued,
+        prefix_reuse=settings.prefix_reuse,
+        share_prefix_across_scopes=settings.share_prefix_across_organizations,
     )
     stat = path.stat()
     digest = hashlib.sha256(f"{path.name}:{stat.st_size}:{__version__}".encode()).hexdigest()[:10]

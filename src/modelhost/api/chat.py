@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
 
+from modelhost.api import generation as gen
 from modelhost.api.deps import app_state, principal
 from modelhost.auth import Principal
 from modelhost.engine import ChoiceFinished, TextDelta
+from modelhost.engine.base import TokenLogprob
 from modelhost.engine.chat_template import ChatTemplateError
 from modelhost.engine.registry import ServedModel
-from modelhost.errors import APIError, ContextLengthExceeded, InvalidRequest
+from modelhost.errors import APIError, InvalidRequest
 from modelhost.ids import new_id
 from modelhost.pipeline import GenerationPlan, GenerationRun
 from modelhost.protocol import convert
@@ -46,27 +44,27 @@ async def plan_chat(request: Request, body: ChatCompletionRequest, who: Principa
         logger.info("chat.completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
     served = state.registry.get(body.model)
     n = body.n or 1
-    max_n = min(state.settings.max_n, served.engine.max_n)
-    if n > max_n:
-        raise InvalidRequest(f"Invalid value for 'n': at most {max_n} choices per request.", param="n", code="invalid_value")
+    gen.check_n(served, n, state.settings.max_n)
     if body.stream_options is not None and not body.stream:
         raise InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
             code="invalid_value",
         )
-    prompt = await run_in_threadpool(_tokenize_chat, served, body)
-    context = served.engine.context_length
-    if len(prompt) >= context:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {context} tokens. However, your messages resulted in "
-            f"{len(prompt)} tokens. Please reduce the length of the messages.",
-            param="messages",
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+            param="top_logprobs",
+            code="invalid_value",
         )
-    room = context - len(prompt)
-    asked = body.max_completion_tokens or body.max_tokens
-    max_tokens = min(asked, room) if asked else room
-    sampling = convert.sampling_params(body, max_tokens=max_tokens, n_vocab=served.engine.vocab_size)
+    prompt = await run_in_threadpool(_tokenize_chat, served, body)
+    max_tokens = gen.completion_budget(served, len(prompt), body.max_completion_tokens or body.max_tokens, param="messages")
+    sampling = convert.sampling_params(
+        body,
+        max_tokens=max_tokens,
+        n_vocab=served.engine.vocab_size,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+    )
     return GenerationPlan(
         principal=who,
         model=served,
@@ -91,25 +89,28 @@ async def create_chat_completion(
     await run.__aenter__()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SettledStreamingResponse(_sse(run, include_usage), settle=run.settle)
+        return gen.SettledStreamingResponse(_stream(run, include_usage), settle=run.settle)
     try:
-        return JSONResponse(await _until_disconnect(request, _collect(run)))
-    except ClientDisconnected:
+        result = await gen.until_disconnect(request, gen.collect(run))
+    except gen.ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; the ledger has the partial usage
     finally:
         await run.settle()
+    return JSONResponse(_completion(plan, result))
 
 
-async def _collect(run: GenerationRun) -> dict[str, object]:
-    plan = run.plan
-    texts = [""] * plan.n
-    reasons = ["stop"] * plan.n
-    async for event in run.events():
-        if isinstance(event, TextDelta):
-            texts[event.index] += event.text
-        elif isinstance(event, ChoiceFinished):
-            reasons[event.index] = event.reason
-    completion = run.completion_tokens
+def _logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, object]:
+    def one(piece: bytes, logprob: float) -> dict[str, object]:
+        return {"token": gen.token_text(piece), "logprob": logprob, "bytes": list(piece)}
+
+    content = [
+        {**one(t.piece, t.logprob or 0.0), "top_logprobs": [one(p, lp) for _, p, lp in t.top]} for t in tokens
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _completion(plan: GenerationPlan, result: gen.RunResult) -> dict[str, object]:
+    wants_logprobs = plan.sampling.logprobs is not None
     return {
         "id": plan.request_id,
         "object": "chat.completion",
@@ -119,56 +120,20 @@ async def _collect(run: GenerationRun) -> dict[str, object]:
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": texts[i], "refusal": None},
-                "logprobs": None,
-                "finish_reason": reasons[i],
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": _logprobs(choice.logprobs) if wants_logprobs else None,
+                "finish_reason": choice.finish_reason,
             }
-            for i in range(plan.n)
+            for i, choice in enumerate(result.choices)
         ],
-        "usage": {
-            "prompt_tokens": run.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": run.prompt_tokens + completion,
-        },
+        "usage": gen.usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens),
     }
 
 
-class ClientDisconnected(Exception):
-    """The client went away before the response was ready."""
-
-
-async def _until_disconnect(request: Request, work: Awaitable[dict[str, object]]) -> dict[str, object]:
-    """Await `work`, cancelling it as soon as the client disconnects (so its slot is freed)."""
-
-    async def disconnected() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
-            pass
-        raise ClientDisconnected()
-    return task.result()
-
-
-def _sse_line(payload: dict[str, object]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _sse(run: GenerationRun, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(run: GenerationRun, include_usage: bool) -> AsyncIterator[bytes]:
     plan = run.plan
     created = int(time.time())
+    wants_logprobs = plan.sampling.logprobs is not None
 
     def chunk(choices: list[dict[str, object]], **extra: object) -> bytes:
         payload: dict[str, object] = {
@@ -182,49 +147,25 @@ async def _sse(run: GenerationRun, include_usage: bool) -> AsyncIterator[bytes]:
         if include_usage:
             payload["usage"] = None
         payload.update(extra)
-        return _sse_line(payload)
+        return gen.sse(payload)
 
-    def choice(index: int, delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def choice(index: int, delta: dict[str, object], finish: str | None = None, logprobs: object = None) -> dict[str, object]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     try:
         for i in range(plan.n):
             yield chunk([choice(i, {"role": "assistant", "content": "", "refusal": None})])
         async for event in run.events():
             if isinstance(event, TextDelta):
-                yield chunk([choice(event.index, {"content": event.text})])
+                logprobs = _logprobs(event.logprobs) if wants_logprobs else None
+                yield chunk([choice(event.index, {"content": event.text}, logprobs=logprobs)])
             elif isinstance(event, ChoiceFinished):
                 yield chunk([choice(event.index, {}, event.reason)])
         if include_usage:
-            completion = run.completion_tokens
-            usage = {
-                "prompt_tokens": run.prompt_tokens,
-                "completion_tokens": completion,
-                "total_tokens": run.prompt_tokens + completion,
-            }
-            yield chunk([], usage=usage)
-        yield b"data: [DONE]\n\n"
+            yield chunk([], usage=gen.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens))
+        yield gen.SSE_DONE
     except APIError as exc:
         # Headers are gone already: report the failure as an error event, then close.
-        yield _sse_line(exc.body())
+        yield gen.sse(exc.body())
     finally:
         await run.settle()
-
-
-class SettledStreamingResponse(StreamingResponse):
-    """An SSE response that settles its generation even if the body was never iterated."""
-
-    def __init__(self, content: AsyncIterator[bytes], *, settle: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(
-            content,
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
-        self._settle = settle
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._settle()

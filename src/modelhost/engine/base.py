@@ -23,24 +23,52 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; k: report each token's logprob and its k best alternatives
+    prompt_logprobs: bool = False  # also report the logprob of every prompt token (legacy `echo`)
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """`n` continuations of one tokenized prompt."""
+    """`n` continuations of one tokenized prompt.
+
+    `cache_scope` names who may reuse this prompt's KV cache afterwards (the organization), so a
+    prefix computed for one tenant is never served to another.
+    """
 
     request_id: str
     prompt_tokens: Sequence[int]
     sampling: SamplingParams
     n: int = 1
+    cache_scope: str = ""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token as the model saw it: its bytes, log probability and best alternatives."""
+
+    token_id: int
+    piece: bytes
+    logprob: float | None  # None for the first prompt token (nothing predicts it)
+    top: tuple[tuple[int, bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text for choice `index` (never a partial stop string, never a broken UTF-8 sequence)."""
+    """New text for choice `index` (never a partial stop string, never a broken UTF-8 sequence).
+
+    `logprobs` holds the tokens released with this text when the request asked for them.
+    """
 
     index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The logprob of every prompt token (sent once, first, when `prompt_logprobs` was asked)."""
+
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -52,7 +80,7 @@ class ChoiceFinished:
     completion_tokens: int
 
 
-EngineEvent = Union[TextDelta, ChoiceFinished]
+EngineEvent = Union[TextDelta, ChoiceFinished, PromptLogprobs]
 
 
 class EngineOverloaded(Exception):
@@ -69,6 +97,11 @@ class Generation(Protocol):
     @property
     def completion_tokens(self) -> int:
         """Tokens generated so far over all choices (exact once the stream has ended)."""
+        ...
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens served from a cache instead of being computed."""
         ...
 
     def cancel(self) -> None: ...

@@ -58,6 +58,7 @@ class ContextOptions:
     batch_tokens: int
     threads: int
     flash_attention: bool
+    kv_unified: bool = False
 
 
 class LlamaModel:
@@ -138,11 +139,12 @@ class LlamaContext:
         threads = options.threads or os.cpu_count() or 1
         params.n_threads = threads
         params.n_threads_batch = threads
-        params.kv_unified = True
+        params.kv_unified = options.kv_unified
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if options.flash_attention else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
+        params.n_outputs_max_per_seq = 0  # every prompt token may need logits (echo + logprobs)
         self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not self._ctx:
             raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
@@ -183,8 +185,9 @@ class LlamaContext:
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
     # -- KV memory ------------------------------------------------------------------------
-    def forget(self, seq: int) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+    def trim(self, seq: int, keep: int) -> None:
+        """Drop sequence `seq`'s KV from position `keep` on (``keep=0`` forgets it entirely)."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, keep, -1)
 
     def copy_sequence(self, src: int, dst: int) -> None:
         llama_cpp.llama_memory_seq_cp(self._memory, src, dst, -1, -1)

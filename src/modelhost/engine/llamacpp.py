@@ -4,7 +4,9 @@ Requests enter through a thread-safe inbox; each step of the decode thread build
 the next token of every generating sequence plus chunks of waiting prompts, decodes it, samples
 each sequence with its own sampler, and hands text back to the event loop with
 ``call_soon_threadsafe``. A request is admitted when it gets one slot (KV sequence) per choice;
-the others wait in FIFO order. Cancelled requests leave at the next step.
+the others wait in a queue that is fair between organizations. Cancelled requests leave at the
+next step. A finished slot keeps its KV cache, so the next prompt of the same organization that
+starts with the same tokens (a system prompt, a continued conversation) skips recomputing them.
 
 Why one thread: llama.cpp's OpenMP build keeps a thread team per calling thread; decoding from
 several threads was measured at a third of the speed.
@@ -27,11 +29,13 @@ from modelhost.engine.base import (
     EngineFailed,
     EngineOverloaded,
     GenerationRequest,
+    PromptLogprobs,
     TextDelta,
+    TokenLogprob,
 )
 from modelhost.engine.chat_template import CHATML, ChatTemplate
 from modelhost.engine.llama_model import ContextOptions, LlamaContext, LlamaModel
-from modelhost.engine.sampling import TokenSampler
+from modelhost.engine.sampling import TokenSampler, log_softmax_at
 from modelhost.engine.stops import TextAssembler
 
 logger = logging.getLogger(__name__)
@@ -40,15 +44,26 @@ _END = object()  # sentinel on a job's event queue: no more events
 
 
 @dataclass
+class _Slot:
+    """One KV sequence. `cached` lists the tokens its KV holds, from position 0."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    scope: str | None = None
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass
 class _Choice:
     index: int
     sampler: TokenSampler
     assembler: TextAssembler
-    slot: int = -1
-    pos: int = 0
-    next_token: int = -1
+    slot: _Slot | None = None
+    next_token: int = -1  # sampled, not yet decoded
     generated: int = 0
     done: bool = False
+    held_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -57,10 +72,12 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[object]
     choices: list[_Choice]
-    prefilled: int = 0  # prompt tokens already decoded into the first choice's slot
+    prefilled: int = 0  # prompt tokens already in the first choice's KV
+    cached_tokens: int = 0  # of which reused from an earlier request
     cancelled: threading.Event = field(default_factory=threading.Event)
     admitted: bool = False
     finished: bool = False
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def emit(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
@@ -82,6 +99,11 @@ class Generation:
         """Tokens generated so far over all choices (exact once the stream has ended)."""
         return self._job.completion_tokens
 
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens whose KV was reused from an earlier request of the same scope."""
+        return self._job.cached_tokens
+
     def cancel(self) -> None:
         if not self._job.finished:
             self._job.cancelled.set()
@@ -100,6 +122,15 @@ class Generation:
             self.cancel()
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class LlamaCppEngine:
     """Serves one GGUF model with continuous batching over `slots` sequences."""
 
@@ -113,7 +144,10 @@ class LlamaCppEngine:
         batch_tokens: int,
         threads: int,
         flash_attention: bool,
+        kv_unified: bool = False,
         max_queued: int = 256,
+        prefix_reuse: bool = True,
+        share_prefix_across_scopes: bool = False,
     ) -> None:
         self.model_id = model_id
         self.model = model
@@ -124,21 +158,25 @@ class LlamaCppEngine:
             batch_tokens=max(batch_tokens, slots),
             threads=threads,
             flash_attention=flash_attention,
+            kv_unified=kv_unified,
         )
         bos = model.token_text(model.bos_id)
         eos = model.token_text(model.eos_id)
         self._template = ChatTemplate(model.chat_template() or CHATML, bos, eos)
+        self._prefix_reuse = prefix_reuse
+        self._share_prefix = share_prefix_across_scopes
         self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._waiting: collections.deque[_Job] = collections.deque()
+        self._waiting: list[_Job] = []
         self._active: list[_Job] = []
-        self._free_slots = list(range(slots))
+        self._slots = [_Slot(seq) for seq in range(slots)]
         self._max_queued = max_queued
         self._queued = 0  # jobs submitted and not yet admitted (inbox + waiting)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._running = False
         self._tokens_window: collections.deque[tuple[float, int]] = collections.deque()
+        self._reused_total = 0
 
     # -- the public interface ---------------------------------------------------------------
     @property
@@ -157,7 +195,8 @@ class LlamaCppEngine:
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Queue `request`; raises `EngineOverloaded` when the wait queue is full."""
-        assert request.n <= self._options.n_seq, "n is capped below the slot count by the API layer"
+        assert 1 <= request.n <= self._options.n_seq, "n is capped below the slot count by the API layer"
+        assert request.prompt_tokens, "a prompt has at least one token"
         with self._lock:
             if self._queued >= self._max_queued:
                 raise EngineOverloaded("The engine's queue is full.")
@@ -176,10 +215,11 @@ class LlamaCppEngine:
         window = [(t, n) for t, n in list(self._tokens_window) if now - t <= 10.0]
         return {
             "model": self.model_id,
-            "slots_total": self._options.n_seq,
-            "slots_busy": self._options.n_seq - len(self._free_slots),
+            "slots_total": len(self._slots),
+            "slots_busy": sum(1 for s in self._slots if s.busy),
             "queue_depth": self._queued,
             "tokens_per_second": round(sum(n for _, n in window) / 10.0, 1),
+            "prompt_tokens_reused": self._reused_total,
         }
 
     async def start(self) -> None:
@@ -211,7 +251,7 @@ class LlamaCppEngine:
             while self._running:
                 self._take_inbox(block=not self._active and not self._waiting)
                 self._drop_cancelled(ctx)
-                self._admit()
+                self._admit(ctx)
                 if self._active:
                     self._step(ctx)
         finally:
@@ -236,62 +276,88 @@ class LlamaCppEngine:
         for job in [j for j in self._active if j.cancelled.is_set()]:
             self._finish(ctx, job, None)
 
-    def _admit(self) -> None:
-        # FIFO: the head of the queue waits for enough slots rather than being overtaken.
-        while self._waiting and len(self._free_slots) >= self._waiting[0].request.n:
-            job = self._waiting.popleft()
-            for choice in job.choices:
-                choice.slot = self._free_slots.pop()
-            job.admitted = True
+    def _next_fair(self) -> _Job:
+        """The oldest waiting job of the scope that has the fewest running jobs (fair between tenants)."""
+        running: dict[str, int] = collections.Counter(j.request.cache_scope for j in self._active)
+        return min(self._waiting, key=lambda j: running.get(j.request.cache_scope, 0))  # min is stable: FIFO ties
+
+    def _admit(self, ctx: LlamaContext) -> None:
+        while self._waiting:
+            job = self._next_fair()
+            free = [s for s in self._slots if not s.busy]
+            if len(free) < job.request.n:
+                return  # it waits for slots rather than being overtaken by smaller jobs forever
+            self._waiting.remove(job)
             with self._lock:
                 self._queued -= 1
+            self._place(ctx, job, free)
+            job.admitted = True
             self._active.append(job)
+
+    def _place(self, ctx: LlamaContext, job: _Job, free: list[_Slot]) -> None:
+        """Give each choice a slot; the first gets the one whose cache shares the longest prefix."""
+        prompt = job.request.prompt_tokens
+        reusable = self._prefix_reuse and not job.request.sampling.prompt_logprobs
+
+        def shared(slot: _Slot) -> int:
+            if not reusable or not (self._share_prefix or slot.scope == job.request.cache_scope):
+                return 0
+            return _common_prefix(slot.cached, prompt)
+
+        ranked = sorted(free, key=lambda s: (-shared(s), s.last_used))
+        primary = ranked[0]
+        keep = min(shared(primary), len(prompt) - 1)  # at least one prompt token is decoded for logits
+        ctx.trim(primary.seq, keep)
+        del primary.cached[keep:]
+        job.prefilled = job.cached_tokens = keep
+        self._reused_total += keep
+        # The other choices take the least useful free slots; their KV is copied after prefill.
+        others = sorted(ranked[1:], key=lambda s: (len(s.cached), s.last_used))[: job.request.n - 1]
+        for choice, slot in zip(job.choices, [primary, *others]):
+            slot.busy = True
+            slot.scope = job.request.cache_scope
+            choice.slot = slot
 
     def _step(self, ctx: LlamaContext) -> None:
         ctx.clear_batch()
         decoding: list[tuple[_Job, _Choice, int]] = []
-        prefilling: list[tuple[_Job, int | None]] = []
+        prefilling: list[tuple[_Job, int, int, dict[int, int]]] = []
         for job in self._active:
             if job.prefilled == len(job.request.prompt_tokens):
                 for choice in job.choices:
                     if not choice.done:
-                        row = ctx.add(choice.next_token, choice.pos, choice.slot, True)
-                        choice.pos += 1
+                        slot = choice.slot
+                        assert slot is not None
+                        row = ctx.add(choice.next_token, len(slot.cached), slot.seq, True)
+                        slot.cached.append(choice.next_token)
                         decoding.append((job, choice, row))
         for job in self._active:
             prompt = job.request.prompt_tokens
             room = ctx.capacity - ctx.batch_size
             if job.prefilled == len(prompt) or room <= 0:
                 continue
-            first = job.choices[0]
-            end = min(len(prompt), job.prefilled + room)
-            row = None
-            for pos in range(job.prefilled, end):
-                row = ctx.add(prompt[pos], pos, first.slot, pos == len(prompt) - 1)
+            slot = job.choices[0].slot
+            assert slot is not None
+            start, end = job.prefilled, min(len(prompt), job.prefilled + room)
+            every = job.request.sampling.prompt_logprobs
+            rows = {pos: ctx.add(prompt[pos], pos, slot.seq, every or pos == len(prompt) - 1) for pos in range(start, end)}
+            slot.cached.extend(prompt[start:end])
             job.prefilled = end
-            prefilling.append((job, row if end == len(prompt) else None))
+            prefilling.append((job, start, end, rows))
         if ctx.batch_size == 0:
             return
         code = ctx.decode()
         if code != 0:
             logger.error("llama_decode returned %d; failing %d requests", code, len(self._active))
             for job in list(self._active):
-                self._finish(ctx, job, EngineFailed(f"decode failed ({code})"))
+                self._finish(ctx, job, EngineFailed(f"decode failed ({code})"), keep_cache=False)
             return
         produced = 0
-        for job, row in prefilling:
-            if row is None:
-                continue
-            logits = ctx.logits(row)
-            prompt_len = len(job.request.prompt_tokens)
-            for choice in job.choices:
-                if choice is not job.choices[0]:
-                    ctx.copy_sequence(job.choices[0].slot, choice.slot)
-                choice.pos = prompt_len
-                produced += self._advance(job, choice, choice.sampler.sample(logits))
+        for job, start, end, rows in prefilling:
+            produced += self._after_prefill(ctx, job, start, end, rows)
         for job, choice, row in decoding:
             if not job.finished:
-                produced += self._advance(job, choice, choice.sampler.sample(ctx.logits(row)))
+                produced += self._advance(job, choice, ctx, row)
         for job in [j for j in self._active if all(c.done for c in j.choices)]:
             self._finish(ctx, job, None)
         if produced:
@@ -300,44 +366,90 @@ class LlamaCppEngine:
             while self._tokens_window and now - self._tokens_window[0][0] > 10.0:
                 self._tokens_window.popleft()
 
-    def _advance(self, job: _Job, choice: _Choice, token: int) -> int:
-        """Take a sampled token for `choice`: emit its text or finish the choice. Returns 1 if counted."""
+    def _after_prefill(self, ctx: LlamaContext, job: _Job, start: int, end: int, rows: dict[int, int]) -> int:
+        prompt = job.request.prompt_tokens
+        if job.request.sampling.prompt_logprobs:
+            top = job.request.sampling.logprobs or 0
+            if start == 0:
+                job.prompt_logprobs.append(TokenLogprob(prompt[0], self.model.piece(prompt[0]), None))
+            for pos in range(start, min(end, len(prompt) - 1)):
+                job.prompt_logprobs.append(self._logprob(ctx.logits(rows[pos]), prompt[pos + 1], top))
+        if end < len(prompt):
+            return 0
+        if job.request.sampling.prompt_logprobs:
+            job.emit(PromptLogprobs(tuple(job.prompt_logprobs)))
+        first = job.choices[0].slot
+        assert first is not None
+        for choice in job.choices[1:]:
+            assert choice.slot is not None
+            ctx.trim(choice.slot.seq, 0)
+            ctx.copy_sequence(first.seq, choice.slot.seq)
+            choice.slot.cached = list(first.cached)
+        produced = 0
+        row = rows[len(prompt) - 1]
+        for choice in job.choices:
+            produced += self._advance(job, choice, ctx, row)
+        return produced
+
+    def _logprob(self, logits, token: int, top: int) -> TokenLogprob:  # type: ignore[no-untyped-def]
+        value, best = log_softmax_at(logits, token, top)
+        return TokenLogprob(token, self.model.piece(token), value, tuple((t, self.model.piece(t), lp) for t, lp in best))
+
+    def _advance(self, job: _Job, choice: _Choice, ctx: LlamaContext, row: int) -> int:
+        """Sample the next token of `choice` from logits `row`: emit its text or end the choice.
+
+        Returns 1 when a completion token was produced.
+        """
+        logits = ctx.logits(row)
+        token = choice.sampler.sample(logits)
         if self.model.is_end_of_generation(token):
             self._end_choice(job, choice, "stop")
             return 0
         choice.generated += 1
         choice.sampler.accept(token)
+        if job.request.sampling.logprobs is not None:
+            choice.held_logprobs.append(self._logprob(logits, token, job.request.sampling.logprobs))
         text = choice.assembler.feed(self.model.piece(token))
         if text:
-            job.emit(TextDelta(choice.index, text))
+            job.emit(TextDelta(choice.index, text, tuple(choice.held_logprobs)))
+            choice.held_logprobs.clear()
+        slot = choice.slot
+        assert slot is not None
         if choice.assembler.stopped:
             self._end_choice(job, choice, "stop")
-        elif choice.generated >= job.request.sampling.max_tokens or choice.pos >= self.context_length:
+        elif choice.generated >= job.request.sampling.max_tokens or len(slot.cached) >= self.context_length:
             self._end_choice(job, choice, "length")
         else:
-            choice.next_token = token  # decoded next step at `choice.pos`
+            choice.next_token = token  # decoded at the next step
         return 1
 
     def _end_choice(self, job: _Job, choice: _Choice, reason: str) -> None:
         tail = choice.assembler.flush()
-        if tail:
-            job.emit(TextDelta(choice.index, tail))
+        if tail or choice.held_logprobs:
+            job.emit(TextDelta(choice.index, tail, tuple(choice.held_logprobs)))
+            choice.held_logprobs.clear()
         choice.done = True
         job.emit(ChoiceFinished(choice.index, reason, choice.generated))
 
-    def _finish(self, ctx: LlamaContext, job: _Job, error: Exception | None) -> None:
-        """Release the job's slots and close its event stream (with `error` if given)."""
+    def _finish(self, ctx: LlamaContext, job: _Job, error: Exception | None, *, keep_cache: bool = True) -> None:
+        """Release the job's slots (keeping their KV for reuse) and close its event stream."""
         if job.finished:
             return
         job.finished = True
         if job in self._active:
             self._active.remove(job)
         if job.admitted:
+            now = time.monotonic()
             for choice in job.choices:
-                if choice.slot >= 0:
-                    ctx.forget(choice.slot)
-                    self._free_slots.append(choice.slot)
-                    choice.slot = -1
+                slot = choice.slot
+                if slot is None:
+                    continue
+                if not keep_cache or not self._prefix_reuse:
+                    ctx.trim(slot.seq, 0)
+                    slot.cached.clear()
+                slot.busy = False
+                slot.last_used = now
+                choice.slot = None
         else:
             with self._lock:
                 self._queued -= 1

@@ -72,3 +72,19 @@ class TokenSampler:
         cumulative = np.cumsum(weights, dtype=np.float64)
         point = self._rng.random() * cumulative[-1]
         return int(ids[min(int(np.searchsorted(cumulative, point, side="right")), ids.size - 1)])
+
+
+def log_softmax_at(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log probability of `token` under the model's distribution, and the `top` likeliest tokens.
+
+    Computed from the raw logits (temperature 1, no bias), which is what OpenAI reports.
+    """
+    row = logits.astype(np.float64, copy=False)
+    peak = float(row.max())
+    normaliser = peak + float(np.log(np.exp(row - peak).sum()))
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        ids = np.argpartition(row, -top)[-top:]
+        ids = ids[np.argsort(-row[ids], kind="stable")]
+        best = [(int(i), float(row[i]) - normaliser) for i in ids]
+    return float(row[token]) - normaliser, best

@@ -60,6 +60,7 @@ class GenerationRun:
             prompt_tokens=self.plan.prompt_tokens,
             sampling=self.plan.sampling,
             n=self.plan.n,
+            cache_scope=self.plan.principal.organization_id,
         )
         try:
             self._generation = self.plan.model.engine.submit(request)
@@ -88,6 +89,10 @@ class GenerationRun:
     @property
     def completion_tokens(self) -> int:
         return self._generation.completion_tokens if self._generation is not None else 0
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._generation.cached_tokens if self._generation is not None else 0
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

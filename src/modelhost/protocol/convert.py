@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from modelhost.engine.base import SamplingParams
 from modelhost.errors import InvalidRequest
 from modelhost.protocol.chat import (
@@ -63,8 +65,25 @@ def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
+class SamplingFields(Protocol):
+    """The sampling fields chat and legacy completion requests share."""
+
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    logit_bias: dict[str, float] | None
+    stop: str | list[str] | None
+
+
 def sampling_params(
-    request: ChatCompletionRequest, *, max_tokens: int, n_vocab: int
+    request: SamplingFields,
+    *,
+    max_tokens: int,
+    n_vocab: int,
+    logprobs: int | None = None,
+    prompt_logprobs: bool = False,
 ) -> SamplingParams:
     """The request's sampling settings with OpenAI's defaults (temperature 1, top_p 1)."""
     bias: dict[int, float] = {}
@@ -86,4 +105,6 @@ def sampling_params(
         frequency_penalty=request.frequency_penalty or 0.0,
         logit_bias=bias,
         stop=stop_sequences(request.stop),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
