@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from modelhost import __version__, accounts
-from modelhost.api import chat, health, models
+from modelhost.api import chat, completions, health, models
 from modelhost.api.errors import install_error_handlers
 from modelhost.api.middleware import RequestContextMiddleware
 from modelhost.api.state import AppState
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(completions.router)
     return app
 
 

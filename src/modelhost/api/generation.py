@@ -36,7 +36,7 @@ def completion_budget(served: ServedModel, prompt_tokens: int, asked: int | None
             param=param,
         )
     room = context - prompt_tokens
-    return min(asked, room) if asked else room
+    return room if asked is None else min(asked, room)
 
 
 def check_n(served: ServedModel, n: int, max_n: int, *, param: str = "n") -> None:

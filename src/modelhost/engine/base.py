@@ -118,6 +118,13 @@ class Engine(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    @property
+    def start_token(self) -> int:
+        """The token an empty prompt becomes."""
+        ...
+
     def render_chat(self, messages: Sequence[dict[str, object]]) -> str: ...
 
     @property

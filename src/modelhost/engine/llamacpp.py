@@ -187,6 +187,14 @@ class LlamaCppEngine:
     def vocab_size(self) -> int:
         return self.model.n_vocab
 
+    @property
+    def start_token(self) -> int:
+        """What an empty prompt is made of: the model's beginning-of-text token."""
+        return self.model.bos_id if self.model.bos_id >= 0 else self.model.eos_id
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
 
@@ -388,7 +396,10 @@ class LlamaCppEngine:
         produced = 0
         row = rows[len(prompt) - 1]
         for choice in job.choices:
-            produced += self._advance(job, choice, ctx, row)
+            if job.request.sampling.max_tokens == 0:  # legacy echo of the prompt alone
+                self._end_choice(job, choice, "length")
+            else:
+                produced += self._advance(job, choice, ctx, row)
         return produced
 
     def _logprob(self, logits, token: int, top: int) -> TokenLogprob:  # type: ignore[no-untyped-def]
