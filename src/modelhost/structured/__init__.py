@@ -1,0 +1,1 @@
+"""Structured outputs and tool calls: request options → grammars and prompts, model text → calls."""

@@ -1,0 +1,45 @@
+"""`response_format` → the grammar the content must match."""
+
+from __future__ import annotations
+
+import re
+
+from modelhost.engine.grammar import JSON_OBJECT_GRAMMAR, GrammarError, compile_schema
+from modelhost.errors import InvalidRequest
+from modelhost.protocol.chat import (
+    ChatCompletionRequest,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+)
+
+_MENTIONS_JSON = re.compile("json", re.IGNORECASE)
+
+
+def response_grammar(request: ChatCompletionRequest, rendered_messages: list[dict[str, object]]) -> str | None:
+    """The GBNF for the requested format, or None for free text; 400 when it cannot be honoured."""
+    fmt = request.response_format
+    if isinstance(fmt, ResponseFormatJsonObject):
+        if not any(_MENTIONS_JSON.search(str(m.get("content", ""))) for m in rendered_messages):
+            raise InvalidRequest(
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+                param="messages",
+                code="invalid_value",
+            )
+        return JSON_OBJECT_GRAMMAR
+    if isinstance(fmt, ResponseFormatJsonSchema):
+        schema = fmt.json_schema.schema_
+        if schema is None:
+            raise InvalidRequest(
+                "Missing required parameter: 'response_format.json_schema.schema'.",
+                param="response_format.json_schema.schema",
+                code="missing_required_parameter",
+            )
+        try:
+            return compile_schema(schema)
+        except GrammarError as exc:
+            raise InvalidRequest(
+                f"Invalid schema for response_format '{fmt.json_schema.name}': {exc}",
+                param="response_format",
+                code="invalid_value",
+            ) from exc
+    return None

@@ -1,0 +1,171 @@
+"""Tool calling: which functions the model may call, how it is told, how its calls are read back.
+
+The wire convention inside the model's text is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`
+(the Hermes/Qwen convention many templates use). When the model's own chat template renders
+`tools`, it is given them; otherwise (SmolLM2, for one) a system message lists the functions and
+this convention — the documented fallback. Calls are grammar-constrained when the request
+requires one (`required`, a named function) or marks a function `strict`; with `auto` the
+grammar switches on lazily when the model starts a call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from modelhost.engine.grammar import GrammarError, compile_schema, rename_root
+from modelhost.errors import InvalidRequest
+from modelhost.ids import new_id
+from modelhost.protocol.chat import ChatCompletionRequest, FunctionDefinition, NamedFunction, NamedToolChoice
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """The tool request, resolved: `mode` none/auto/required, and the callable functions."""
+
+    mode: Literal["none", "auto", "required"]
+    functions: tuple[FunctionDefinition, ...]
+    parallel: bool
+    legacy: bool  # asked with `functions`/`function_call`: answer with `message.function_call`
+
+
+def resolve(request: ChatCompletionRequest) -> ToolPlan | None:
+    """Map `tools`/`tool_choice` (or the deprecated `functions`/`function_call`) onto one plan."""
+    if request.tools and request.functions:
+        raise InvalidRequest("Send either 'tools' or the deprecated 'functions', not both.", param="functions", code="invalid_value")
+    legacy = bool(request.functions)
+    functions = tuple(request.functions or [t.function for t in request.tools or []])
+    choice = request.function_call if legacy else request.tool_choice
+    param = "function_call" if legacy else "tool_choice"
+    if not functions:
+        if choice not in (None, "none"):
+            raise InvalidRequest(f"'{param}' is only allowed when '{'functions' if legacy else 'tools'}' are specified.", param=param, code="invalid_value")
+        return None
+    names = [f.name for f in functions]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("Function names must be unique.", param="tools", code="invalid_value")
+    if isinstance(choice, (NamedToolChoice, NamedFunction)):
+        wanted = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name
+        chosen = tuple(f for f in functions if f.name == wanted)
+        if not chosen:
+            raise InvalidRequest(f"Invalid value for '{param}': no function named '{wanted}' in the request.", param=param, code="invalid_value")
+        return ToolPlan("required", chosen, parallel=False, legacy=legacy)
+    mode = choice or "auto"
+    parallel = request.parallel_tool_calls is not False and not legacy
+    return ToolPlan(mode, functions, parallel, legacy)  # type: ignore[arg-type]
+
+
+def openai_tools(plan: ToolPlan) -> list[dict[str, object]]:
+    """The functions as OpenAI tool objects (what tool-aware chat templates expect)."""
+    return [
+        {"type": "function", "function": {"name": f.name, "description": f.description or "", "parameters": f.parameters or {"type": "object", "properties": {}}}}
+        for f in plan.functions
+    ]
+
+
+def fallback_system_prompt(plan: ToolPlan) -> str:
+    listed = "\n".join(json.dumps(t["function"]) for t in openai_tools(plan))
+    return (
+        "You may call functions. To call one, reply with "
+        f'{OPEN}{{"name": <function name>, "arguments": <arguments as a JSON object>}}{CLOSE} '
+        "and nothing else. Available functions:\n" + listed
+    )
+
+
+def render_call(name: str, arguments: str) -> str:
+    """An earlier call as the model would have written it."""
+    try:
+        args: object = json.loads(arguments)
+    except json.JSONDecodeError:
+        args = arguments
+    return f"{OPEN}{json.dumps({'name': name, 'arguments': args})}{CLOSE}"
+
+
+def call_grammar(plan: ToolPlan, alternative: str | None = None) -> str:
+    """GBNF for one call (or several, when parallel) to the plan's functions; optionally `| alternative`."""
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f.name}, "arguments": f.parameters or {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in plan.functions
+    ]
+    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    try:
+        body = rename_root(compile_schema(schema, prop_order=["name", "arguments"]), "tool-json")
+    except GrammarError as exc:
+        raise InvalidRequest(f"Invalid function parameters schema: {exc}", param="tools", code="invalid_value") from exc
+    calls = 'tool-call ("\\n" tool-call)*' if plan.parallel else "tool-call"
+    root = f"root ::= {calls}" if alternative is None else f"root ::= {calls} | response-json"
+    grammar = f'{root}\ntool-call ::= "{OPEN}" tool-json "{CLOSE}"\n{body}'
+    if alternative is not None:
+        grammar += "\n" + rename_root(alternative, "response-json")
+    return grammar
+
+
+@dataclass
+class ParsedCall:
+    id: str
+    name: str
+    arguments: str  # a JSON string, as OpenAI sends it
+
+
+@dataclass
+class ToolCallParser:
+    """Splits streamed model text into content and completed calls, holding back a partial `<tool_call>`."""
+
+    buffer: str = ""
+    calls: list[ParsedCall] = field(default_factory=list)
+
+    def feed(self, text: str) -> list[str | ParsedCall]:
+        self.buffer += text
+        out: list[str | ParsedCall] = []
+        while True:
+            start = self.buffer.find(OPEN)
+            if start < 0:
+                keep = next((k for k in range(min(len(OPEN) - 1, len(self.buffer)), 0, -1) if OPEN.startswith(self.buffer[-k:])), 0)
+                if len(self.buffer) > keep:
+                    out.append(self.buffer[: len(self.buffer) - keep])
+                    self.buffer = self.buffer[len(self.buffer) - keep :]
+                return out
+            if start > 0:
+                out.append(self.buffer[:start])
+                self.buffer = self.buffer[start:]
+            end = self.buffer.find(CLOSE)
+            if end < 0:
+                return out  # a call in progress: wait for its end
+            call = self._parse(self.buffer[len(OPEN) : end])
+            if call is None:
+                out.append(self.buffer[: end + len(CLOSE)])
+            else:
+                out.append(call)
+            self.buffer = self.buffer[end + len(CLOSE) :].lstrip("\n") if call else self.buffer[end + len(CLOSE) :]
+
+    def finish(self, *, drop_unfinished_call: bool = False) -> list[str | ParsedCall]:
+        """At the end: whatever is still held is content.
+
+        A call cut off by `max_tokens` after complete calls is dropped when `drop_unfinished_call`
+        (the complete calls are the answer; raw markup is not content). Without complete calls it
+        stays visible as text, so nothing the model wrote silently disappears.
+        """
+        rest, self.buffer = self.buffer, ""
+        if drop_unfinished_call and self.calls and rest.startswith(OPEN):
+            return []
+        return [rest] if rest else []
+
+    def _parse(self, body: str) -> ParsedCall | None:
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None
+        arguments = data.get("arguments", {})
+        call = ParsedCall(new_id("call_"), data["name"], arguments if isinstance(arguments, str) else json.dumps(arguments))
+        self.calls.append(call)
+        return call
