@@ -1,0 +1,73 @@
+"""`/v1/organization/projects/{project_id}/rate_limits`: a project's limits per model, list and modify."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from modelhost.api.admin.deps import ERRORS, admin_principal, admin_scope, parse_query, query_doc, sessions
+from modelhost.api.deps import app_state
+from modelhost.errors import InvalidRequest
+from modelhost.limits.service import LimitSettings
+from modelhost.organization import Scope
+from modelhost.protocol.rate_limits import (
+    ProjectRateLimit,
+    ProjectRateLimitList,
+    ProjectRateLimitListQuery,
+    ProjectRateLimitUpdateRequest,
+)
+
+logger = logging.getLogger(__name__)
+router = APIRouter(
+    prefix="/v1/organization/projects/{project_id}/rate_limits",
+    tags=["Projects"],
+    dependencies=[Depends(admin_principal)],
+    responses=ERRORS,
+)
+
+
+def _service(request: Request) -> LimitSettings:
+    state = app_state(request)
+    return LimitSettings(sessions(request), state.settings, [m.id for m in state.registry.all()])
+
+
+@router.get("", response_model=ProjectRateLimitList, openapi_extra=query_doc(ProjectRateLimitListQuery))
+async def list_project_rate_limits(
+    project_id: str, request: Request, scope: Scope = Depends(admin_scope)
+) -> ProjectRateLimitList:
+    query = parse_query(request, ProjectRateLimitListQuery)
+    items = await run_in_threadpool(_service(request).project_rate_limits, scope.organization_id, project_id)
+    ids = [item["id"] for item in items]
+    start, end = 0, len(items)
+    for cursor, param in ((query.after, "after"), (query.before, "before")):
+        if cursor is not None and cursor not in ids:
+            raise InvalidRequest(f"Invalid '{param}': it names no object of this list.", param=param, code="invalid_value")
+    if query.after is not None:
+        start = ids.index(query.after) + 1
+    if query.before is not None:
+        end = ids.index(query.before)
+    page = [ProjectRateLimit.model_validate(item) for item in items[start:end]][: query.limit]
+    return ProjectRateLimitList(
+        data=page,
+        has_more=start + len(page) < end,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+    )
+
+
+@router.post("/{rate_limit_id}", response_model=ProjectRateLimit)
+async def modify_project_rate_limit(
+    project_id: str,
+    rate_limit_id: str,
+    body: ProjectRateLimitUpdateRequest,
+    request: Request,
+    scope: Scope = Depends(admin_scope),
+) -> ProjectRateLimit:
+    changes = body.model_dump(exclude_none=True, exclude=set(body.model_extra or {}))
+    ignored = sorted({"max_images_per_1_minute", "max_audio_megabytes_per_1_minute", "batch_1_day_max_input_tokens"} & set(changes))
+    if ignored or body.ignored_fields():
+        logger.info("rate_limits: ignoring %s (not served here)", ", ".join(ignored + body.ignored_fields()))
+    updated = await run_in_threadpool(_service(request).update_project_rate_limit, scope, project_id, rate_limit_id, changes)
+    return ProjectRateLimit.model_validate(updated)
