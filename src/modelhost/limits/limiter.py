@@ -1,0 +1,326 @@
+"""`Limiter`: a request's rate limits and quotas, reserved before it runs and settled after.
+
+``reserve`` takes, in one atomic step of the limit store, everything the request may cost: one
+request from the per-minute and per-day request buckets, its token estimate (prompt + max_tokens
+× n) from the per-minute token bucket, a concurrency lease of its key, and the estimate's cost
+from the organization's and the project's budgets. ``settle`` corrects the estimate to what the
+ledger records. Every refusal is an OpenAI-shaped 429; a store that fails is a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import anyio
+from sqlalchemy.exc import SQLAlchemyError
+
+from modelhost.auth import Principal
+from modelhost.config import ModelPrice
+from modelhost.limits.base import (
+    Adjustment,
+    Budget,
+    Bucket,
+    Charge,
+    ChargeState,
+    Lease,
+    LimitBackend,
+    LimiterUnavailable,
+    Outcome,
+)
+from modelhost.limits.durations import format_duration
+from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
+from modelhost.limits.policy import MICRO, LimitPolicy, Quota, RateLimits, cost, current_period
+from modelhost.store import UsageLedger
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 120  # the official SDKs honour Retry-After up to two minutes
+_BUCKETS = {
+    "rpm": ("requests per min (RPM)", 60.0),
+    "tpm": ("tokens per min (TPM)", 60.0),
+    "rpd": ("requests per day (RPD)", 86_400.0),
+}
+
+
+@dataclass(frozen=True)
+class _Held:
+    """One charge of a reservation and what it stands for."""
+
+    charge: Charge
+    name: str  # "rpm", "tpm", "rpd", "concurrency" or "quota"
+    quota: Quota | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What `Limiter.reserve` took for one request; hand it back to `settle` (or `release`)."""
+
+    principal: Principal
+    model: str
+    request_id: str
+    estimate_tokens: int
+    held: tuple[_Held, ...]
+    headers: dict[str, str]  # the x-ratelimit-* response headers
+
+    def _costs(self, prompt_tokens: int, completion_tokens: int, prices: Mapping[str, ModelPrice]) -> list[int]:
+        return [
+            cost(h.quota.unit, self.model, prompt_tokens, completion_tokens, prices) if h.quota else 0 for h in self.held
+        ]
+
+
+class Limiter:
+    """Checks and settles rate limits and quotas in `backend`, with limits from `policy`.
+
+    `ledger` is the source of a budget's starting value (usage so far in the period) whenever its
+    counter does not exist yet: first use of a period, a restarted in-process store, a Redis that
+    lost its data.
+    """
+
+    def __init__(
+        self,
+        backend: LimitBackend,
+        policy: LimitPolicy,
+        ledger: UsageLedger,
+        *,
+        prices: Mapping[str, ModelPrice],
+        key_prefix: str = "modelhost",
+        lease_seconds: float = 600.0,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.backend = backend
+        self.policy = policy
+        self._ledger = ledger
+        self._prices = prices
+        self._prefix = key_prefix
+        self._lease_seconds = lease_seconds
+        self._now = now
+
+    def _key(self, principal: Principal, *parts: str) -> str:
+        # The organization in braces is the Redis Cluster hash tag: one request's keys share a slot.
+        return ":".join((self._prefix, "{" + principal.organization_id + "}", *parts))
+
+    async def reserve(
+        self, principal: Principal, *, model: str, request_id: str, prompt_tokens: int, max_tokens: int, n: int
+    ) -> Reservation:
+        """Take the request's share of every limit, or raise `RateLimitExceeded`,
+        `QuotaExceeded` or `LimitsUnavailable` having taken nothing."""
+        limits, quotas = await anyio.to_thread.run_sync(
+            self.policy.lookup, principal.organization_id, principal.project_id, model
+        )
+        estimate = prompt_tokens + max_tokens * n
+        tpm = limits.max_tokens_per_1_minute
+        if tpm and estimate > tpm:
+            raise RateLimitExceeded(
+                f"Request too large for {model} in organization {principal.organization_id} on tokens per min "
+                f"(TPM): Limit {tpm}, Requested {estimate}. The input or output tokens must be reduced in order "
+                "to run successfully (lower max_tokens or n, or shorten the prompt).",
+                kind="tokens",
+                headers={"x-should-retry": "false"},
+            )
+        held = self._charges(principal, model, request_id, limits, quotas, estimate, prompt_tokens, max_tokens * n)
+        outcome = await self._acquire(principal, model, held)
+        headers = _headers(limits, held, outcome)
+        if not outcome.allowed:
+            raise self._refusal(principal, model, limits, held, outcome, headers)
+        return Reservation(principal, model, request_id, estimate, held, headers)
+
+    def _charges(
+        self,
+        principal: Principal,
+        model: str,
+        request_id: str,
+        limits: RateLimits,
+        quotas: tuple[Quota, ...],
+        estimate: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> tuple[_Held, ...]:
+        held: list[_Held] = []
+        for name, limit, amount in (
+            ("rpm", limits.max_requests_per_1_minute, 1),
+            ("tpm", limits.max_tokens_per_1_minute, estimate),
+            ("rpd", limits.max_requests_per_1_day, 1),
+        ):
+            if limit:
+                key = self._key(principal, name, principal.project_id, model)
+                held.append(_Held(Bucket(key, limit, _BUCKETS[name][1], amount), name))
+        if limits.max_concurrent_requests:
+            key = self._key(principal, "concurrent", principal.key_id)
+            held.append(
+                _Held(Lease(key, limits.max_concurrent_requests, request_id, self._lease_seconds), "concurrency")
+            )
+        now = self._now()
+        for quota in quotas:
+            period = current_period(quota.period, now)
+            key = self._key(principal, "quota", quota.scope, quota.scope_id, quota.unit, quota.period, period.label)
+            ttl = (period.end - now).total_seconds() + 86_400  # outlives the period, for late settles
+            amount = cost(quota.unit, model, prompt_tokens, completion_tokens, self._prices)
+            held.append(_Held(Budget(key, quota.hard_limit, amount, ttl), "quota", quota))
+        return tuple(held)
+
+    async def _acquire(self, principal: Principal, model: str, held: tuple[_Held, ...]) -> Outcome:
+        charges = [h.charge for h in held]
+        if not charges:
+            return Outcome(())
+        try:
+            for _ in range(3):
+                outcome = await self.backend.acquire(charges)
+                if not outcome.missing:
+                    return outcome
+                for h in held:
+                    if h.charge.key in outcome.missing:
+                        assert isinstance(h.charge, Budget) and h.quota is not None
+                        used = await anyio.to_thread.run_sync(self._used_so_far, principal, h.quota)
+                        await self.backend.seed(h.charge.key, used, h.charge.ttl)
+        except LimiterUnavailable as exc:
+            logger.error("limit store unavailable: %s", exc)
+            raise LimitsUnavailable() from exc
+        logger.error("quota counters vanished right after being seeded; refusing the request")
+        raise LimitsUnavailable()
+
+    def _used_so_far(self, principal: Principal, quota: Quota) -> int:
+        """What the ledger says this quota's scope spent in the current period."""
+        period = current_period(quota.period, self._now())
+        try:
+            totals = self._ledger.totals(since=period.start, until=period.end, organization_id=principal.organization_id)
+        except SQLAlchemyError as exc:
+            raise LimitsUnavailable() from exc
+        return sum(
+            cost(quota.unit, t.model, t.prompt_tokens, t.completion_tokens, self._prices)
+            for t in totals
+            if quota.scope == "organization" or t.project_id == quota.scope_id
+        )
+
+    def _refusal(
+        self,
+        principal: Principal,
+        model: str,
+        limits: RateLimits,
+        held: tuple[_Held, ...],
+        outcome: Outcome,
+        headers: dict[str, str],
+    ) -> Exception:
+        refused = [(h, s) for h, s in zip(held, outcome.states) if not s.allowed]
+        for h, state in refused:
+            if h.name == "quota":
+                assert h.quota is not None and isinstance(h.charge, Budget)
+                return QuotaExceeded(_quota_message(h.quota, h.charge, state, self._now()), headers=headers)
+        org = principal.organization_id
+        for h, state in refused:
+            if h.name == "concurrency":
+                return RateLimitExceeded(
+                    f"Rate limit reached for {model} in organization {org} on concurrent requests per key: "
+                    f"Limit {limits.max_concurrent_requests}, Used {int(state.level)}, Requested 1. "
+                    "Please try again when one of this key's requests has finished.",
+                    kind="requests",
+                    headers={**headers, "retry-after": "1", "retry-after-ms": "1000"},
+                )
+        h, state = max(refused, key=lambda pair: pair[1].wait)
+        assert isinstance(h.charge, Bucket)
+        label = _BUCKETS[h.name][0]
+        message = (
+            f"Rate limit reached for {model} in organization {org} on {label}: Limit {h.charge.capacity}, "
+            f"Used {h.charge.capacity - math.floor(state.level)}, Requested {h.charge.amount}. "
+            f"Please try again in {format_duration(state.wait)}."
+        )
+        retry = {
+            "retry-after": str(min(MAX_RETRY_AFTER, max(1, math.ceil(state.wait)))),
+            "retry-after-ms": str(min(MAX_RETRY_AFTER * 1000, max(1, math.ceil(state.wait * 1000)))),
+        }
+        if state.wait > MAX_RETRY_AFTER:
+            retry["x-should-retry"] = "false"  # an SDK retry within two minutes cannot succeed
+        return RateLimitExceeded(message, kind="tokens" if h.name == "tpm" else "requests", headers={**headers, **retry})
+
+    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int) -> None:
+        """Correct the reservation to what the request used (the ledger's numbers); never raises.
+
+        If the store fails here, the estimate stays taken: tokens until the bucket refills,
+        budget until the period ends, a lease until it expires (`lease_seconds`).
+        """
+        actual = prompt_tokens + completion_tokens
+        costs = reservation._costs(prompt_tokens, completion_tokens, self._prices)
+        adjustments: list[Adjustment] = []
+        for h, spent in zip(reservation.held, costs):
+            if h.name == "tpm":
+                adjustments.append(Adjustment(h.charge, reservation.estimate_tokens - actual))
+            elif h.name == "concurrency":
+                adjustments.append(Adjustment(h.charge))
+            elif h.name == "quota":
+                assert isinstance(h.charge, Budget)
+                adjustments.append(Adjustment(h.charge, spent - h.charge.amount))
+        await self._settle(reservation, adjustments, costs)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give everything back: the request was refused before it ran (e.g. the engine was full)."""
+        adjustments = [
+            Adjustment(h.charge, -h.charge.amount if isinstance(h.charge, Budget) else getattr(h.charge, "amount", 0))
+            for h in reservation.held
+        ]
+        await self._settle(reservation, adjustments, [0] * len(reservation.held))
+
+    async def _settle(self, reservation: Reservation, adjustments: list[Adjustment], costs: list[int]) -> None:
+        if not adjustments:
+            return
+        try:
+            values = await self.backend.settle(adjustments)
+        except LimiterUnavailable as exc:
+            logger.error(
+                "could not settle the limits of %s (%s); its estimate stays reserved", reservation.request_id, exc
+            )
+            return
+        except Exception:  # the ledger row is written after this; a bug here must not lose it
+            logger.exception("settling the limits of %s failed; its estimate stays reserved", reservation.request_id)
+            return
+        by_key = dict(zip((a.charge.key for a in adjustments), values))
+        for h, spent in zip(reservation.held, costs):
+            used = by_key.get(h.charge.key)
+            soft = h.quota.soft_limit if h.quota else None
+            if h.quota and soft is not None and used is not None and used >= soft > used - spent:
+                logger.warning(
+                    "%s %s passed its soft %s quota: %s of %s this %s",
+                    h.quota.scope,
+                    h.quota.scope_id,
+                    h.quota.unit,
+                    _amount(h.quota.unit, used),
+                    _amount(h.quota.unit, soft),
+                    h.quota.period,
+                )
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+def _amount(unit: str, value: int) -> str:
+    return f"${value / MICRO:.2f}" if unit == "usd" else f"{value} tokens"
+
+
+def _quota_message(quota: Quota, budget: Budget, state: ChargeState, now: datetime) -> str:
+    period = current_period(quota.period, now)
+    assert quota.hard_limit is not None
+    return (
+        f"You exceeded your current quota: the {quota.scope} {quota.scope_id} may use "
+        f"{_amount(quota.unit, quota.hard_limit)} per {quota.period}, has used {_amount(quota.unit, int(state.level))}, "
+        f"and this request may need {_amount(quota.unit, budget.amount)}. The quota resets at "
+        f"{period.end.strftime('%Y-%m-%dT%H:%M:%SZ')}; an operator can raise it with `modelhost quotas set`."
+    )
+
+
+def _headers(limits: RateLimits, held: tuple[_Held, ...], outcome: Outcome) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the per-minute request and token limits that are set."""
+    headers: dict[str, str] = {}
+    for h, state in zip(held, outcome.states):
+        if h.name not in ("rpm", "tpm") or not isinstance(h.charge, Bucket):
+            continue
+        level = state.level
+        if state.allowed and not outcome.allowed:
+            level += h.charge.amount  # a refused request took nothing
+        kind = "requests" if h.name == "rpm" else "tokens"
+        rate = h.charge.capacity / h.charge.period
+        headers[f"x-ratelimit-limit-{kind}"] = str(h.charge.capacity)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(level)))
+        headers[f"x-ratelimit-reset-{kind}"] = format_duration(max(0.0, (h.charge.capacity - level) / rate))
+    return headers

@@ -1,0 +1,284 @@
+"""`Limiter`: reserve before generation, settle after, with OpenAI's errors and headers, on both stores."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from modelhost.auth import Principal
+from modelhost.config import ModelPrice
+from modelhost.limits import (
+    LimitPolicy,
+    Limiter,
+    LimitsUnavailable,
+    QuotaExceeded,
+    RateLimitExceeded,
+    RateLimits,
+)
+from modelhost.limits.memory import MemoryBackend
+from modelhost.store import UsageEntry, UsageLedger, migrate, open_engine, session_factory
+from modelhost.store import limits as stored
+from modelhost.store import tenancy
+
+from .conftest import Store
+
+MODEL = "m"
+NO_LIMITS = RateLimits(0, 0, 0, 0)
+
+
+class World:
+    """A migrated SQLite store with one organization, its project, a ledger and a limiter over `store`."""
+
+    def __init__(self, tmp_path: Path, store: Store, prices: dict[str, ModelPrice] | None = None) -> None:
+        engine = open_engine(f"sqlite:///{tmp_path / 'limits.db'}")
+        migrate(engine)
+        self.sessions = session_factory(engine)
+        with self.sessions() as session:
+            org = tenancy.create_organization(session, "Limits")
+            session.commit()
+            project = tenancy.default_project(session, org.id)
+            assert project is not None
+            self.org, self.project = org.id, project.id
+        self.who = Principal(self.org, self.project, "user-1", "key_1", "project")
+        self.ledger = UsageLedger(self.sessions)
+        self.limiter = Limiter(
+            store.backend,
+            LimitPolicy(self.sessions, NO_LIMITS, cache_seconds=0),
+            self.ledger,
+            prices=prices or {},
+            key_prefix=store.prefix.rstrip(":"),
+        )
+
+    def limits(self, **values: int | None) -> None:
+        with self.sessions() as session:
+            stored.put_rate_limit(
+                session, organization_id=self.org, scope="project", scope_id=self.project, model=MODEL, values=values
+            )
+            session.commit()
+
+    def quota(self, unit: str = "tokens", hard: int | None = None, soft: int | None = None, scope: str = "project") -> None:
+        with self.sessions() as session:
+            scope_id = self.project if scope == "project" else self.org
+            stored.put_quota(
+                session, organization_id=self.org, scope=scope, scope_id=scope_id, unit=unit, period="month",
+                hard_limit=hard, soft_limit=soft,
+            )
+            session.commit()
+
+    def spent(self, prompt: int, completion: int, request_id: str = "earlier") -> None:
+        self.ledger.record(
+            UsageEntry(request_id, datetime.now(timezone.utc), self.org, self.project, "user-1", "key_1", MODEL,
+                       "chat.completions", prompt, completion, "completed")
+        )
+
+    async def reserve(self, prompt: int = 10, max_tokens: int = 5, n: int = 1, request_id: str = "r"):  # type: ignore[no-untyped-def]
+        return await self.limiter.reserve(
+            self.who, model=MODEL, request_id=request_id, prompt_tokens=prompt, max_tokens=max_tokens, n=n
+        )
+
+
+def test_reserve_takes_the_estimate_and_settle_corrects_it(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.limits(max_tokens_per_1_minute=1000, max_requests_per_1_minute=100)
+
+    async def body() -> None:
+        first = await world.reserve(prompt=10, max_tokens=100, n=2)  # 10 + 100 × 2
+        assert first.headers["x-ratelimit-limit-tokens"] == "1000"
+        assert first.headers["x-ratelimit-remaining-tokens"] == "790"
+        assert first.headers["x-ratelimit-limit-requests"] == "100"
+        assert first.headers["x-ratelimit-remaining-requests"] == "99"
+        assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", first.headers["x-ratelimit-reset-tokens"])
+        await world.limiter.settle(first, prompt_tokens=10, completion_tokens=5)  # 15 used, not 210
+        second = await world.reserve(prompt=10, max_tokens=0)
+        assert second.headers["x-ratelimit-remaining-tokens"] == "975"  # 1000 − 15 − 10
+
+    store.run(body)
+
+
+def test_over_the_request_rate_is_a_429_shaped_like_openais(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.limits(max_requests_per_1_minute=3)
+
+    async def body() -> None:
+        for i in range(3):
+            await world.reserve(request_id=f"r{i}")
+        with pytest.raises(RateLimitExceeded) as refused:
+            await world.reserve(request_id="r3")
+        error = refused.value
+        assert (error.status, error.type, error.code) == (429, "requests", "rate_limit_exceeded")
+        assert re.fullmatch(
+            rf"Rate limit reached for {MODEL} in organization {world.org} on requests per min \(RPM\): "
+            r"Limit 3, Used 3, Requested 1\. Please try again in (19\.\d+|20)s\.",
+            error.message,
+        ), error.message
+        assert error.headers["retry-after"] == "20"
+        assert 19_000 < int(error.headers["retry-after-ms"]) <= 20_000
+        assert error.headers["x-ratelimit-remaining-requests"] == "0"
+        assert "x-should-retry" not in error.headers
+
+    store.run(body)
+
+
+def test_a_request_larger_than_the_token_limit_is_refused_for_good(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.limits(max_tokens_per_1_minute=100)
+
+    async def body() -> None:
+        with pytest.raises(RateLimitExceeded) as refused:
+            await world.reserve(prompt=20, max_tokens=50, n=2)
+        assert refused.value.type == "tokens"
+        assert "Limit 100, Requested 120" in refused.value.message
+        assert refused.value.headers["x-should-retry"] == "false"
+        await world.reserve(prompt=20, max_tokens=40, n=2)  # 100 fits exactly
+
+    store.run(body)
+
+
+def test_token_rate_refusal_names_tokens(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.limits(max_tokens_per_1_minute=100)
+
+    async def body() -> None:
+        await world.reserve(prompt=50, max_tokens=30)
+        with pytest.raises(RateLimitExceeded) as refused:
+            await world.reserve(prompt=50, max_tokens=30)
+        assert refused.value.type == "tokens"
+        assert "on tokens per min (TPM): Limit 100, Used 80, Requested 80. Please try again in 36s." in refused.value.message
+
+    store.run(body)
+
+
+def test_quota_starts_from_the_ledger_and_refuses_past_its_hard_limit(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.spent(60, 40)  # 100 tokens already spent this month
+    world.quota(hard=120)
+
+    async def body() -> None:
+        with pytest.raises(QuotaExceeded) as refused:
+            await world.reserve(prompt=10, max_tokens=11)  # 100 + 21 > 120
+        error = refused.value
+        assert (error.status, error.type, error.code) == (429, "insufficient_quota", "insufficient_quota")
+        assert error.headers["x-should-retry"] == "false"
+        assert "has used 100 tokens" in error.message and "modelhost quotas set" in error.message
+        ok = await world.reserve(prompt=10, max_tokens=10)  # 100 + 20 fits
+        await world.limiter.settle(ok, prompt_tokens=10, completion_tokens=2)  # counter now 112
+        await world.reserve(prompt=4, max_tokens=4, request_id="a")  # 112 + 8 = 120 fits
+        with pytest.raises(QuotaExceeded):
+            await world.reserve(prompt=1, max_tokens=0, request_id="b")
+
+    store.run(body)
+
+
+def test_organization_quota_counts_every_project(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.spent(50, 0)
+    world.quota(hard=60, scope="organization")
+
+    async def body() -> None:
+        with pytest.raises(QuotaExceeded) as refused:
+            await world.reserve(prompt=11, max_tokens=0)
+        assert f"organization {world.org}" in refused.value.message
+        await world.reserve(prompt=10, max_tokens=0)
+
+    store.run(body)
+
+
+def test_money_quota_prices_tokens_per_model(tmp_path: Path, store: Store) -> None:
+    # $1 per million prompt tokens, $2 per million completion tokens: a token costs 1 or 2 millionths.
+    world = World(tmp_path, store, prices={MODEL: ModelPrice(input=1.0, output=2.0)})
+    world.spent(100, 50)  # 100 + 100 = 200 millionths
+    world.quota(unit="usd", hard=300)
+
+    async def body() -> None:
+        with pytest.raises(QuotaExceeded) as refused:
+            await world.reserve(prompt=10, max_tokens=46)  # 10 + 92 = 102 > 100 left
+        assert "$0.00" in refused.value.message  # amounts in dollars
+        await world.reserve(prompt=10, max_tokens=45)  # exactly 100
+
+    store.run(body)
+
+
+def test_soft_limit_only_warns_once_when_crossed(tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    world = World(tmp_path, store)
+    world.quota(soft=30)
+
+    async def body() -> None:
+        for i in range(4):
+            held = await world.reserve(prompt=10, max_tokens=5, request_id=f"r{i}")
+            await world.limiter.settle(held, prompt_tokens=10, completion_tokens=2)  # 12 each: 12, 24, 36, 48
+
+    with caplog.at_level(logging.WARNING, logger="modelhost.limits.limiter"):
+        store.run(body)
+    warnings = [r.getMessage() for r in caplog.records if "soft" in r.getMessage()]
+    assert len(warnings) == 1 and "36 tokens of 30 tokens" in warnings[0]
+
+
+def test_release_gives_everything_back(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.limits(max_requests_per_1_minute=1, max_tokens_per_1_minute=50, max_concurrent_requests=None)
+    world.quota(hard=50)
+
+    async def body() -> None:
+        held = await world.reserve(prompt=20, max_tokens=30)
+        await world.limiter.release(held)  # e.g. the engine queue was full
+        again = await world.reserve(prompt=20, max_tokens=30, request_id="again")
+        assert again.headers["x-ratelimit-remaining-requests"] == "0"
+
+    store.run(body)
+
+
+def test_concurrent_requests_per_key_are_capped(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    with world.sessions() as session:
+        stored.put_rate_limit(
+            session, organization_id=world.org, scope="organization", scope_id=world.org, model="*",
+            values={"max_concurrent_requests": 2},
+        )
+        session.commit()
+
+    async def body() -> None:
+        a = await world.reserve(request_id="a")
+        await world.reserve(request_id="b")
+        with pytest.raises(RateLimitExceeded) as refused:
+            await world.reserve(request_id="c")
+        assert "concurrent requests per key: Limit 2" in refused.value.message
+        assert refused.value.headers["retry-after"] == "1"
+        await world.limiter.settle(a, prompt_tokens=10, completion_tokens=1)
+        await world.reserve(request_id="c")
+
+    store.run(body)
+
+
+def test_limits_resolve_project_then_organization_then_settings(tmp_path: Path) -> None:
+    store_ = Store("memory", MemoryBackend(), None, "t:", peer=lambda: None)  # type: ignore[arg-type]
+    world = World(tmp_path, store_)
+    world.limiter.policy.defaults = RateLimits(1000, 5000, 0, 0)
+    with world.sessions() as session:
+        stored.put_rate_limit(session, organization_id=world.org, scope="organization", scope_id=world.org,
+                              model="*", values={"max_requests_per_1_minute": 50, "max_tokens_per_1_minute": 700})
+        stored.put_rate_limit(session, organization_id=world.org, scope="organization", scope_id=world.org,
+                              model=MODEL, values={"max_tokens_per_1_minute": 600})
+        stored.put_rate_limit(session, organization_id=world.org, scope="project", scope_id=world.project,
+                              model="*", values={"max_requests_per_1_minute": 7})
+        session.commit()
+    limits, _ = world.limiter.policy.lookup(world.org, world.project, MODEL)
+    assert limits == RateLimits(7, 600, 0, 0)
+    other, _ = world.limiter.policy.lookup(world.org, world.project, "other-model")
+    assert other == RateLimits(7, 700, 0, 0)
+    elsewhere, _ = world.limiter.policy.lookup(world.org, "proj_other", "other-model")
+    assert elsewhere == RateLimits(50, 700, 0, 0)
+
+
+def test_an_unreachable_database_refuses_instead_of_allowing(tmp_path: Path) -> None:
+    import asyncio
+
+    sessions = session_factory(open_engine("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=1"))
+    limiter = Limiter(MemoryBackend(), LimitPolicy(sessions, NO_LIMITS), UsageLedger(sessions), prices={})
+    who = Principal("org-x", "proj_x", "user-x", "key_x", "project")
+    with pytest.raises(LimitsUnavailable) as refused:
+        asyncio.run(limiter.reserve(who, model=MODEL, request_id="r", prompt_tokens=1, max_tokens=1, n=1))
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
