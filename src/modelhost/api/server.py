@@ -1,0 +1,185 @@
+"""Running the app under uvicorn with the limits uvicorn lacks, and a graceful SIGTERM.
+
+uvicorn gives us a keep-alive timeout, a connection cap (`limit_concurrency`, 503 beyond it) and a
+graceful-shutdown timeout. It has no deadline for reading request headers (a connection may trickle
+one byte a minute and stay forever), no head-size limit with httptools, and a client that stops
+reading a response blocks the response's sender for good. `GuardedProtocol` adds the three:
+
+- the request head (request line + headers) must arrive within `header_timeout` of the connection
+  opening or of the first byte of the next keep-alive request, else the connection is closed;
+- a head over `max_header_bytes` is answered 431 and the connection closed;
+- a response whose send buffer stays full for `send_timeout` (the client reads nothing) has its
+  connection aborted; the app sees a disconnect, so a streaming generation is cancelled and its
+  slot freed. The kernel's send buffer is capped at `send_buffer_bytes` (otherwise Linux grows it to
+  megabytes, and a client that reads nothing would hold a slot for minutes before anything stalls).
+
+On SIGTERM (or SIGINT) the server stops accepting, gives running requests
+`shutdown_grace_seconds` (see `InFlightRequests`), lets the lifespan settle and stop the engine,
+and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelhost.api.inflight import InFlightRequests
+from modelhost.config import Settings
+
+logger = logging.getLogger(__name__)
+
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+_431_BODY = (
+    b'{"error": {"message": "Request headers too large.", "type": "invalid_request_error", '
+    b'"param": null, "code": "request_header_fields_too_large"}}'
+)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a head deadline, a head-size limit and a send-stall timeout."""
+
+    header_timeout = 10.0
+    max_header_bytes = 64 * 1024
+    send_timeout = 30.0
+    send_buffer_bytes = 256 * 1024
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def configured(cls, settings: Settings) -> type[GuardedProtocol]:
+        return type(
+            "GuardedProtocol",
+            (cls,),
+            {
+                "header_timeout": settings.header_timeout_seconds,
+                "max_header_bytes": settings.max_header_bytes,
+                "send_timeout": settings.send_timeout_seconds,
+                "send_buffer_bytes": settings.send_buffer_bytes,
+            },
+        )
+
+    # -- the request head ------------------------------------------------------------------
+    def _start_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_expired)
+
+    def _end_head(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            logger.info("closing a connection that sent no complete request head in %.0f s", self.header_timeout)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+        self._start_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:
+            self._start_head()
+
+    def on_headers_complete(self) -> None:
+        self._end_head()
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._end_head()
+            self.transport.write(_431 % (len(_431_BODY), _431_BODY))
+            self.transport.close()
+
+    # -- a client that stops reading -------------------------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.send_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        logger.info("aborting a connection whose client read nothing for %.0f s", self.send_timeout)
+        self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._stall_timer = None
+        super().connection_lost(exc)
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose shutdown first gives running requests a deadline."""
+
+    def __init__(self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float) -> None:
+        super().__init__(config)
+        self._inflight = inflight
+        self._grace = grace
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if len(self._inflight):
+            logger.warning("shutting down: %d requests running, %g s to finish", len(self._inflight), self._grace)
+        self._inflight.begin_drain(self._grace)
+        await super().shutdown(sockets)
+
+
+def _after_shutdown(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the signal that stopped it; by then the shutdown was graceful, so exit 0."""
+
+
+def run_server(app: FastAPI, settings: Settings) -> None:
+    """Serve `app` on ``settings.host:settings.port`` until SIGTERM/SIGINT, then drain and return."""
+    inflight: InFlightRequests = app.state.inflight
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=GuardedProtocol.configured(settings),
+        log_config=None,  # our handlers (modelhost.observability.configure_logging) format every record
+        log_level="warning",
+        access_log=False,  # modelhost.access writes one JSON line per request instead
+        server_header=False,
+        timeout_keep_alive=5,
+        limit_concurrency=settings.max_connections,
+        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds + 15,
+    )
+    server = DrainingServer(config, inflight=inflight, grace=settings.shutdown_grace_seconds)
+    signal.signal(signal.SIGTERM, _after_shutdown)
+    signal.signal(signal.SIGINT, _after_shutdown)
+    server.run()
