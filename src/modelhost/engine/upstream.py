@@ -1,0 +1,417 @@
+"""An engine that forwards to OpenAI-compatible servers (vLLM, SGLang, TGI, llama.cpp's server,
+Ollama, another modelhost): to the pipeline it is one more `Engine`.
+
+Every request is sent upstream as a stream (``stream: true`` with ``stream_options.include_usage``)
+to the replica with the fewest requests in flight whose circuit is closed (`UpstreamPool`). A
+connection that cannot be opened is retried on the next replica: nothing reached the upstream, so
+nothing can run twice. Once a request was sent it is never retried here: the client gets a clean
+error and decides (the SDKs retry 5xx). The upstream's chunks become the same events the
+llama.cpp engine emits, its usage a `UsageReported` event; without one, completion tokens are
+counted one per streamed chunk (one per logprob entry when logprobs were asked for) and the prompt
+is the API layer's estimate.
+
+Errors: the upstream's 4xx about the request keep their status and message (upstream model names
+and URLs removed; 422 becomes 400); its 401/403/404 mean our configuration is wrong and its 5xx
+mean it failed: 502; 429/503 and open circuits: 503 with Retry-After; timeouts: 504. No upstream
+URL or key appears in any error, log line or state; replicas are called "replica N".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+
+from modelhost.engine.base import EngineEvent, EngineFailed, GenerationRequest
+from modelhost.engine.upstream_pool import Replica, UpstreamPool
+from modelhost.engine.upstream_stream import ChunkReader, SSEDecoder, UpstreamProtocolError
+from modelhost.errors import (
+    APIError,
+    BadGateway,
+    ContextLengthExceeded,
+    GatewayTimeout,
+    ServiceUnavailable,
+    UpstreamRequestError,
+)
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+MAX_ERROR_BODY = 64 * 1024
+MAX_WHOLE_BODY = 16 * 1024 * 1024
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s\"'<>]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]+")  # /opt/vllm/engine.py: an upstream's internals
+
+
+class UpstreamGeneration:
+    """One forwarded request: iterate it for events; `cancel()` closes the upstream connection."""
+
+    def __init__(self, engine: UpstreamEngine, request: GenerationRequest) -> None:
+        assert request.upstream is not None, "a forwarding engine needs GenerationRequest.upstream"
+        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self.reader = ChunkReader(request.upstream.endpoint, request.n)
+        self._task = asyncio.get_running_loop().create_task(self._run(engine, request))
+
+    @property
+    def completion_tokens(self) -> int:
+        usage = self.reader.usage
+        return usage.completion_tokens if usage is not None else self.reader.completion_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.reader.usage.cached_tokens if self.reader.usage is not None else 0
+
+    def cancel(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        try:
+            while True:
+                item = await self._events.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            self.cancel()
+
+    async def _run(self, engine: UpstreamEngine, request: GenerationRequest) -> None:
+        try:
+            await engine.forward(request, self.reader, self._events.put_nowait)
+        except EngineFailed as exc:
+            self._events.put_nowait(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must still end the stream cleanly
+            logger.exception("model %s: forwarding %s failed unexpectedly", engine.model_id, request.request_id)
+            self._events.put_nowait(EngineFailed(type(exc).__name__, BadGateway("The model's upstream server failed; retry the request.")))
+        finally:
+            self._events.put_nowait(_END)
+
+
+class UpstreamEngine:
+    """Serves `model_id` from the OpenAI-compatible servers at `base_urls` (replicas of one model)."""
+
+    forwards_requests = True
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        base_urls: Sequence[str],
+        upstream_model: str,
+        context_length: int,
+        api_key: str | None = None,
+        max_n: int = 8,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        health_path: str = "models",
+        health_interval: float = 10.0,
+        failure_threshold: int = 3,
+        cooldown: float = 10.0,
+    ) -> None:
+        self.model_id = model_id
+        self.context_length = context_length
+        self.max_n = max_n
+        self.pool = UpstreamPool.of(list(base_urls), failure_threshold=failure_threshold, cooldown=cooldown)
+        self._upstream_model = upstream_model
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
+        self._health_path = health_path
+        self._health_interval = health_interval
+        self._client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        # Strings an upstream error message may contain that a client must not see.
+        self._secrets = sorted({*base_urls, *(urlsplit(u).netloc for u in base_urls)}, key=len, reverse=True)
+
+    # -- what a forwarding engine does not have ------------------------------------------------
+    def _no_tokenizer(self, *_: object, **__: object) -> None:
+        raise TypeError(f"model {self.model_id} forwards requests upstream; it has no tokenizer or chat template")
+
+    tokenize = detokenize = render_chat = check_grammar = _no_tokenizer  # type: ignore[assignment]
+    start_token = vocab_size = template_supports_tools = property(_no_tokenizer)  # type: ignore[assignment]
+
+    # -- the engine interface ------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> UpstreamGeneration:
+        assert self._client is not None, "start() the engine first"
+        return UpstreamGeneration(self, request)
+
+    def state(self) -> dict[str, object]:
+        return {
+            "model": self.model_id,
+            "backend": "openai",
+            "slots_busy": self.pool.outstanding,
+            "queue_depth": 0,
+            "replicas": self.pool.state(),
+        }
+
+    async def start(self) -> None:
+        # httpx logs every request's URL at INFO and httpcore each connection's host at DEBUG: an
+        # upstream's address must not reach the logs at any level.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
+        self._client = httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,  # a redirect could point anywhere; the configured URL is the only one
+            trust_env=False,  # no proxy variables: the operator's URLs are reached directly
+        )
+        if self._health_interval > 0:
+            self._health_task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- forwarding ----------------------------------------------------------------------------
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _body(self, request: GenerationRequest) -> dict[str, object]:
+        assert request.upstream is not None
+        body: dict[str, object] = {**request.upstream.body, "model": self._upstream_model}
+        if request.n > 1:
+            body["n"] = request.n
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def forward(self, request: GenerationRequest, reader: ChunkReader, emit: Callable[[object], None]) -> None:
+        """Send `request` to a replica (another on connect errors only) and emit its events."""
+        assert self._client is not None and request.upstream is not None
+        payload = json.dumps(self._body(request), separators=(",", ":")).encode()
+        tried: set[int] = set()
+        while True:
+            replica = self.pool.choose(tried)
+            if replica is None:
+                raise self._unavailable(request, bool(tried))
+            tried.add(replica.index)
+            replica.outstanding += 1
+            try:
+                response = await self._send(replica, request.upstream.endpoint, payload)
+                if response is None:
+                    continue  # could not connect: nothing was sent, the next replica gets it
+                try:
+                    await self._relay(replica, response, request, reader, emit)
+                finally:
+                    await response.aclose()
+                return
+            finally:
+                replica.outstanding -= 1
+                replica.breaker.settled()
+
+    async def _send(self, replica: Replica, endpoint: str, payload: bytes) -> httpx.Response | None:
+        assert self._client is not None
+        http_request = self._client.build_request(
+            "POST", f"{replica.url}/{endpoint}", content=payload, headers={**self._auth(), "Accept": "text/event-stream", "Content-Type": "application/json"}
+        )
+        try:
+            return await self._client.send(http_request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            replica.breaker.failed()
+            logger.warning("model %s: %s could not be reached (%s); trying another replica", self.model_id, replica.label, type(exc).__name__)
+            return None
+        except httpx.TimeoutException as exc:
+            replica.breaker.failed()
+            logger.warning("model %s: %s sent no response in time", self.model_id, replica.label)
+            raise EngineFailed("upstream timeout", GatewayTimeout("The model's upstream server did not answer in time; retry the request.")) from exc
+        except httpx.HTTPError as exc:
+            replica.breaker.failed()
+            logger.warning("model %s: %s dropped the request (%s)", self.model_id, replica.label, type(exc).__name__)
+            raise EngineFailed("upstream connection failed", BadGateway("The connection to the model's upstream server failed; retry the request.")) from exc
+
+    async def _relay(
+        self, replica: Replica, response: httpx.Response, request: GenerationRequest, reader: ChunkReader, emit: Callable[[object], None]
+    ) -> None:
+        if response.status_code != 200:
+            body = await _read_bounded(response, MAX_ERROR_BODY)
+            if response.status_code >= 500:
+                replica.breaker.failed()
+            else:
+                replica.breaker.succeeded()  # it answered: the request, not the replica, is the problem
+            raise EngineFailed(f"upstream HTTP {response.status_code}", self._error(replica, response, body))
+        replica.breaker.succeeded()
+        try:
+            if response.headers.get("content-type", "").startswith("application/json"):
+                # A server that ignores `stream`: one whole completion.
+                whole = json.loads(await _read_bounded(response, MAX_WHOLE_BODY))
+                if isinstance(whole, dict) and "error" in whole:
+                    raise EngineFailed("upstream error body", self._error(replica, response, json.dumps(whole).encode()))
+                for event in reader.events(whole, whole=True):
+                    emit(event)
+            else:
+                await self._relay_stream(response, reader, emit)
+        except (UpstreamProtocolError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            replica.breaker.failed()
+            logger.warning("model %s: %s sent a malformed response: %s", self.model_id, replica.label, _clean(str(exc), self._secrets)[:200])
+            raise EngineFailed("malformed upstream response", BadGateway("The model's upstream server sent a malformed response; retry the request.")) from exc
+        except httpx.TimeoutException as exc:
+            replica.breaker.failed()
+            logger.warning("model %s: %s went silent mid-response", self.model_id, replica.label)
+            raise EngineFailed("upstream read timeout", GatewayTimeout("The model's upstream server stopped answering; retry the request.")) from exc
+        except httpx.HTTPError as exc:
+            replica.breaker.failed()
+            logger.warning("model %s: %s broke the connection mid-response (%s)", self.model_id, replica.label, type(exc).__name__)
+            raise EngineFailed("upstream stream broken", BadGateway("The connection to the model's upstream server broke while generating; retry the request.")) from exc
+        if not reader.finished:
+            replica.breaker.failed()
+            logger.warning("model %s: %s ended the response before every choice finished", self.model_id, replica.label)
+            raise EngineFailed("upstream stream truncated", BadGateway("The model's upstream server ended the response early; retry the request."))
+
+    async def _relay_stream(self, response: httpx.Response, reader: ChunkReader, emit: Callable[[object], None]) -> None:
+        decoder = SSEDecoder()
+        async for raw in response.aiter_bytes():
+            for data in decoder.feed(raw):
+                if self._relay_event(data, reader, emit):
+                    return
+        for data in decoder.close():
+            if self._relay_event(data, reader, emit):
+                return
+
+    def _relay_event(self, data: str, reader: ChunkReader, emit: Callable[[object], None]) -> bool:
+        """Emit one event's events; True at `[DONE]`."""
+        if data.strip() == "[DONE]":
+            return True
+        chunk = json.loads(data)
+        if isinstance(chunk, dict) and chunk.get("error") is not None:
+            # An error after the stream started: the upstream's own words, as a 502.
+            raise EngineFailed("upstream error event", self._mid_stream_error(chunk))
+        for event in reader.events(chunk):
+            emit(event)
+        return False
+
+    # -- errors --------------------------------------------------------------------------------
+    def _unavailable(self, request: GenerationRequest, tried: bool) -> EngineFailed:
+        wait = self.pool.retry_after()
+        # Per request at INFO: the outage itself is logged once per replica, when its circuit or health changes.
+        if tried:
+            logger.info("model %s: no replica could be reached for %s", self.model_id, request.request_id)
+            message = "The model's upstream servers cannot be reached right now; retry shortly."
+        else:
+            logger.info("model %s: every replica's circuit is open; refusing %s", self.model_id, request.request_id)
+            message = "The model's upstream servers are failing; retry shortly."
+        return EngineFailed("no upstream replica", ServiceUnavailable(message, code="upstream_unavailable", headers={"Retry-After": str(wait)}))
+
+    def _error(self, replica: Replica, response: httpx.Response, body: bytes) -> APIError:
+        status = response.status_code
+        message, kind, param, code = _error_fields(body)
+        message = _clean(message, self._secrets).replace(self._upstream_model, self.model_id) if message else ""
+        if status in (401, 403, 404):
+            logger.error("model %s: %s answered HTTP %d: check the model's upstream key and model name", self.model_id, replica.label, status)
+            return BadGateway("The model's upstream server refused the request modelhost sent; the operator must fix this model's configuration.")
+        if status in (429, 503):
+            retry = _retry_after(response.headers.get("retry-after"))
+            logger.warning("model %s: %s is overloaded (HTTP %d)", self.model_id, replica.label, status)
+            return ServiceUnavailable("The model's upstream server is overloaded; retry shortly.", code="overloaded", headers={"Retry-After": retry})
+        if status in (408, 504):
+            return GatewayTimeout("The model's upstream server did not answer in time; retry the request.")
+        if status >= 500 or status < 400:
+            logger.warning("model %s: %s answered HTTP %d", self.model_id, replica.label, status)
+            return BadGateway(f"The model's upstream server failed (HTTP {status}); retry the request.")
+        message = message or f"The model's upstream server rejected the request (HTTP {status})."
+        if code == "context_length_exceeded":
+            return ContextLengthExceeded(message, param=param or "messages")
+        return UpstreamRequestError(message, status=400 if status == 422 else status, param=param, code=code)
+
+    def _mid_stream_error(self, chunk: dict[str, object]) -> APIError:
+        message, _, _, _ = _error_fields(json.dumps(chunk).encode())
+        logger.warning("model %s: upstream reported an error mid-stream", self.model_id)
+        detail = _clean(message, self._secrets).replace(self._upstream_model, self.model_id) if message else "no details"
+        return BadGateway(f"The model's upstream server failed while generating ({detail[:300]}); retry the request.")
+
+    # -- health --------------------------------------------------------------------------------
+    def _health_url(self, replica: Replica) -> str:
+        if self._health_path.startswith("/"):
+            parts = urlsplit(replica.url)
+            return f"{parts.scheme}://{parts.netloc}{self._health_path}"
+        return f"{replica.url}/{self._health_path}"
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(r) for r in self.pool.replicas))
+            await asyncio.sleep(self._health_interval)
+
+    async def _check(self, replica: Replica) -> None:
+        assert self._client is not None
+        timeout = httpx.Timeout(min(5.0, self._health_interval or 5.0), connect=self._timeout.connect)
+        try:
+            response = await self._client.get(self._health_url(replica), headers=self._auth(), timeout=timeout)
+            await response.aclose()
+            healthy = response.status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        was = replica.breaker.state
+        if healthy:
+            if was != "closed":
+                logger.warning("model %s: %s passed its health check; sending it requests again", self.model_id, replica.label)
+            replica.breaker.reset()
+        else:
+            if was == "closed":
+                logger.warning("model %s: %s failed its health check; no requests until it recovers", self.model_id, replica.label)
+            replica.breaker.trip()
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    data = b""
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise UpstreamProtocolError(f"the response is larger than {limit} bytes")
+    return data
+
+
+def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(message, type, param, code) from an OpenAI error body, or FastAPI's {"detail": ...}."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "", None, None, None
+    if not isinstance(data, dict):
+        return "", None, None, None
+    error = data.get("error")
+    if isinstance(error, dict):
+
+        def short(key: str) -> str | None:
+            value = error.get(key)
+            return value if isinstance(value, str) and len(value) <= 64 else None
+
+        message = error.get("message")
+        return (message if isinstance(message, str) else ""), short("type"), short("param"), short("code")
+    if isinstance(error, str):
+        return error, None, None, None
+    detail = data.get("detail")
+    if isinstance(detail, str):
+        return detail, None, None, None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        loc = ".".join(str(p) for p in detail[0].get("loc", []) if p != "body")
+        return f"Invalid value for '{loc}': {detail[0].get('msg', 'invalid value')}.", None, loc or None, "invalid_value"
+    return "", None, None, None
+
+
+def _clean(message: str, secrets: Sequence[str]) -> str:
+    """An upstream's message without its URLs, hosts, file paths or control characters, at most 1000 characters."""
+    for secret in secrets:
+        message = message.replace(secret, "(upstream)")
+    message = _URL.sub("(upstream)", message)
+    message = _PATH.sub("(path)", message)
+    message = "".join(ch if ch.isprintable() else " " for ch in message)
+    return " ".join(message.split())[:1000]
+
+
+def _retry_after(value: str | None) -> str:
+    try:
+        seconds = int(float(value)) if value else 1
+    except ValueError:
+        seconds = 1
+    return str(min(max(seconds, 1), 120))
+

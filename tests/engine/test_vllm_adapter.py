@@ -1,0 +1,207 @@
+"""The vLLM backend without vLLM (no GPU here): the message when it is missing, and the adapter
+driven through the slice of vLLM's interface it uses (`AsyncLLM.from_engine_args`, `generate`
+with DELTA outputs, `abort`, `get_tokenizer`), provided by a recording stand-in module."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from modelhost.catalog.build import build_models
+from modelhost.catalog.schema import CatalogError, load_catalog
+from modelhost.config import Settings
+from modelhost.engine.base import ChoiceFinished, GenerationRequest, SamplingParams, TextDelta
+from modelhost.engine.vllm import VllmEngine, VllmOptions, VllmUnavailable
+
+VLLM_MODELS = """
+[[models]]
+id = "llama-3.1-8b"
+context_length = 8192
+[models.backend]
+type = "vllm"
+model = "meta-llama/Llama-3.1-8B-Instruct"
+tensor_parallel_size = 2
+"""
+
+
+def test_a_missing_vllm_says_how_to_install_it_or_what_to_run_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed (it is not, here)
+    with pytest.raises(VllmUnavailable) as caught:
+        VllmEngine(model_id="llama-3.1-8b", options=VllmOptions(model="m"), context_length=None, max_n=4)
+    message = str(caught.value)
+    assert "pip install 'modelhost[vllm]'" in message
+    assert "vllm serve" in message and "`openai` backend" in message and "llama-3.1-8b" in message
+
+
+def test_the_models_file_reports_a_missing_vllm_with_file_model_and_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    path = tmp_path / "models.toml"
+    path.write_text(VLLM_MODELS)
+    catalog = load_catalog(path)
+    with pytest.raises(CatalogError) as caught:
+        build_models(path, catalog, Settings(home=tmp_path), {})
+    assert str(caught.value).startswith(f"{path}: model `llama-3.1-8b` (models[0]), field `backend.type`:")
+    assert "pip install 'modelhost[vllm]'" in str(caught.value)
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int
+    decoded_token: str
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str | None
+
+
+@dataclass
+class RequestOutput:
+    outputs: list[CompletionOutput]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    num_cached_tokens: int = 0
+
+
+class Tokenizer:
+    bos_token_id = 1
+    eos_token_id = 2
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode()
+
+    def __len__(self) -> int:
+        return 256
+
+    def apply_chat_template(self, messages, tools=None, tokenize=True, add_generation_prompt=False):  # type: ignore[no-untyped-def]
+        assert tokenize is False and add_generation_prompt is True
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+@dataclass
+class FakeAsyncLLM:
+    args: object
+    generated: list[tuple[object, object, str]] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    shut_down: bool = False
+    hold: asyncio.Event | None = None
+
+    @classmethod
+    def from_engine_args(cls, args: object) -> FakeAsyncLLM:
+        return cls(args)
+
+    async def get_tokenizer(self) -> Tokenizer:
+        return Tokenizer()
+
+    async def get_model_config(self) -> types.SimpleNamespace:
+        return types.SimpleNamespace(max_model_len=4096)
+
+    async def generate(self, prompt, params, request_id):  # type: ignore[no-untyped-def]
+        self.generated.append((prompt, params, request_id))
+        if self.hold is not None:
+            await self.hold.wait()
+        lp = {104: Logprob(-0.1, 1, "h"), 105: Logprob(-2.5, 2, "i")}
+        yield RequestOutput([CompletionOutput(i, "h", [104], [lp], None) for i in range(params.kw["n"])], num_cached_tokens=3)
+        yield RequestOutput([CompletionOutput(i, "i!", [105, 33], [lp, {33: Logprob(-0.3, 1, "!")}], "length") for i in range(params.kw["n"])])
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeAsyncLLM]:
+    class SamplingParamsStub:
+        def __init__(self, **kw: object) -> None:
+            self.kw = kw
+
+    class RequestOutputKind(enum.Enum):
+        CUMULATIVE = 0
+        DELTA = 1
+        FINAL_ONLY = 2
+
+    class AsyncEngineArgs:
+        def __init__(self, **kw: object) -> None:
+            self.kw = kw
+
+    modules = {
+        "vllm": {"SamplingParams": SamplingParamsStub},
+        "vllm.sampling_params": {"RequestOutputKind": RequestOutputKind, "SamplingParams": SamplingParamsStub},
+        "vllm.inputs": {"TokensPrompt": dict},
+        "vllm.engine": {},
+        "vllm.engine.arg_utils": {"AsyncEngineArgs": AsyncEngineArgs},
+        "vllm.v1": {},
+        "vllm.v1.engine": {},
+        "vllm.v1.engine.async_llm": {"AsyncLLM": FakeAsyncLLM},
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)
+    return FakeAsyncLLM
+
+
+def test_the_adapter_configures_vllm_and_maps_outputs_to_events(fake_vllm: type[FakeAsyncLLM]) -> None:
+    async def go() -> None:
+        engine = VllmEngine(
+            model_id="m", options=VllmOptions(model="org/model", tensor_parallel_size=2), context_length=None, max_n=4
+        )
+        await engine.start()
+        core = engine.core
+        assert isinstance(core, FakeAsyncLLM)
+        assert core.args.kw["model"] == "org/model" and core.args.kw["tensor_parallel_size"] == 2  # type: ignore[attr-defined]
+        assert engine.context_length == 4096  # from the model's config
+        text = engine.render_chat([{"role": "user", "content": "hi"}])
+        assert text == "<user>hi<assistant>"
+        prompt = engine.tokenize(text)
+        sampling = SamplingParams(max_tokens=3, temperature=0.5, seed=7, stop=("\n",), logprobs=1, logit_bias={5: -100.0})
+        generation = engine.submit(GenerationRequest("chatcmpl-1", prompt, sampling, n=2))
+        events = [e async for e in generation]
+        prompt_sent, params, _ = core.generated[0]
+        assert prompt_sent == {"prompt_token_ids": prompt}
+        assert params.kw["n"] == 2 and params.kw["max_tokens"] == 3 and params.kw["seed"] == 7  # type: ignore[attr-defined]
+        assert params.kw["stop"] == ["\n"] and params.kw["logit_bias"] == {5: -100.0}  # type: ignore[attr-defined]
+        assert params.kw["output_kind"].name == "DELTA"  # type: ignore[attr-defined]
+        texts = {i: "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == i) for i in (0, 1)}
+        assert texts == {0: "hi!", 1: "hi!"}
+        first = next(e for e in events if isinstance(e, TextDelta))
+        assert first.logprobs[0].piece == b"h" and first.logprobs[0].top == ((104, b"h", -0.1),)
+        assert [(e.index, e.reason, e.completion_tokens) for e in events if isinstance(e, ChoiceFinished)] == [(0, "length", 3), (1, "length", 3)]
+        assert generation.completion_tokens == 6 and generation.cached_tokens == 3
+        await engine.stop()
+        assert core.shut_down
+
+    asyncio.run(go())
+
+
+def test_cancelling_a_generation_aborts_it_in_vllm(fake_vllm: type[FakeAsyncLLM]) -> None:
+    async def go() -> None:
+        engine = VllmEngine(model_id="m", options=VllmOptions(model="x"), context_length=1024, max_n=1)
+        await engine.start()
+        core = engine.core
+        assert isinstance(core, FakeAsyncLLM)
+        core.hold = asyncio.Event()  # the request stays inside "vLLM"
+        generation = engine.submit(GenerationRequest("r", [1, 2], SamplingParams(max_tokens=4)))
+        await asyncio.sleep(0.05)
+        assert engine.state()["slots_busy"] == 1
+        generation.cancel()
+        await asyncio.sleep(0.05)
+        assert len(core.aborted) == 1 and core.aborted[0].startswith("r-")
+        assert engine.state()["slots_busy"] == 0
+
+    asyncio.run(go())
