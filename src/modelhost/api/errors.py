@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from modelhost.errors import APIError, InvalidRequest, RouteError, ServerError
 
@@ -66,6 +67,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code=code)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -83,7 +93,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Invalid method for URL ({request.method} {request.url.path})"
         else:
             message = str(exc.detail)
-        return error_response(RouteError(message, exc.status_code))
+        error = RouteError(message, exc.status_code)
+        error.headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Allow lists every method of the path, not just the first route's
+            error.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from modelhost.engine import ChoiceFinished, TextDelta
-from modelhost.engine.base import PromptLogprobs, TokenLogprob
+from modelhost.engine.base import EngineEvent, PromptLogprobs, TokenLogprob, ToolCallDelta
 from modelhost.engine.registry import ServedModel
 from modelhost.errors import ContextLengthExceeded, InvalidRequest
 from modelhost.pipeline import GenerationRun
@@ -50,6 +50,17 @@ class ChoiceResult:
     text: str = ""
     finish_reason: str = "stop"
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)  # from an upstream: call index → id, name, arguments
+    function_call: dict[str, str] | None = None  # the deprecated single call, from an upstream
+
+    def add_call(self, delta: ToolCallDelta) -> None:
+        if delta.legacy:
+            call = self.function_call = self.function_call or {"name": "", "arguments": ""}
+        else:
+            call = self.tool_calls.setdefault(delta.call_index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = delta.id or call["id"]
+        call["name"] = delta.name or call["name"]
+        call["arguments"] += delta.arguments
 
 
 @dataclass
@@ -73,7 +84,30 @@ async def collect(run: GenerationRun) -> RunResult:
             choices[event.index].finish_reason = event.reason
         elif isinstance(event, PromptLogprobs):
             prompt_logprobs = event.tokens
+        elif isinstance(event, ToolCallDelta):
+            choices[event.index].add_call(event)
     return RunResult(choices, prompt_logprobs, run.prompt_tokens, run.completion_tokens, run.cached_tokens)
+
+
+async def started(run: GenerationRun) -> AsyncIterator[EngineEvent]:
+    """`run`'s events once the first one has arrived, so that a failure before any output (an
+    upstream's 400, an unreachable upstream) is still a plain HTTP error, not an event in a 200 stream."""
+    events = run.events()
+    try:
+        first: EngineEvent | None = await events.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await run.settle()
+        raise
+
+    async def chained() -> AsyncIterator[EngineEvent]:
+        if first is not None:
+            yield first
+        async for event in events:
+            yield event
+
+    return chained()
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, object]:

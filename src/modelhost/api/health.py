@@ -13,5 +13,7 @@ router = APIRouter()
 @router.get("/health", include_in_schema=False)
 async def health(request: Request) -> JSONResponse:
     state = app_state(request)
-    engines = [m.engine.state() for m in state.registry.all()]
-    return JSONResponse({"status": "ok", "engines": engines})
+    models = state.registry.all()
+    engines = [m.engine.state() for m in models if m.engine is not None]
+    embedders = [m.embedder.state() for m in models if m.embedder is not None]
+    return JSONResponse({"status": "ok", "engines": engines, "embedders": embedders})

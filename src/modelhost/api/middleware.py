@@ -1,6 +1,17 @@
-"""Pure-ASGI middleware: request ids, OpenAI's response headers, and the body size limit.
+"""Pure-ASGI middleware: request ids, OpenAI's response headers, body limits and deadlines,
+metrics and the access line of every request.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses and disconnect detection pass through.
+
+Each request gets, in order:
+- an id (the client's `x-request-id` when it is a sane token, else ``req_…``);
+- its body read here, before the app sees it: over `max_body_bytes` → 413 as soon as the limit is
+  passed (declared or chunked, never buffered further); not complete within `body_timeout` → 408;
+- a cancel scope with the request deadline, registered in `InFlightRequests` so a graceful
+  shutdown can tighten it. A request cut by either before its response started gets an error
+  envelope; an SSE stream already running gets a final error event, then the stream ends. The
+  generation is settled by the route's own ``finally`` (shielded), so the ledger is right either way;
+- one `Exchange` (the access line) and the request metrics, written when the response is over.
 """
 
 from __future__ import annotations
@@ -9,11 +20,19 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelhost.api.inflight import InFlightRequests
+from modelhost.observability import Observability
+from modelhost.observability.access_log import Exchange, enter_exchange, leave_exchange
 
 OPENAI_VERSION = "2020-10-01"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Statuses whose error code says why the service refused work (counted in modelhost_rejections).
+_REJECTIONS = {408: "request_timeout", 413: "request_too_large", 429: "rate_limit_exceeded", 503: "overloaded"}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -26,84 +45,221 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class BodyTooLarge(Exception):
-    """The request body passed the configured limit while being read."""
+def _error_body(message: str, type_: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
 
 
 class RequestContextMiddleware:
-    """Gives every request an id and every response `x-request-id`, `openai-*` headers."""
+    """Gives every request an id, limits and a deadline; counts and logs it when it ends."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout: float = 30.0,
+        request_timeout: float = 600.0,
+        inflight: InFlightRequests | None = None,
+        observability: Observability | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.request_timeout = request_timeout
+        self.inflight = inflight if inflight is not None else InFlightRequests()  # (an empty one is falsy)
+        self.observability = observability if observability is not None else Observability(access_log=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         client_id = _header(scope, b"x-request-id")
         request_id = client_id if client_id and _CLIENT_REQUEST_ID.match(client_id) else f"req_{uuid.uuid4().hex}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        exchange = Exchange(request_id=request_id, method=str(scope.get("method", "")))
+        token = enter_exchange(exchange)
+        metrics = self.observability.metrics
+        metrics.in_flight.inc()
+        try:
+            await self._handle(scope, receive, send, exchange)
+        finally:
+            metrics.in_flight.dec()
+            leave_exchange(token)
+            self._finish(scope, exchange)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
+        request_id = exchange.request_id
+        state = scope.get("state", {})
+        response = _ResponseTracker(send, exchange, request_id, state, self.observability.metrics.rejected)
 
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send, request_id)
+            await self._too_large(response)
+            return
+        body = await self._read_body(receive, response)
+        if body is None:
             return
 
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: http.disconnect, for disconnect watchers
+
+        with anyio.CancelScope(deadline=anyio.current_time() + self.request_timeout) as cut:
+            self.inflight.add(cut)
+            try:
+                await self.app(scope, replay, response.send)
+            finally:
+                self.inflight.discard(cut)
+        if cut.cancelled_caught:
+            await self._cut(response)
+
+    async def _read_body(self, receive: Receive, response: _ResponseTracker) -> bytes | None:
+        """The whole body, or None after answering 413 (too large) or 408 (too slow)."""
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+        with anyio.move_on_after(self.body_timeout) as slow:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    response.exchange.outcome = "client_disconnected"
+                    response.exchange.status = 499
+                    return None
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge()
-            return message
+                    await self._too_large(response)
+                    return None
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        assert slow.cancelled_caught
+        response.exchange.outcome = "body_timeout"
+        await response.error(
+            408,
+            _error_body(
+                f"The request body was not received within {self.body_timeout:g} seconds.",
+                "invalid_request_error",
+                "request_timeout",
+            ),
+        )
+        return None
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                headers.append((b"openai-version", OPENAI_VERSION.encode()))
-                elapsed = int((time.perf_counter() - started) * 1000)
-                headers.append((b"openai-processing-ms", str(elapsed).encode()))
-                principal = state.get("principal")
-                if principal is not None:
-                    headers.append((b"openai-organization", principal.organization_id.encode()))
-                    headers.append((b"openai-project", principal.project_id.encode()))
-                message["headers"] = headers
-            await send(message)
+    async def _too_large(self, response: _ResponseTracker) -> None:
+        await response.error(
+            413,
+            _error_body(
+                f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            ),
+        )
 
-        try:
-            await self.app(scope, limited_receive, send_with_headers)
-        except BodyTooLarge:
-            await self._too_large(send, request_id)
+    async def _cut(self, response: _ResponseTracker) -> None:
+        """The deadline passed, or the server is shutting down: end the response in OpenAI's shape."""
+        draining = self.inflight.draining
+        response.exchange.outcome = "shutting_down" if draining else "deadline_exceeded"
+        if draining:
+            message, code = "The server is shutting down; retry the request.", "server_shutting_down"
+        else:
+            message, code = (
+                f"The request did not finish within the server's limit of {self.request_timeout:g} seconds.",
+                "timeout",
+            )
+        body = _error_body(message, "server_error", code)
+        if not response.started:
+            headers = [(b"retry-after", b"1")] if draining else [(b"x-should-retry", b"false")]
+            await response.error(503 if draining else 504, body, headers)
+        elif response.is_event_stream and not response.complete:
+            await response.send({"type": "http.response.body", "body": b"data: " + body + b"\n\n", "more_body": False})
 
-    async def _too_large(self, send: Send, request_id: str) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "message": f"Request body too large: the limit is {self.max_body_bytes} bytes.",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "request_too_large",
-                }
-            }
-        ).encode()
-        await send(
+    def _finish(self, scope: Scope, exchange: Exchange) -> None:
+        route = scope.get("route")
+        exchange.route = str(getattr(route, "path", "unmatched"))
+        principal = scope.get("state", {}).get("principal")
+        if principal is not None:
+            exchange.organization = principal.organization_id
+            exchange.project = principal.project_id
+            exchange.api_key_id = principal.key_id
+        if exchange.status == 0:
+            exchange.status = 500  # an exception escaped the app; the outer error middleware answered 500
+        seconds = time.perf_counter() - exchange.started
+        exchange.duration_ms = round(seconds * 1000, 1)
+        self.observability.metrics.request_finished(
+            route=exchange.route, method=exchange.method, status=exchange.status, model=exchange.model or "", seconds=seconds
+        )
+        self.observability.access_log.write(exchange)
+
+
+class _ResponseTracker:
+    """Wraps `send`: adds OpenAI's headers, remembers what was sent, counts refusals by error code."""
+
+    def __init__(
+        self, send: Send, exchange: Exchange, request_id: str, state: dict[str, object], rejected: Callable[[str], None]
+    ) -> None:
+        self._send = send
+        self._rejected = rejected
+        self.exchange = exchange
+        self._request_id = request_id
+        self._state = state
+        self.started = False
+        self.complete = False
+        self.is_event_stream = False
+        self._rejection: int | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            status = int(message["status"])
+            self.exchange.status = status
+            headers = list(message.get("headers", []))
+            self.is_event_stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            headers.append((b"x-request-id", self._request_id.encode()))
+            headers.append((b"openai-version", OPENAI_VERSION.encode()))
+            elapsed = int((time.perf_counter() - self.exchange.started) * 1000)
+            headers.append((b"openai-processing-ms", str(elapsed).encode()))
+            principal = self._state.get("principal")
+            if principal is not None:
+                headers.append((b"openai-organization", principal.organization_id.encode()))  # type: ignore[attr-defined]
+                headers.append((b"openai-project", principal.project_id.encode()))  # type: ignore[attr-defined]
+            message["headers"] = headers
+            self._rejection = status if status in _REJECTIONS else None
+        elif message["type"] == "http.response.body":
+            if self._rejection is not None:
+                self._rejected(_reason(self._rejection, message.get("body", b"")))
+                self._rejection = None
+            if not message.get("more_body", False):
+                self.complete = True
+        await self._send(message)
+
+    async def error(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await self.send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", request_id.encode()),
-                    (b"openai-version", OPENAI_VERSION.encode()),
                     (b"connection", b"close"),
+                    *(extra or []),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def _reason(status: int, body: bytes) -> str:
+    """The error `code` of a refusal's envelope (``insufficient_quota``), else a name for the status."""
+    if len(body) <= 8192:
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = None
+        if isinstance(code, str) and _CLIENT_REQUEST_ID.match(code):
+            return code
+    return _REJECTIONS[status]

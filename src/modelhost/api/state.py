@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelhost.auth import Authenticator
 from modelhost.config import Settings
 from modelhost.engine import ModelRegistry
+from modelhost.limits import Limiter
+from modelhost.observability import Observability
 from modelhost.pipeline import GenerationPipeline
 from modelhost.store import UsageLedger
 
@@ -23,3 +25,5 @@ class AppState:
     ledger: UsageLedger
     registry: ModelRegistry
     pipeline: GenerationPipeline
+    limiter: Limiter
+    observability: Observability = field(default_factory=lambda: Observability(access_log=False))

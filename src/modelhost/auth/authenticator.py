@@ -12,8 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.keys import hash_secret, is_well_formed
-from modelhost.auth.principal import Principal
-from modelhost.errors import AuthenticationError, ServiceUnavailable
+from modelhost.auth.principal import ADMIN_SCOPES, Principal
+from modelhost.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
 from modelhost.store import tenancy
 
 NO_KEY = (
@@ -23,6 +23,14 @@ NO_KEY = (
 BAD_KEY = "Incorrect API key provided. Create a key with `modelhost keys create`, or check that it was not revoked."
 MISMATCHED_ORG = "OpenAI-Organization header should match organization for API key"
 MISMATCHED_PROJECT = "OpenAI-Project header should match project for API key"
+ADMIN_KEY_ON_INFERENCE = (
+    "Admin keys (sk-admin-…) only work on the Administration and Usage APIs (/v1/organization/…). "
+    "Use a project key for this request; create one with `modelhost keys create`."
+)
+INFERENCE_KEY_ON_ADMIN = (
+    "You have insufficient permissions for this operation: the Administration and Usage APIs take an "
+    "admin key (sk-admin-…). Create one with `modelhost keys create --kind admin`."
+)
 
 
 def _bad_key() -> AuthenticationError:
@@ -77,6 +85,22 @@ class Authenticator:
     def authenticate(
         self, authorization: Sequence[str], organization: str | None, project: str | None
     ) -> Principal:
+        """The principal of an inference request (user, project or service-account key)."""
+        principal = self._principal(authorization, organization, project)
+        if principal.is_admin:
+            raise PermissionDenied(ADMIN_KEY_ON_INFERENCE, code="insufficient_permissions")
+        self.key_use.mark(principal.key_id)
+        return principal
+
+    def authenticate_admin(self, authorization: Sequence[str], organization: str | None) -> Principal:
+        """The principal of an Administration API request: admin keys only."""
+        principal = self._principal(authorization, organization, None)
+        if not principal.is_admin:
+            raise PermissionDenied(INFERENCE_KEY_ON_ADMIN, code="insufficient_permissions")
+        self.key_use.mark(principal.key_id)
+        return principal
+
+    def _principal(self, authorization: Sequence[str], organization: str | None, project: str | None) -> Principal:
         token = bearer_token(authorization)
         if not is_well_formed(token):
             raise _bad_key()
@@ -93,7 +117,6 @@ class Authenticator:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[cache_key] = (now + self._cache_seconds, principal)
-        self.key_use.mark(principal.key_id)
         return principal
 
     def _resolve(self, secret_hash: str, organization: str | None, project: str | None) -> Principal:
@@ -108,17 +131,32 @@ class Authenticator:
         self, session: Session, secret_hash: str, organization: str | None, project: str | None
     ) -> Principal:
         record = tenancy.key_by_hash(session, secret_hash)
-        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash) or record.revoked:
+        if (
+            record is None
+            or not hmac.compare_digest(record.secret_hash, secret_hash)
+            or record.revoked
+            or record.expired(datetime.now(timezone.utc))
+        ):
             raise _bad_key()
-        if record.kind == "project":
-            assert record.organization_id and record.project_id, "project keys are bound to a project"
+        if record.kind in ("project", "service_account"):
+            owner = record.user_id or record.service_account_id
+            assert record.organization_id and record.project_id and owner, "project keys are bound to a project"
             if record.project_status != "active":
                 raise _bad_key()
             if organization is not None and organization != record.organization_id:
                 raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
             if project is not None and project != record.project_id:
                 raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
-            return Principal(record.organization_id, record.project_id, record.user_id, record.key_id, "project")
+            return Principal(record.organization_id, record.project_id, owner, record.key_id, record.kind)
+        assert record.user_id, "user and admin keys belong to a user"
+        if record.kind == "admin":
+            assert record.organization_id, "admin keys are bound to an organization"
+            if organization is not None and organization != record.organization_id:
+                raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
+            member = tenancy.membership(session, record.user_id, record.organization_id)
+            if member is None or member.role != "owner":  # admin power ends with the owner role
+                raise _bad_key()
+            return Principal(record.organization_id, "", record.user_id, record.key_id, "admin", ADMIN_SCOPES)
 
         user = session.get(tenancy.User, record.user_id)
         org_id = organization or (user.default_organization_id if user else None)

@@ -1,7 +1,8 @@
 """Secret keys: made from 256 random bits, stored as SHA-256, shown once.
 
-A user key looks like ``sk-<43 chars>``, a project key ``sk-proj-<43 chars>``. The hash is a plain
-SHA-256: the secret is uniformly random, so a slow password hash would add latency and no safety.
+A user key looks like ``sk-<43 chars>``, a project key ``sk-proj-<43 chars>``, a service-account key
+``sk-svcacct-<43 chars>`` and an admin key ``sk-admin-<43 chars>``. The hash is a plain SHA-256: the
+secret is uniformly random, so a slow password hash would add latency and no safety.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-PREFIXES = {"user": "sk-", "project": "sk-proj-"}
+PREFIXES = {"user": "sk-", "project": "sk-proj-", "service_account": "sk-svcacct-", "admin": "sk-admin-"}
 MAX_TOKEN_LENGTH = 256
 
 
@@ -27,7 +28,7 @@ def hash_secret(secret: str) -> str:
 
 def redact(secret: str) -> str:
     """What listings show instead of the secret: ``sk-proj-****abcd``."""
-    prefix = "sk-proj-" if secret.startswith("sk-proj-") else "sk-"
+    prefix = max((p for p in PREFIXES.values() if secret.startswith(p)), key=len, default="sk-")
     return f"{prefix}****{secret[-4:]}"
 
 

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: May generate (chat, completions, embeddings) and read models: user, project, service-account keys.
+SCOPE_MODEL_REQUEST = "api.model.request"
+#: May read and change the organization through the Administration and Usage APIs: admin keys.
+SCOPE_MANAGEMENT_READ = "api.management.read"
+SCOPE_MANAGEMENT_WRITE = "api.management.write"
+
+INFERENCE_SCOPES = frozenset({SCOPE_MODEL_REQUEST})
+ADMIN_SCOPES = frozenset({SCOPE_MANAGEMENT_READ, SCOPE_MANAGEMENT_WRITE})
+
 
 @dataclass(frozen=True)
 class Principal:
-    """The organization and project a request counts against, and the user and key behind it."""
+    """The organization and project a request counts against, and the user and key behind it.
+
+    `user_id` is the acting user, or the service account for ``sk-svcacct-`` keys. Admin keys act
+    on a whole organization: their `project_id` is empty and they never reach a project-scoped route.
+    """
 
     organization_id: str
     project_id: str
     user_id: str
     key_id: str
-    key_kind: str  # "user" or "project"
+    key_kind: str  # "user", "project", "service_account" or "admin"
+    scopes: frozenset[str] = INFERENCE_SCOPES
+
+    @property
+    def is_admin(self) -> bool:
+        return SCOPE_MANAGEMENT_WRITE in self.scopes

@@ -9,8 +9,11 @@ from modelhost.engine.base import (
     GenerationRequest,
     SamplingParams,
     TextDelta,
+    ToolCallDelta,
+    UpstreamInput,
+    UsageReported,
 )
-from modelhost.engine.registry import ModelRegistry, ServedModel
+from modelhost.engine.registry import ModelAccess, ModelRegistry, ServedModel
 
 __all__ = [
     "ChoiceFinished",
@@ -19,8 +22,12 @@ __all__ = [
     "EngineFailed",
     "EngineOverloaded",
     "GenerationRequest",
+    "ModelAccess",
     "ModelRegistry",
     "SamplingParams",
     "ServedModel",
     "TextDelta",
+    "ToolCallDelta",
+    "UpstreamInput",
+    "UsageReported",
 ]

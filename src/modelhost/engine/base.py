@@ -1,14 +1,20 @@
 """The engine interface: submit a generation, get an async stream of events.
 
-Every backend (the embedded llama.cpp engine, a fake for tests, later upstream servers) implements
-`Engine`; nothing above this package can tell them apart.
+Every backend (the embedded llama.cpp engine, vLLM in-process, an OpenAI-compatible upstream)
+implements `Engine`; nothing above this package can tell them apart. Engines that own a tokenizer
+take token prompts; an engine that forwards to another OpenAI-compatible server
+(``forwards_requests``) takes the validated request itself (`UpstreamInput`) and reports the
+upstream's own token counts with `UsageReported`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import TYPE_CHECKING, Protocol, Union
+
+if TYPE_CHECKING:
+    from modelhost.errors import APIError
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,23 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; k: report each token's logprob and its k best alternatives
     prompt_logprobs: bool = False  # also report the logprob of every prompt token (legacy `echo`)
+    grammar: str | None = None  # GBNF the output must match (structured outputs, tool calls)
+    grammar_trigger: str | None = None  # if set, the grammar applies only from this text on (lazy)
+
+
+@dataclass(frozen=True)
+class UpstreamInput:
+    """A request as an OpenAI-compatible upstream takes it (for engines that `forwards_requests`).
+
+    `body` holds only the validated request's declared fields, re-serialized (the messages or the
+    one prompt, sampling fields, tools, response_format, ...): never unknown fields, never `model`,
+    `stream`, `stream_options` or `n`, which the engine sets. `prompt_estimate` sizes the limit
+    reservation until the upstream reports the real count.
+    """
+
+    endpoint: str  # "chat/completions" or "completions"
+    body: Mapping[str, object]
+    prompt_estimate: int
 
 
 @dataclass(frozen=True)
@@ -32,7 +55,8 @@ class GenerationRequest:
     """`n` continuations of one tokenized prompt.
 
     `cache_scope` names who may reuse this prompt's KV cache afterwards (the organization), so a
-    prefix computed for one tenant is never served to another.
+    prefix computed for one tenant is never served to another. `upstream` is set (and
+    `prompt_tokens` empty) for an engine that forwards requests instead of tokenizing them.
     """
 
     request_id: str
@@ -40,6 +64,7 @@ class GenerationRequest:
     sampling: SamplingParams
     n: int = 1
     cache_scope: str = ""
+    upstream: UpstreamInput | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +105,32 @@ class ChoiceFinished:
     completion_tokens: int
 
 
-EngineEvent = Union[TextDelta, ChoiceFinished, PromptLogprobs]
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of tool call `call_index` of choice `index`, as an upstream streamed it.
+
+    The first piece of a call carries its `id` and `name`; later pieces append to `arguments`.
+    `legacy` marks the deprecated single `function_call` form.
+    """
+
+    index: int
+    call_index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
+class UsageReported:
+    """The token counts the model's server measured; the pipeline records these over its own."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+EngineEvent = Union[TextDelta, ChoiceFinished, PromptLogprobs, ToolCallDelta, UsageReported]
 
 
 class EngineOverloaded(Exception):
@@ -88,7 +138,15 @@ class EngineOverloaded(Exception):
 
 
 class EngineFailed(Exception):
-    """The engine could not run the request (a decode error); nothing about it is client-visible."""
+    """The engine could not run the request (a decode error); nothing about it is client-visible.
+
+    `client_error`, when set, is what the client is told instead of a generic server error (an
+    upstream's 400 about the request, its 504 timeout, ...); it never carries upstream internals.
+    """
+
+    def __init__(self, message: str, client_error: APIError | None = None) -> None:
+        super().__init__(message)
+        self.client_error = client_error
 
 
 class Generation(Protocol):
@@ -110,11 +168,16 @@ class Generation(Protocol):
 
 
 class Engine(Protocol):
-    """A loaded model that turns token prompts into streamed text."""
+    """A loaded model that turns token prompts into streamed text.
+
+    An engine with ``forwards_requests`` (another OpenAI-compatible server) is given
+    `GenerationRequest.upstream` instead of tokens; its tokenizer methods are never called.
+    """
 
     model_id: str
     context_length: int  # tokens one sequence may hold: prompt + completion
     max_n: int  # most choices one request may ask for
+    forwards_requests: bool
 
     def tokenize(self, text: str) -> list[int]: ...
 
@@ -125,7 +188,18 @@ class Engine(Protocol):
         """The token an empty prompt becomes."""
         ...
 
-    def render_chat(self, messages: Sequence[dict[str, object]]) -> str: ...
+    def render_chat(
+        self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None
+    ) -> str: ...
+
+    @property
+    def template_supports_tools(self) -> bool:
+        """Whether the model's own chat template renders `tools` (else a documented fallback is used)."""
+        ...
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise `GrammarError` if the engine cannot enforce `grammar`."""
+        ...
 
     @property
     def vocab_size(self) -> int: ...

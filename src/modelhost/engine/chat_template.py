@@ -33,11 +33,14 @@ class ChatTemplate:
         self._template = env.from_string(source)
         self._bos = bos_token
         self._eos = eos_token
+        # Templates written for tool use read a `tools` variable; others never mention it.
+        self.supports_tools = "tools" in source
 
-    def render(self, messages: Sequence[dict[str, object]]) -> str:
+    def render(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> str:
         try:
             text = self._template.render(
                 messages=list(messages),
+                tools=list(tools) if tools else None,
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,

@@ -84,6 +84,10 @@ class LlamaModel:
     def handle(self) -> llama_cpp.llama_model_p:
         return self._model
 
+    @property
+    def vocab(self) -> llama_cpp.llama_vocab_p:
+        return self._vocab
+
     def chat_template(self) -> str | None:
         raw = llama_cpp.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8", errors="replace") if raw else None

@@ -34,6 +34,7 @@ from modelhost.engine.base import (
     TokenLogprob,
 )
 from modelhost.engine.chat_template import CHATML, ChatTemplate
+from modelhost.engine.grammar import GrammarConstraint, validate_grammar
 from modelhost.engine.llama_model import ContextOptions, LlamaContext, LlamaModel
 from modelhost.engine.sampling import TokenSampler, log_softmax_at
 from modelhost.engine.stops import TextAssembler
@@ -60,6 +61,7 @@ class _Choice:
     sampler: TokenSampler
     assembler: TextAssembler
     slot: _Slot | None = None
+    constraint: GrammarConstraint | None = None
     next_token: int = -1  # sampled, not yet decoded
     generated: int = 0
     done: bool = False
@@ -134,6 +136,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class LlamaCppEngine:
     """Serves one GGUF model with continuous batching over `slots` sequences."""
 
+    forwards_requests = False  # it tokenizes and templates prompts itself
+
     def __init__(
         self,
         model: LlamaModel,
@@ -177,6 +181,8 @@ class LlamaCppEngine:
         self._running = False
         self._tokens_window: collections.deque[tuple[float, int]] = collections.deque()
         self._reused_total = 0
+        self._admissions = 0
+        self._admitted_at: dict[str, int] = {}  # scope → admission counter when it was last served
 
     # -- the public interface ---------------------------------------------------------------
     @property
@@ -198,8 +204,16 @@ class LlamaCppEngine:
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
 
-    def render_chat(self, messages: Sequence[dict[str, object]]) -> str:
-        return self._template.render(messages)
+    def render_chat(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> str:
+        return self._template.render(messages, tools)
+
+    @property
+    def template_supports_tools(self) -> bool:
+        return self._template.supports_tools
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise `GrammarError` if llama.cpp cannot parse `grammar` (call off the event loop)."""
+        validate_grammar(self.model.vocab, grammar)
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Queue `request`; raises `EngineOverloaded` when the wait queue is full."""
@@ -209,8 +223,18 @@ class LlamaCppEngine:
             if self._queued >= self._max_queued:
                 raise EngineOverloaded("The engine's queue is full.")
             self._queued += 1
+        sampling = request.sampling
         choices = [
-            _Choice(i, TokenSampler(request.sampling, self.model.n_vocab, i), TextAssembler(request.sampling.stop))
+            _Choice(
+                i,
+                TokenSampler(sampling, self.model.n_vocab, i),
+                TextAssembler(sampling.stop),
+                constraint=(
+                    GrammarConstraint(self.model.vocab, sampling.grammar, lazy_trigger=sampling.grammar_trigger)
+                    if sampling.grammar
+                    else None
+                ),
+            )
             for i in range(request.n)
         ]
         job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices)
@@ -285,9 +309,15 @@ class LlamaCppEngine:
             self._finish(ctx, job, None)
 
     def _next_fair(self) -> _Job:
-        """The oldest waiting job of the scope that has the fewest running jobs (fair between tenants)."""
+        """Round robin between tenants: the oldest waiting job of the scope with the fewest running
+        jobs, and among those the scope served least recently."""
         running: dict[str, int] = collections.Counter(j.request.cache_scope for j in self._active)
-        return min(self._waiting, key=lambda j: running.get(j.request.cache_scope, 0))  # min is stable: FIFO ties
+
+        def key(job: _Job) -> tuple[int, int]:
+            scope = job.request.cache_scope
+            return running.get(scope, 0), self._admitted_at.get(scope, -1)
+
+        return min(self._waiting, key=key)  # min is stable: FIFO among equals
 
     def _admit(self, ctx: LlamaContext) -> None:
         while self._waiting:
@@ -298,6 +328,8 @@ class LlamaCppEngine:
             self._waiting.remove(job)
             with self._lock:
                 self._queued -= 1
+            self._admissions += 1
+            self._admitted_at[job.request.cache_scope] = self._admissions
             self._place(ctx, job, free)
             job.admitted = True
             self._active.append(job)
@@ -412,12 +444,14 @@ class LlamaCppEngine:
         Returns 1 when a completion token was produced.
         """
         logits = ctx.logits(row)
-        token = choice.sampler.sample(logits)
-        if self.model.is_end_of_generation(token):
+        token = choice.sampler.sample(logits, choice.constraint)
+        if token < 0 or self.model.is_end_of_generation(token):
             self._end_choice(job, choice, "stop")
             return 0
         choice.generated += 1
         choice.sampler.accept(token)
+        if choice.constraint is not None:
+            choice.constraint.accept(token)
         if job.request.sampling.logprobs is not None:
             choice.held_logprobs.append(self._logprob(logits, token, job.request.sampling.logprobs))
         text = choice.assembler.feed(self.model.piece(token))
@@ -449,6 +483,10 @@ class LlamaCppEngine:
         job.finished = True
         if job in self._active:
             self._active.remove(job)
+        for choice in job.choices:
+            if choice.constraint is not None:
+                choice.constraint.close()
+                choice.constraint = None
         if job.admitted:
             now = time.monotonic()
             for choice in job.choices:

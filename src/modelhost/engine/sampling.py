@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelhost.engine.base import SamplingParams
+from modelhost.engine.grammar import GrammarConstraint
 
 # top_p first looks among this many best tokens; only if they hold less mass than top_p is the
 # whole vocabulary sorted (rare), which keeps a sample well under a millisecond.
@@ -32,8 +33,13 @@ class TokenSampler:
             # Seeds are int64 on the wire; numpy wants non-negative entropy.
             self._rng = np.random.default_rng([params.seed & 0xFFFFFFFFFFFFFFFF, choice_index])
 
-    def sample(self, logits: np.ndarray) -> int:
-        """Pick the next token from one row of logits (`logits` is not modified)."""
+    def sample(self, logits: np.ndarray, constraint: GrammarConstraint | None = None) -> int:
+        """Pick the next token from one row of logits (`logits` is not modified).
+
+        With a grammar, the token is first drawn freely and kept if the grammar allows it; only
+        otherwise is the whole vocabulary masked (the expensive path) and the draw repeated.
+        Returns -1 when the grammar allows nothing at all.
+        """
         scores = logits.astype(np.float32, copy=True)
         if self._bias_ids.size:
             scores[self._bias_ids] += self._bias_values
@@ -41,6 +47,17 @@ class TokenSampler:
             ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
             counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
             scores[ids] -= counts * self._params.frequency_penalty + self._params.presence_penalty
+        if constraint is None:
+            return self._pick(scores)
+        token = self._pick(scores.copy())
+        if constraint.allows(token):
+            return token
+        constraint.mask(scores)
+        if not np.isfinite(scores.max()):
+            return -1
+        return self._pick(scores)
+
+    def _pick(self, scores: np.ndarray) -> int:
         if self._params.temperature <= 0.0:
             return int(np.argmax(scores))
         scores /= self._params.temperature

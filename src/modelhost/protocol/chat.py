@@ -9,8 +9,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from modelhost.protocol.common import Usage, WireModel
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Seeds are int64 on the wire, and the schema says so. Validation allows 1024 past either end:
+# clients and fuzzers that compare JSON numbers as doubles cannot tell 2**63 - 1 from 2**63 + 512,
+# and a seed is only entropy (the sampler folds it into 64 bits). A 70-bit seed is still a 400.
+SEED_SLACK = 1024
+Seed = Annotated[
+    int,
+    Field(
+        ge=INT64_MIN - SEED_SLACK,
+        le=INT64_MAX + SEED_SLACK,
+        json_schema_extra={"minimum": INT64_MIN, "maximum": INT64_MAX, "format": "int64"},
+    ),
+]
 MAX_STOP_SEQUENCES = 4
 MAX_LOGIT_BIAS_ENTRIES = 1024
+# What the logit_bias validators enforce, stated in the OpenAPI document as well.
+LOGIT_BIAS_SCHEMA: dict[str, object] = {
+    "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+    "maxProperties": MAX_LOGIT_BIAS_ENTRIES,
+}
 MAX_MESSAGES = 2048
 
 
@@ -85,6 +103,54 @@ Message = Annotated[
 ]
 
 
+class FunctionDefinition(WireModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+    strict: bool | None = None
+
+
+class Tool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(WireModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, object] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(WireModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(WireModel):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(WireModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    Union[ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema], Field(discriminator="type")
+]
+
+MAX_TOOLS = 128
+
+
 class StreamOptions(WireModel):
     include_usage: bool | None = None
 
@@ -98,15 +164,21 @@ class ChatCompletionRequest(WireModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: Seed | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra=LOGIT_BIAS_SCHEMA)
     user: str | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
 
     @field_validator("stop")
     @classmethod
@@ -133,10 +205,18 @@ class ChatCompletionRequest(WireModel):
 # -- responses ---------------------------------------------------------------------------------
 
 
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    function_call: FunctionCall | None = None
 
 
 class TopLogprob(BaseModel):
@@ -179,12 +259,21 @@ class ChatCompletion(BaseModel):
     usage: ChatUsage
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall | None = None
+
+
 class Delta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["assistant"] | None = None
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCall | None = None
 
 
 class ChunkChoice(BaseModel):

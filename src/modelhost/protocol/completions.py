@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator
 
-from modelhost.protocol.chat import INT64_MAX, INT64_MIN, MAX_LOGIT_BIAS_ENTRIES, MAX_STOP_SEQUENCES, StreamOptions
+from modelhost.protocol.chat import (
+    LOGIT_BIAS_SCHEMA,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_STOP_SEQUENCES,
+    Seed,
+    StreamOptions,
+)
 from modelhost.protocol.common import Usage, WireModel
 
 MAX_PROMPTS = 64
 
-Prompt = Union[str, list[str], list[int], list[list[int]]]
+# A string, strings, token ids or lists of token ids; a list is never empty (nothing to complete).
+Prompt = Union[
+    str,
+    Annotated[list[str], Field(min_length=1)],
+    Annotated[list[int], Field(min_length=1)],
+    Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)],
+]
 
 
 class CompletionRequest(WireModel):
@@ -28,10 +40,10 @@ class CompletionRequest(WireModel):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: Seed | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra=LOGIT_BIAS_SCHEMA)
     user: str | None = None
 
     @field_validator("prompt")

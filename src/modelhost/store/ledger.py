@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, ColumnElement, Integer, cast, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from modelhost.store.schema import UsageRecord
 
@@ -37,6 +38,28 @@ class UsageTotal:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    """Sums of one time bucket and one combination of the grouped columns."""
+
+    bucket: int  # index of the bucket: it starts at start + bucket * width
+    key: tuple[str | None, ...]  # values of the grouped columns, in the order asked for
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+#: The ledger columns a bucketed query may group by.
+GROUPABLE = ("project_id", "user_id", "api_key_id", "model", "operation")
+
+
+def _epoch_seconds(column: InstrumentedAttribute[datetime], dialect: str) -> ColumnElement[int]:
+    """Whole Unix seconds of a timestamp column, in the database's own dialect."""
+    if dialect == "sqlite":  # timestamps are stored as UTC text
+        return cast(func.strftime("%s", column), Integer)
+    return cast(func.floor(func.extract("epoch", column)), BigInteger)
 
 
 class UsageLedger:
@@ -88,6 +111,66 @@ class UsageLedger:
         query = query.order_by(UsageRecord.organization_id, UsageRecord.project_id, UsageRecord.model)
         with self._sessions() as session:
             return [UsageTotal(o, p, m, int(c), int(pt), int(ct)) for o, p, m, c, pt, ct in session.execute(query)]
+
+
+    def bucketed(
+        self,
+        *,
+        organization_id: str,
+        operations: Sequence[str] | None,
+        start: int,
+        end: int,
+        width: int,
+        group_by: Sequence[str] = (),
+        project_ids: Sequence[str] = (),
+        user_ids: Sequence[str] = (),
+        api_key_ids: Sequence[str] = (),
+        models: Sequence[str] = (),
+    ) -> list[UsageGroup]:
+        """Sums per `width`-second bucket counted from `start`, over ``start <= created_at < end``.
+
+        Only the organization's rows of the given `operations` (None: all), narrowed by the id lists
+        (empty: any), grouped by the `group_by` columns (a subset of `GROUPABLE`).
+        """
+        assert width > 0 and end >= start, "the caller validates the range"
+        assert set(group_by) <= set(GROUPABLE), f"group_by is a subset of {GROUPABLE}"
+        query = select(UsageRecord).where(
+            UsageRecord.organization_id == organization_id,
+            UsageRecord.created_at >= datetime.fromtimestamp(start, timezone.utc),
+            UsageRecord.created_at < datetime.fromtimestamp(end, timezone.utc),
+        )
+        if operations is not None:
+            query = query.where(UsageRecord.operation.in_(operations))
+        for column, wanted in (
+            (UsageRecord.project_id, project_ids),
+            (UsageRecord.user_id, user_ids),
+            (UsageRecord.api_key_id, api_key_ids),
+            (UsageRecord.model, models),
+        ):
+            if wanted:
+                query = query.where(column.in_(wanted))
+        with self._sessions() as session:
+            dialect = session.get_bind().dialect.name
+            seconds = _epoch_seconds(UsageRecord.created_at, dialect)
+            rows = query.with_only_columns(
+                ((seconds - start) // width).label("bucket"),
+                *(getattr(UsageRecord, name).label(name) for name in group_by),
+                UsageRecord.prompt_tokens,
+                UsageRecord.completion_tokens,
+            ).subquery()
+            # Grouping an outer query by the inner column keeps PostgreSQL from seeing two different
+            # bound-parameter expressions in SELECT and GROUP BY.
+            keys = [rows.c.bucket, *(rows.c[name] for name in group_by)]
+            summed = select(
+                *keys,
+                func.count(),
+                func.coalesce(func.sum(rows.c.prompt_tokens), 0),
+                func.coalesce(func.sum(rows.c.completion_tokens), 0),
+            ).group_by(*keys)
+            return [
+                UsageGroup(int(row[0]), tuple(row[1 : 1 + len(group_by)]), int(row[-3]), int(row[-2]), int(row[-1]))
+                for row in session.execute(summed)
+            ]
 
 
 def _entry(row: UsageRecord) -> UsageEntry:

@@ -8,16 +8,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelhost.ids import new_id
-from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
+from modelhost.store.pages import Page, keyset_page
+from modelhost.store.schema import (
+    ApiKey,
+    Membership,
+    Organization,
+    Project,
+    ProjectMembership,
+    ServiceAccount,
+    User,
+)
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """`moment` as an aware UTC time (SQLite hands back naive times; all of ours are UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 class TenancyConflict(Exception):
@@ -31,11 +48,16 @@ class KeyRecord:
     key_id: str
     kind: str
     secret_hash: str
-    user_id: str
+    user_id: str | None
     organization_id: str | None
     project_id: str | None
     project_status: str | None
     revoked: bool
+    service_account_id: str | None = None
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 def create_organization(session: Session, name: str, owner: User | None = None) -> Organization:
@@ -136,10 +158,13 @@ def add_key(
     secret_hash: str,
     redacted_value: str,
     name: str,
-    user_id: str,
+    user_id: str | None,
     organization_id: str | None,
     project_id: str | None,
+    service_account_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> ApiKey:
+    assert (user_id is None) != (service_account_id is None), "a key belongs to a user or a service account"
     key = ApiKey(
         id=new_id("key_", 16),
         kind=kind,
@@ -149,6 +174,8 @@ def add_key(
         user_id=user_id,
         organization_id=organization_id,
         project_id=project_id,
+        service_account_id=service_account_id,
+        expires_at=expires_at,
         created_at=utcnow(),
     )
     session.add(key)
@@ -184,6 +211,8 @@ def key_by_hash(session: Session, secret_hash: str) -> KeyRecord | None:
         project_id=key.project_id,
         project_status=project_status,
         revoked=key.revoked_at is not None,
+        service_account_id=key.service_account_id,
+        expires_at=as_utc(key.expires_at),
     )
 
 
@@ -191,3 +220,169 @@ def touch_keys(session: Session, last_used: dict[str, datetime]) -> None:
     """Write the newest `last_used_at` of each key (batched by the caller, not per request)."""
     for key_id, when in last_used.items():
         session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
+
+
+# -- lookups scoped to an organization: another organization's id is simply not found ----------
+def get_user(session: Session, user_id: str) -> User | None:
+    return session.get(User, user_id)
+
+
+def get_project(session: Session, organization_id: str, project_id: str) -> Project | None:
+    return session.scalar(select(Project).where(Project.id == project_id, Project.organization_id == organization_id))
+
+
+def list_projects(
+    session: Session, organization_id: str, *, include_archived: bool, limit: int, after: str | None
+) -> Page[Project]:
+    query = select(Project).where(Project.organization_id == organization_id)
+    if not include_archived:
+        query = query.where(Project.status == "active")
+    return keyset_page(session, query, created=Project.created_at, ident=Project.id, limit=limit, after=after)
+
+
+def membership(session: Session, user_id: str, organization_id: str) -> Membership | None:
+    return session.scalar(
+        select(Membership).where(Membership.user_id == user_id, Membership.organization_id == organization_id)
+    )
+
+
+def list_members(
+    session: Session, organization_id: str, *, emails: list[str], limit: int, after: str | None
+) -> Page[Any]:
+    """(Membership, User) rows of the organization, in the order they joined."""
+    query = (
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.organization_id == organization_id)
+    )
+    if emails:
+        query = query.where(User.email.in_(emails))
+    return keyset_page(
+        session, query, created=Membership.created_at, ident=User.id, limit=limit, after=after, scalars=False
+    )
+
+
+def owner_count(session: Session, organization_id: str) -> int:
+    """How many owners the organization has, locking their rows so two demotions cannot race to zero."""
+    owners = select(Membership.id).where(Membership.organization_id == organization_id, Membership.role == "owner")
+    return len(session.scalars(owners.with_for_update()).all())
+
+
+def _org_projects(organization_id: str) -> Any:
+    return select(Project.id).where(Project.organization_id == organization_id).scalar_subquery()
+
+
+def remove_member(session: Session, member: Membership) -> None:
+    """Take the user out of the organization: its projects, their keys there, the membership itself."""
+    org_id, user_id = member.organization_id, member.user_id
+    session.execute(
+        delete(ProjectMembership).where(
+            ProjectMembership.user_id == user_id, ProjectMembership.project_id.in_(_org_projects(org_id))
+        )
+    )
+    revoke_keys(session, organization_id=org_id, user_id=user_id)
+    session.delete(member)
+    session.flush()
+    user = session.get(User, user_id)
+    if user is not None and user.default_organization_id == org_id:
+        user.default_organization_id = session.scalar(
+            select(Membership.organization_id).where(Membership.user_id == user_id).order_by(Membership.created_at).limit(1)
+        )
+
+
+# -- keys of an organization --------------------------------------------------------------------
+def revoke_keys(
+    session: Session,
+    *,
+    organization_id: str,
+    user_id: str | None = None,
+    project_id: str | None = None,
+    service_account_id: str | None = None,
+) -> None:
+    """Revoke the live keys bound to the organization that match every given owner and project."""
+    assert user_id or service_account_id, "revoke the keys of someone"
+    query = update(ApiKey).where(ApiKey.organization_id == organization_id, ApiKey.revoked_at.is_(None))
+    if user_id is not None:
+        query = query.where(ApiKey.user_id == user_id)
+    if project_id is not None:
+        query = query.where(ApiKey.project_id == project_id)
+    if service_account_id is not None:
+        query = query.where(ApiKey.service_account_id == service_account_id)
+    session.execute(query.values(revoked_at=utcnow()))
+
+
+def live_key(session: Session, key_id: str, *, organization_id: str, kinds: tuple[str, ...]) -> ApiKey | None:
+    """A key of one of `kinds` bound to the organization that is not revoked."""
+    return session.scalar(
+        select(ApiKey).where(
+            ApiKey.id == key_id,
+            ApiKey.organization_id == organization_id,
+            ApiKey.kind.in_(kinds),
+            ApiKey.revoked_at.is_(None),
+        )
+    )
+
+
+def list_admin_keys(
+    session: Session, organization_id: str, *, limit: int, after: str | None, descending: bool
+) -> Page[ApiKey]:
+    query = select(ApiKey).where(
+        ApiKey.organization_id == organization_id, ApiKey.kind == "admin", ApiKey.revoked_at.is_(None)
+    )
+    return keyset_page(
+        session, query, created=ApiKey.created_at, ident=ApiKey.id, limit=limit, after=after, descending=descending
+    )
+
+
+def owner_has_access() -> ColumnElement[bool]:
+    """SQL truth of "the owner of this project key may still use the project" (see `project_role`)."""
+    service_account_alive = exists().where(
+        ServiceAccount.id == ApiKey.service_account_id, ServiceAccount.deleted_at.is_(None)
+    )
+    org_owner = exists().where(
+        Membership.user_id == ApiKey.user_id,
+        Membership.organization_id == ApiKey.organization_id,
+        Membership.role == "owner",
+    )
+    org_member = exists().where(
+        Membership.user_id == ApiKey.user_id, Membership.organization_id == ApiKey.organization_id
+    )
+    project_member = exists().where(
+        ProjectMembership.user_id == ApiKey.user_id, ProjectMembership.project_id == ApiKey.project_id
+    )
+    return or_(
+        and_(ApiKey.kind == "service_account", service_account_alive),
+        and_(ApiKey.kind == "project", or_(org_owner, and_(org_member, project_member))),
+    )
+
+
+def list_project_keys(
+    session: Session, project_id: str, *, limit: int, after: str | None, owner_access: str | None
+) -> Page[Any]:
+    """(ApiKey, owner has access) rows of the project's live keys; `owner_access` is active/inactive/None."""
+    access = owner_has_access()
+    query = select(ApiKey, access.label("owner_access")).where(
+        ApiKey.project_id == project_id,
+        ApiKey.kind.in_(("project", "service_account")),
+        ApiKey.revoked_at.is_(None),
+    )
+    if owner_access == "active":
+        query = query.where(access)
+    elif owner_access == "inactive":
+        query = query.where(~access)
+    return keyset_page(
+        session, query, created=ApiKey.created_at, ident=ApiKey.id, limit=limit, after=after, scalars=False
+    )
+
+
+def project_key(session: Session, project_id: str, key_id: str) -> tuple[ApiKey, bool] | None:
+    """The live key of the project with whether its owner may still use the project."""
+    row = session.execute(
+        select(ApiKey, owner_has_access()).where(
+            ApiKey.id == key_id,
+            ApiKey.project_id == project_id,
+            ApiKey.kind.in_(("project", "service_account")),
+            ApiKey.revoked_at.is_(None),
+        )
+    ).first()
+    return None if row is None else (row[0], bool(row[1]))
