@@ -54,6 +54,7 @@ NODE_SCRIPTS: dict[str, str] = {
     "node_v3.js": NODE_OPENAI_V3,
     "node_current.mjs": NODE_OPENAI_CURRENT,
     "node_embeddings.mjs": NODE_OPENAI_CURRENT,
+    "node_generation_features.mjs": NODE_OPENAI_CURRENT,
 }
 
 REQUIRED_ENV = ("MODELHOST_BASE_URL", "MODELHOST_API_KEY", "MODELHOST_ORG", "MODELHOST_MODEL")

@@ -92,3 +92,27 @@ def test_curl_quickstart(client_env: dict[str, str], model: str) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert json.loads(chat.stdout)["choices"][0]["message"]["content"]
+
+
+def test_node_current_generation_features(client_env: dict[str, str], model: str) -> None:
+    """Structured outputs, tool calls (plain and streamed), logprobs and legacy completions from Node."""
+    import jsonschema
+
+    result = _node("node_generation_features.mjs", client_env)
+    structured = result["structured"]
+    if structured["finish_reason"] == "stop":
+        jsonschema.validate(
+            json.loads(structured["content"]),
+            {"type": "object", "properties": {"name": {"type": "string"}, "legs": {"type": "integer"}}, "required": ["name", "legs"]},
+        )
+    assert result["tool"]["finish_reason"] == "tool_calls"
+    assert result["tool"]["calls"][0]["name"] == "get_weather"
+    assert set(json.loads(result["tool"]["calls"][0]["arguments"])) == {"city", "unit"}
+    assert result["streamed_tool"]["finish_reason"] == "tool_calls"
+    assert result["streamed_tool"]["calls"][0]["name"] == "get_weather"
+    json.loads(result["streamed_tool"]["calls"][0]["arguments"])
+    assert result["logprobs"]["tokens"] == result["logprobs"]["completion_tokens"] == 3
+    assert result["logprobs"]["top"] == [2, 2, 2]
+    legacy = result["legacy"]
+    assert legacy["object"] == "text_completion" and legacy["text"].startswith("Hello world")
+    assert legacy["first_logprob"] is None and len(legacy["tokens"]) == legacy["prompt_tokens"] + 3
