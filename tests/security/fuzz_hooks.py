@@ -60,6 +60,9 @@ def map_body(context: Any, body: Any) -> Any:
     if isinstance(body.get("logit_bias"), dict):
         body["logit_bias"] = {str(int(k) % VOCAB) if k.isdigit() else k: v for k, v in body["logit_bias"].items()}
     prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not _is_int(prompt[0]):
+        # Each prompt is its own generation: keep the work (and the engine queue) bounded like `n`.
+        prompt = body["prompt"] = prompt[:MAX_N]
     if isinstance(prompt, list):
         body["prompt"] = [[_token(t) for t in p] if isinstance(p, list) else _token(p) for p in prompt]
     return body

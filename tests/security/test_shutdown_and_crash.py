@@ -31,14 +31,15 @@ def _stream(url: str, auth: dict[str, str], body: dict[str, object], out: dict[s
 
 
 def test_graceful_shutdown_finishes_streams_cuts_the_rest_at_the_grace_deadline_and_exits_0(tmp_path: Path) -> None:
-    proc = start_server(tmp_path / "shutdown", MODELHOST_SHUTDOWN_GRACE_SECONDS="4")
+    # A grace period long enough for the short stream even on a loaded 2-core machine.
+    proc = start_server(tmp_path / "shutdown", MODELHOST_SHUTDOWN_GRACE_SECONDS="8")
     assert proc.proc is not None
     auth = {"Authorization": f"Bearer {make_key(proc)['secret']}"}
     url = f"{proc.base_url}/chat/completions"
     short: dict[str, object] = {}
     long: dict[str, object] = {}
     threads = [
-        threading.Thread(target=_stream, args=(url, auth, long_chat(30, stream=True, stream_options={"include_usage": True}), short)),
+        threading.Thread(target=_stream, args=(url, auth, long_chat(20, stream=True, stream_options={"include_usage": True}), short)),
         threading.Thread(target=_stream, args=(url, auth, long_chat(1900, stream=True), long)),
     ]
     for t in threads:
@@ -55,7 +56,7 @@ def test_graceful_shutdown_finishes_streams_cuts_the_rest_at_the_grace_deadline_
         t.join(timeout=10)
     assert short["events"][-1] == "[DONE]"  # finished inside the grace period
     assert json.loads(long["events"][-1])["error"]["code"] == "server_shutting_down"  # cut at the deadline
-    assert 3.5 < took < 20, took
+    assert 7.5 < took < 30, took
     entries = UsageLedger(session_factory(open_engine(f"sqlite:///{proc.home / 'modelhost.db'}"))).entries()
     assert sorted(e.outcome for e in entries) == ["cancelled", "completed"]
     usage = json.loads(short["events"][-2])["usage"]
