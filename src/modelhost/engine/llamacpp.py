@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from modelhost.engine.events import END, read_events
 from modelhost.engine.base import (
     ChoiceFinished,
     EngineEvent,
@@ -41,7 +42,6 @@ from modelhost.engine.stops import TextAssembler
 
 logger = logging.getLogger(__name__)
 
-_END = object()  # sentinel on a job's event queue: no more events
 
 
 @dataclass
@@ -113,13 +113,8 @@ class Generation:
 
     async def __aiter__(self) -> AsyncIterator[EngineEvent]:
         try:
-            while True:
-                item = await self._job.events.get()
-                if item is _END:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item  # type: ignore[misc]
+            async for event in read_events(self._job.events):
+                yield event
         finally:
             self.cancel()
 
@@ -504,4 +499,4 @@ class LlamaCppEngine:
                 self._queued -= 1
         if error is not None:
             job.emit(error)
-        job.emit(_END)
+        job.emit(END)

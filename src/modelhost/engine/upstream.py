@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from modelhost.engine.events import END, read_events
 from modelhost.engine.base import EngineEvent, EngineFailed, GenerationRequest
 from modelhost.engine.upstream_pool import Replica, UpstreamPool
 from modelhost.engine.upstream_stream import ChunkReader, SSEDecoder, UpstreamProtocolError
@@ -41,7 +42,6 @@ from modelhost.errors import (
 
 logger = logging.getLogger(__name__)
 
-_END = object()
 MAX_ERROR_BODY = 64 * 1024
 MAX_WHOLE_BODY = 16 * 1024 * 1024
 _URL = re.compile(r"\b(?:https?|wss?)://[^\s\"'<>]+", re.IGNORECASE)
@@ -72,13 +72,8 @@ class UpstreamGeneration:
 
     async def __aiter__(self) -> AsyncIterator[EngineEvent]:
         try:
-            while True:
-                item = await self._events.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item  # type: ignore[misc]
+            async for event in read_events(self._events):
+                yield event
         finally:
             self.cancel()
 
@@ -93,7 +88,7 @@ class UpstreamGeneration:
             logger.exception("model %s: forwarding %s failed unexpectedly", engine.model_id, request.request_id)
             self._events.put_nowait(EngineFailed(type(exc).__name__, BadGateway("The model's upstream server failed; retry the request.")))
         finally:
-            self._events.put_nowait(_END)
+            self._events.put_nowait(END)
 
 
 class UpstreamEngine:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from modelhost.engine.events import END, read_events
 from modelhost.engine.base import (
     ChoiceFinished,
     EngineEvent,
@@ -36,7 +37,6 @@ from modelhost.engine.grammar import GrammarError
 
 logger = logging.getLogger(__name__)
 
-_END = object()
 _ids = itertools.count()
 
 
@@ -116,13 +116,8 @@ class VllmGeneration:
 
     async def __aiter__(self) -> AsyncIterator[EngineEvent]:
         try:
-            while True:
-                item = await self._events.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item  # type: ignore[misc]
+            async for event in read_events(self._events):
+                yield event
         finally:
             self.cancel()
 
@@ -161,7 +156,7 @@ class VllmGeneration:
             emit(EngineFailed(f"vLLM failed: {type(exc).__name__}"))
         finally:
             engine.running -= 1
-            emit(_END)
+            emit(END)
 
 
 class VllmEngine:
