@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.keys import new_secret
@@ -36,7 +37,20 @@ class Bootstrap:
 
 
 def bootstrap(sessions: sessionmaker[Session], owner_email: str = DEFAULT_OWNER_EMAIL) -> Bootstrap:
-    """On an empty store, create the first owner, organization and default project."""
+    """On an empty store, create the first owner, organization and default project.
+
+    Replicas starting together on one empty database race here; the owner's unique email lets
+    exactly one of them create the organization (owner, organization and project are one
+    transaction). The others find the owner there already (or are refused by the constraint when
+    both inserted it at once) and, trying again, read what the winner created.
+    """
+    try:
+        return _bootstrap_once(sessions, owner_email)
+    except (IntegrityError, tenancy.TenancyConflict):
+        return _bootstrap_once(sessions, owner_email)
+
+
+def _bootstrap_once(sessions: sessionmaker[Session], owner_email: str) -> Bootstrap:
     with sessions() as session:
         owner = session.scalar(select(User).order_by(User.created_at).limit(1))
         if owner is not None and owner.default_organization_id:

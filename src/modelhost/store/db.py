@@ -6,10 +6,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+# The PostgreSQL advisory lock that serialises migrations between processes sharing a database
+# ("modelhst" as a big-endian 64-bit integer; any key no other application on the database uses).
+MIGRATION_LOCK_ID = int.from_bytes(b"modelhst", "big")
 
 
 def _normalise_url(url: str) -> str:
@@ -41,10 +45,20 @@ def open_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema up to the newest revision of every migration branch (idempotent)."""
+    """Bring the schema up to the newest revision of every migration branch (idempotent).
+
+    On PostgreSQL the upgrade runs in one transaction holding an advisory lock, so replicas
+    starting together on one database take turns: the first creates or upgrades the schema, the
+    others wait for its commit, then find it at the newest revision and change nothing. (Without
+    the lock they would race to CREATE the same tables and all but one would die on a unique
+    violation.) The lock is released with the transaction, also when the process dies. SQLite is
+    one file on one host: its migrations are not run by several servers at once.
+    """
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection
         command.upgrade(config, "heads")
 
