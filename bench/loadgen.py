@@ -47,6 +47,7 @@ async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, i: in
     started = time.perf_counter()
     ttft = None
     tokens = 0
+    content_chunks = 0
     if args.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -59,8 +60,12 @@ async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, i: in
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
                 for choice in chunk.get("choices", []):
-                    if choice.get("delta", {}).get("content") and ttft is None:
-                        ttft = time.perf_counter() - started
+                    if choice.get("delta", {}).get("content"):
+                        content_chunks += 1
+                        if ttft is None:
+                            ttft = time.perf_counter() - started
+        # A server that sends no usage in streams (llama-cpp-python's): one chunk per token.
+        tokens = tokens or content_chunks
     else:
         response = await client.post("/chat/completions", json=body)
         response.raise_for_status()
