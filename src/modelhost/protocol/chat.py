@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelhost.protocol.common import Usage, WireModel
 
@@ -30,6 +30,30 @@ LOGIT_BIAS_SCHEMA: dict[str, object] = {
     "maxProperties": MAX_LOGIT_BIAS_ENTRIES,
 }
 MAX_MESSAGES = 2048
+
+
+def _at_most_four_stops(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+    return value
+
+
+def _valid_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is not None and len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries are allowed")
+    for token, bias in (value or {}).items():
+        if not token.isdigit() or len(token) > 9:
+            raise ValueError(f"keys must be token ids (integers), got {token[:20]!r}")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"bias values must be between -100 and 100, got {bias}")
+    return value
+
+
+# `stop` and `logit_bias` as chat and legacy completions both take them.
+Stop = Annotated[Union[str, list[str], None], AfterValidator(_at_most_four_stops)]
+LogitBias = Annotated[
+    Union[dict[str, float], None], AfterValidator(_valid_logit_bias), Field(json_schema_extra=LOGIT_BIAS_SCHEMA)
+]
 
 
 class TextPart(WireModel):
@@ -163,11 +187,11 @@ class ChatCompletionRequest(WireModel):
     n: int | None = Field(default=None, ge=1, le=128)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: Seed | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra=LOGIT_BIAS_SCHEMA)
+    logit_bias: LogitBias = None
     user: str | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -179,27 +203,6 @@ class ChatCompletionRequest(WireModel):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     function_call: Literal["none", "auto"] | NamedFunction | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _valid_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return value
-        if len(value) > MAX_LOGIT_BIAS_ENTRIES:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries are allowed")
-        for token, bias in value.items():
-            if not token.isdigit() or len(token) > 9:
-                raise ValueError(f"keys must be token ids (integers), got {token[:20]!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"bias values must be between -100 and 100, got {bias}")
-        return value
 
 
 # -- responses ---------------------------------------------------------------------------------

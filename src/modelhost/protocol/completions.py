@@ -7,10 +7,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, Field, field_validator
 
 from modelhost.protocol.chat import (
-    LOGIT_BIAS_SCHEMA,
-    MAX_LOGIT_BIAS_ENTRIES,
-    MAX_STOP_SEQUENCES,
+    LogitBias,
     Seed,
+    Stop,
     StreamOptions,
 )
 from modelhost.protocol.common import Usage, WireModel
@@ -39,11 +38,11 @@ class CompletionRequest(WireModel):
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: Seed | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra=LOGIT_BIAS_SCHEMA)
+    logit_bias: LogitBias = None
     user: str | None = None
 
     @field_validator("prompt")
@@ -53,25 +52,6 @@ class CompletionRequest(WireModel):
             raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         if isinstance(value, list) and not value:
             raise ValueError("the prompt list is empty")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _valid_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is not None and len(value) > MAX_LOGIT_BIAS_ENTRIES:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries are allowed")
-        for token, bias in (value or {}).items():
-            if not token.isdigit() or len(token) > 9:
-                raise ValueError(f"keys must be token ids (integers), got {token[:20]!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"bias values must be between -100 and 100, got {bias}")
         return value
 
 
