@@ -13,11 +13,13 @@ from modelhost.observability.access_log import (
 )
 from modelhost.observability.metrics import Metrics
 from modelhost.observability.observer import GenerationObserver, Observability
+from modelhost.observability.report import GenerationReport
 
 __all__ = [
     "AccessLog",
     "Exchange",
     "GenerationObserver",
+    "GenerationReport",
     "Metrics",
     "Observability",
     "SafeFormatter",

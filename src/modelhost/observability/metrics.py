@@ -19,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modelhost.observability.report import GenerationReport
+
 # Seconds; TTFT on two CPU cores ranges from ~20 ms (cached prefix) to seconds (long prompt, queued).
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -99,24 +101,15 @@ class Metrics:
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
 
-    def generation_settled(
-        self,
-        *,
-        model: str,
-        operation: str,
-        outcome: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        time_to_first_token: float | None,
-        time_per_output_token: float | None,
-    ) -> None:
-        self.generations.labels(model=model, operation=operation, outcome=outcome).inc()
-        self.prompt_tokens.labels(model=model).inc(prompt_tokens)
-        self.completion_tokens.labels(model=model).inc(completion_tokens)
-        if time_to_first_token is not None:
-            self.time_to_first_token.labels(model=model).observe(time_to_first_token)
-        if time_per_output_token is not None:
-            self.time_per_output_token.labels(model=model).observe(time_per_output_token)
+    def generation_settled(self, report: GenerationReport) -> None:
+        model = report.model
+        self.generations.labels(model=model, operation=report.operation, outcome=report.outcome).inc()
+        self.prompt_tokens.labels(model=model).inc(report.prompt_tokens)
+        self.completion_tokens.labels(model=model).inc(report.completion_tokens)
+        if report.time_to_first_token is not None:
+            self.time_to_first_token.labels(model=model).observe(report.time_to_first_token)
+        if report.time_per_output_token is not None:
+            self.time_per_output_token.labels(model=model).observe(report.time_per_output_token)
 
     def request_finished(self, *, route: str, method: str, status: int, model: str, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status), model=model).inc()

@@ -6,22 +6,13 @@ from typing import Protocol
 
 from modelhost.observability.access_log import AccessLog, current_exchange
 from modelhost.observability.metrics import Metrics
+from modelhost.observability.report import GenerationReport
 
 
 class GenerationObserver(Protocol):
     """Told once per settled generation (the pipeline calls it from `GenerationRun.settle`)."""
 
-    def generation_settled(
-        self,
-        *,
-        model: str,
-        operation: str,
-        outcome: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        time_to_first_token: float | None,
-        time_per_output_token: float | None,
-    ) -> None: ...
+    def generation_settled(self, report: GenerationReport) -> None: ...
 
 
 class Observability:
@@ -31,28 +22,13 @@ class Observability:
         self.metrics = Metrics()
         self.access_log = AccessLog(enabled=access_log)
 
-    def generation_settled(
-        self,
-        *,
-        model: str,
-        operation: str,
-        outcome: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        time_to_first_token: float | None,
-        time_per_output_token: float | None,
-    ) -> None:
-        self.metrics.generation_settled(
-            model=model,
-            operation=operation,
-            outcome=outcome,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            time_to_first_token=time_to_first_token,
-            time_per_output_token=time_per_output_token,
-        )
+    def generation_settled(self, report: GenerationReport) -> None:
+        self.metrics.generation_settled(report)
         exchange = current_exchange()
         if exchange is not None:
             exchange.note_generation(
-                model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ttft=time_to_first_token
+                model=report.model,
+                prompt_tokens=report.prompt_tokens,
+                completion_tokens=report.completion_tokens,
+                ttft=report.time_to_first_token,
             )

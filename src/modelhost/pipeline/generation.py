@@ -32,7 +32,7 @@ from modelhost.engine.base import (
 from modelhost.engine.registry import ServedModel
 from modelhost.errors import ServerError, ServiceUnavailable
 from modelhost.limits import Limiter, Reservation
-from modelhost.observability import GenerationObserver
+from modelhost.observability import GenerationObserver, GenerationReport
 from modelhost.store import UsageEntry, UsageLedger
 
 logger = logging.getLogger(__name__)
@@ -202,13 +202,15 @@ class GenerationRun:
         later = self.completion_tokens - self.plan.n  # tokens after each choice's first
         per_token = (self._last_text - self._first_text) / later if self._first_text and later > 0 else None
         self._observer.generation_settled(
-            model=self.plan.model.id,
-            operation=self.plan.operation,
-            outcome=outcome,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            time_to_first_token=ttft,
-            time_per_output_token=per_token,
+            GenerationReport(
+                model=self.plan.model.id,
+                operation=self.plan.operation,
+                outcome=outcome,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                time_to_first_token=ttft,
+                time_per_output_token=per_token,
+            )
         )
 
 
