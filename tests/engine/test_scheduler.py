@@ -208,5 +208,25 @@ def test_full_queue_is_overloaded() -> None:
     run(main())
 
 
+def test_later_parts_of_a_request_join_its_first_part_in_a_full_queue() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()
+        engine = make_engine(model, slots=1, max_queued=1)
+        await engine.start()
+        parts = [
+            engine.submit(GenerationRequest(f"r-{i}", [1], SamplingParams(max_tokens=2, temperature=0), part=i))
+            for i in range(3)
+        ]  # submitted back to back: the first has not left the queue when the second arrives
+        with pytest.raises(EngineOverloaded):
+            engine.submit(request([1], max_tokens=2, rid="other"))  # a new request still meets the limit
+        model.gate.set()
+        for part in parts:
+            assert (await drain(part))[1] == {0: "length"}
+        await engine.stop()
+
+    run(main())
+
+
 def test_eog_token_is_never_emitted() -> None:
     assert FakeModel().piece(EOG) == b""

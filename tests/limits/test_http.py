@@ -135,6 +135,22 @@ def test_concurrent_requests_per_key_are_capped(server: ServerProcess) -> None:
             time.sleep(0.2)
 
 
+def test_a_completion_with_several_prompts_is_one_request(server: ServerProcess) -> None:
+    # OpenAI counts the HTTP request: three prompts take one request from RPM and one concurrency
+    # place (a cap of 1 must not refuse the request's own second prompt), and tokens for all three.
+    tenant = new_tenant(server, "Prompts")
+    server.cli("limits", "set", "--project", tenant.project, "--rpm", "30", "--tpm", "600", "--concurrency", "1")
+    raw = tenant.client(server).completions.with_raw_response.create(
+        model=MODEL, prompt=["One", "Two", "Three"], max_tokens=1, logit_bias={"0": -100}
+    )
+    completion = raw.parse()
+    assert len(completion.choices) == 3
+    assert raw.headers["x-ratelimit-remaining-requests"] == "29"
+    taken = completion.usage.prompt_tokens + 3  # type: ignore[union-attr]
+    # The bucket refills 10 tokens/s while the three prompts reserve one after the other.
+    assert 600 - taken <= int(raw.headers["x-ratelimit-remaining-tokens"]) <= 600 - taken + 1
+
+
 def test_insufficient_quota_is_429_and_the_sdk_does_not_retry(server: ServerProcess) -> None:
     tenant = new_tenant(server, "Broke")
     server.cli("quotas", "set", "--project", tenant.project, "--unit", "tokens", "--hard", "5")

@@ -75,9 +75,10 @@ class World:
                        "chat.completions", prompt, completion, "completed")
         )
 
-    async def reserve(self, prompt: int = 10, max_tokens: int = 5, n: int = 1, request_id: str = "r"):  # type: ignore[no-untyped-def]
+    async def reserve(self, prompt: int = 10, max_tokens: int = 5, n: int = 1, request_id: str = "r", counts_request: bool = True):  # type: ignore[no-untyped-def]
         return await self.limiter.reserve(
-            self.who, model=MODEL, request_id=request_id, prompt_tokens=prompt, max_tokens=max_tokens, n=n
+            self.who, model=MODEL, request_id=request_id, prompt_tokens=prompt, max_tokens=max_tokens, n=n,
+            counts_request=counts_request,
         )
 
 
@@ -119,6 +120,24 @@ def test_over_the_request_rate_is_a_429_shaped_like_openais(tmp_path: Path, stor
         assert 19_000 < int(error.headers["retry-after-ms"]) <= 20_000
         assert error.headers["x-ratelimit-remaining-requests"] == "0"
         assert "x-should-retry" not in error.headers
+
+    store.run(body)
+
+
+def test_later_prompts_of_one_request_take_tokens_but_not_requests(tmp_path: Path, store: Store) -> None:
+    world = World(tmp_path, store)
+    world.limits(max_requests_per_1_minute=2, max_tokens_per_1_minute=1000, max_concurrent_requests=1)
+
+    async def body() -> None:
+        first = await world.reserve(prompt=10, max_tokens=5, request_id="r-0")
+        later = await world.reserve(prompt=10, max_tokens=5, request_id="r-1", counts_request=False)
+        assert later.headers["x-ratelimit-remaining-requests"] == "1"  # still only r-0 counted
+        assert later.headers["x-ratelimit-remaining-tokens"] == "970"
+        with pytest.raises(RateLimitExceeded) as refused:  # the key's one concurrent request is r-0
+            await world.reserve(request_id="other")
+        assert "concurrent requests per key: Limit 1, Used 1" in refused.value.message
+        await world.limiter.release(later)
+        await world.limiter.release(first)
 
     store.run(body)
 

@@ -104,7 +104,7 @@ async def plan_completions(request: Request, body: CompletionRequest, who: Princ
             prompt_logprobs=bool(body.echo and body.logprobs is not None),
         )
         request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
-        plans.append(GenerationPlan(who, served, "completions", request_id, prompt, sampling, best_of))
+        plans.append(GenerationPlan(who, served, "completions", request_id, prompt, sampling, best_of, part=i))
     return plans
 
 
@@ -125,7 +125,7 @@ def _forwarded_plans(
         reserve = min(body.max_tokens, context) if body.max_tokens is not None else max(1, context - upstream.prompt_estimate)
         sampling = convert.sampling_params(body, max_tokens=reserve, n_vocab=convert.ANY_VOCAB, logprobs=logprobs)
         request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
-        plans.append(GenerationPlan(who, served, "completions", request_id, (), sampling, best_of, upstream=upstream))
+        plans.append(GenerationPlan(who, served, "completions", request_id, (), sampling, best_of, upstream=upstream, part=i))
     return plans
 
 

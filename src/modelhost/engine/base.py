@@ -57,6 +57,9 @@ class GenerationRequest:
     `cache_scope` names who may reuse this prompt's KV cache afterwards (the organization), so a
     prefix computed for one tenant is never served to another. `upstream` is set (and
     `prompt_tokens` empty) for an engine that forwards requests instead of tokenizing them.
+    `part` is this prompt's index in a legacy completion with several prompts: the later parts
+    belong to a request the engine already took, so they never meet its queue limit alone (one
+    HTTP request is admitted or refused whole, not refused by its own first half).
     """
 
     request_id: str
@@ -65,6 +68,7 @@ class GenerationRequest:
     n: int = 1
     cache_scope: str = ""
     upstream: UpstreamInput | None = None
+    part: int = 0
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,8 @@ class LlamaModel:
 
 
 class LlamaContext:
-    """One llama.cpp context with `n_seq` sequences sharing a unified KV cache; single-threaded use."""
+    """One llama.cpp context decoding `n_seq` sequences (a KV stream each, or one shared buffer when
+    `kv_unified`); used from one thread only."""
 
     def __init__(self, model: LlamaModel, options: ContextOptions) -> None:
         params = llama_cpp.llama_context_default_params()

@@ -211,11 +211,15 @@ class LlamaCppEngine:
         validate_grammar(self.model.vocab, grammar)
 
     def submit(self, request: GenerationRequest) -> Generation:
-        """Queue `request`; raises `EngineOverloaded` when the wait queue is full."""
+        """Queue `request`; raises `EngineOverloaded` when the wait queue is full.
+
+        The later parts of a multi-prompt request join their first part instead of competing with
+        it for the last queue place, so the queue may hold up to MAX_PROMPTS - 1 jobs past the limit.
+        """
         assert 1 <= request.n <= self._options.n_seq, "n is capped below the slot count by the API layer"
         assert request.prompt_tokens, "a prompt has at least one token"
         with self._lock:
-            if self._queued >= self._max_queued:
+            if request.part == 0 and self._queued >= self._max_queued:
                 raise EngineOverloaded("The engine's queue is full.")
             self._queued += 1
         sampling = request.sampling

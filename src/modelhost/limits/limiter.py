@@ -104,10 +104,22 @@ class Limiter:
         return ":".join((self._prefix, "{" + principal.organization_id + "}", *parts))
 
     async def reserve(
-        self, principal: Principal, *, model: str, request_id: str, prompt_tokens: int, max_tokens: int, n: int
+        self,
+        principal: Principal,
+        *,
+        model: str,
+        request_id: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        n: int,
+        counts_request: bool = True,
     ) -> Reservation:
         """Take the request's share of every limit, or raise `RateLimitExceeded`,
-        `QuotaExceeded` or `LimitsUnavailable` having taken nothing."""
+        `QuotaExceeded` or `LimitsUnavailable` having taken nothing.
+
+        `counts_request` is False for the later prompts of a multi-prompt completion: they take
+        tokens and budget, but the request itself was counted (RPM, RPD, concurrency) by the first.
+        """
         limits, quotas = await anyio.to_thread.run_sync(
             self.policy.lookup, principal.organization_id, principal.project_id, model
         )
@@ -121,7 +133,9 @@ class Limiter:
                 kind="tokens",
                 headers={"x-should-retry": "false"},
             )
-        held = self._charges(principal, model, request_id, limits, quotas, estimate, prompt_tokens, max_tokens * n)
+        held = self._charges(
+            principal, model, request_id, limits, quotas, estimate, prompt_tokens, max_tokens * n, int(counts_request)
+        )
         outcome = await self._acquire(principal, model, held)
         headers = _headers(limits, held, outcome)
         if not outcome.allowed:
@@ -138,17 +152,18 @@ class Limiter:
         estimate: int,
         prompt_tokens: int,
         completion_tokens: int,
+        requests: int,
     ) -> tuple[_Held, ...]:
         held: list[_Held] = []
         for name, limit, amount in (
-            ("rpm", limits.max_requests_per_1_minute, 1),
+            ("rpm", limits.max_requests_per_1_minute, requests),
             ("tpm", limits.max_tokens_per_1_minute, estimate),
-            ("rpd", limits.max_requests_per_1_day, 1),
+            ("rpd", limits.max_requests_per_1_day, requests),
         ):
-            if limit:
+            if limit:  # a zero-amount bucket still reports its level for the x-ratelimit-* headers
                 key = self._key(principal, name, principal.project_id, model)
                 held.append(_Held(Bucket(key, limit, _BUCKETS[name][1], amount), name))
-        if limits.max_concurrent_requests:
+        if limits.max_concurrent_requests and requests:
             key = self._key(principal, "concurrent", principal.key_id)
             held.append(
                 _Held(Lease(key, limits.max_concurrent_requests, request_id, self._lease_seconds), "concurrency")

@@ -50,6 +50,7 @@ class GenerationPlan:
     sampling: SamplingParams
     n: int
     upstream: UpstreamInput | None = None  # for an engine that forwards requests (prompt_tokens is empty)
+    part: int = 0  # this prompt's index in a multi-prompt completion; later parts ride on the first's admission
 
 
 class GenerationRun:
@@ -78,6 +79,7 @@ class GenerationRun:
             n=self.plan.n,
             cache_scope=self.plan.principal.organization_id,
             upstream=self.plan.upstream,
+            part=self.plan.part,
         )
         with anyio.CancelScope(shield=True):  # what the limit store took must come back to us
             self._reservation = await self._limiter.reserve(
@@ -87,6 +89,7 @@ class GenerationRun:
                 prompt_tokens=self.prompt_tokens,
                 max_tokens=self.plan.sampling.max_tokens,
                 n=self.plan.n,
+                counts_request=self.plan.part == 0,
             )
         try:
             self._generation = self.plan.model.engine.submit(request)
