@@ -100,6 +100,28 @@ def test_project_header_must_match_a_project_key(server: ServerProcess, project_
     assert info.value.code == "mismatched_project"
 
 
+def test_user_key_reaches_only_the_projects_its_user_may_use(server: ServerProcess, make_key, user_key) -> None:  # type: ignore[no-untyped-def]
+    organization = user_key.organization
+    project = str(server.cli("projects", "create", "Members only", "--org", organization)["id"])
+    reader = server.cli("users", "create", "reader@example.com", "--org", organization, "--role", "reader")
+    reader_key = make_key("--kind", "user", "--user", str(reader["id"]), "--org", organization).secret
+
+    assert _sdk(server, reader_key).models.list().data  # the default project: every member
+    with pytest.raises(openai.AuthenticationError) as info:
+        _sdk(server, reader_key, project=project).models.list()
+    assert info.value.code == "mismatched_project"
+    assert _sdk(server, user_key.secret, project=project).models.list().data  # an owner reaches every project
+
+    admin = make_key("--kind", "admin").secret
+    added = httpx.post(
+        f"{server.base_url}/organization/projects/{project}/users",
+        json={"user_id": reader["id"], "role": "member"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert added.status_code == 200, added.text
+    assert _sdk(server, reader_key, project=project).models.list().data
+
+
 def test_key_of_archived_project_is_refused(server: ServerProcess, project_key) -> None:  # type: ignore[no-untyped-def]
     project = server.cli("projects", "create", "Short-lived", "--org", project_key.organization)
     key = server.cli("keys", "create", "--project", str(project["id"]))

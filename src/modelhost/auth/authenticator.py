@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelhost.auth.keys import hash_secret, is_well_formed
 from modelhost.auth.principal import ADMIN_SCOPES, Principal
 from modelhost.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
-from modelhost.store import tenancy
+from modelhost.store import members, tenancy
 
 NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -168,8 +168,15 @@ class Authenticator:
                 )
             raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
         if project is not None:
+            # A user key reaches the projects its user may use: those it is a member of, and every
+            # project of an organization it owns. The default project is open to all members.
             chosen = session.get(tenancy.Project, project)
-            if chosen is None or chosen.organization_id != org_id or chosen.status != "active":
+            if (
+                chosen is None
+                or chosen.organization_id != org_id
+                or chosen.status != "active"
+                or (not chosen.is_default and members.project_role(session, chosen, record.user_id) is None)
+            ):
                 raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
         else:
             chosen = tenancy.default_project(session, org_id)
