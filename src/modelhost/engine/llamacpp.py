@@ -214,7 +214,7 @@ class LlamaCppEngine:
         """Queue `request`; raises `EngineOverloaded` when the wait queue is full.
 
         The later parts of a multi-prompt request join their first part instead of competing with
-        it for the last queue place, so the queue may hold up to MAX_PROMPTS - 1 jobs past the limit.
+        it for the last queue place: at most `max_queued` requests wait, each of up to MAX_PROMPTS jobs.
         """
         assert 1 <= request.n <= self._options.n_seq, "n is capped below the slot count by the API layer"
         assert request.prompt_tokens, "a prompt has at least one token"
