@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelhost.engine.base import SamplingParams
-from modelhost.engine.sampling import TokenSampler
+from modelhost.engine.sampling import TokenSampler, draw_index
 
 V = 1000
 
@@ -61,3 +61,28 @@ def test_frequency_penalty_discourages_repeats() -> None:
     assert sampler.sample(row) == 9
     sampler.accept(9)
     assert sampler.sample(row) != 9
+
+
+def test_draws_follow_the_weights_and_never_pick_a_zero_weight() -> None:
+    rng = np.random.default_rng(3)
+    weights = rng.random(49_152).astype(np.float32) ** 8  # spread over many blocks
+    weights[rng.choice(weights.size, 20_000, replace=False)] = 0.0
+    weights[[0, 1, weights.size - 1]] = 0.0  # the edges too
+    picks = np.array([draw_index(weights, u) for u in rng.random(20_000)])
+    assert np.all(weights[picks] > 0)
+    # Which half of the vocabulary a draw lands in, against that half's share of the weight.
+    share = float(weights[: weights.size // 2].sum() / weights.sum())
+    assert abs(float(np.mean(picks < weights.size // 2)) - share) < 0.02
+    # The extremes of u land on the first and the last token that can be drawn.
+    nonzero = np.flatnonzero(weights)
+    assert draw_index(weights, 0.0) == nonzero[0]
+    assert draw_index(weights, np.nextafter(1.0, 0.0)) == nonzero[-1]
+
+
+def test_a_draw_matches_a_plain_search_of_the_running_sum() -> None:
+    rng = np.random.default_rng(4)
+    weights = np.exp(rng.normal(size=5_000) * 3).astype(np.float32)
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    for u in rng.random(500):
+        expected = int(np.searchsorted(cumulative, u * cumulative[-1], side="right"))
+        assert abs(draw_index(weights, float(u)) - expected) <= 1  # equal but for rounding at a boundary

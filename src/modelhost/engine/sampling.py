@@ -14,6 +14,10 @@ from modelhost.engine.grammar import GrammarConstraint
 # top_p first looks among this many best tokens; only if they hold less mass than top_p is the
 # whole vocabulary sorted (rare), which keeps a sample well under a millisecond.
 _TOP_P_CANDIDATES = 512
+# A draw walks the weights in blocks of this many: block sums are vectorized, and only the one
+# block the draw falls in is summed token by token (a running sum over the whole vocabulary is
+# sequential in NumPy and was most of a sample's time: ~0.3 ms of ~0.4 for 49 152 tokens).
+_DRAW_BLOCK = 256
 
 
 class TokenSampler:
@@ -63,8 +67,9 @@ class TokenSampler:
         scores /= self._params.temperature
         if self._params.top_p < 1.0:
             return self._sample_top_p(scores)
-        probs = np.exp(scores - scores.max())
-        return self._draw(probs, np.arange(scores.size))
+        np.subtract(scores, scores.max(), out=scores)
+        probs = np.exp(scores, out=scores)
+        return draw_index(probs, self._rng.random())
 
     def accept(self, token: int) -> None:
         """Record a generated token (for the penalties)."""
@@ -83,12 +88,34 @@ class TokenSampler:
             cumulative = np.cumsum(probs[order]) / total
         keep = int(np.searchsorted(cumulative, self._params.top_p)) + 1
         kept = order[:keep]
-        return self._draw(probs[kept], kept)
+        return int(kept[draw_index(probs[kept], self._rng.random())])
 
-    def _draw(self, weights: np.ndarray, ids: np.ndarray) -> int:
-        cumulative = np.cumsum(weights, dtype=np.float64)
-        point = self._rng.random() * cumulative[-1]
-        return int(ids[min(int(np.searchsorted(cumulative, point, side="right")), ids.size - 1)])
+
+def draw_index(weights: np.ndarray, u: float) -> int:
+    """The index `i` where `u` (in [0, 1)) falls when the non-negative `weights` are laid end to end.
+
+    A search in the running sum, computed in two levels: the block that holds the point, then the
+    token inside it. A token of weight zero is never returned (rounding can land on one).
+    """
+    size = weights.size
+    if size <= _DRAW_BLOCK:
+        return _search(weights, u * float(weights.sum(dtype=np.float64)))
+    block_sums = np.add.reduceat(weights, np.arange(0, size, _DRAW_BLOCK), dtype=np.float64)
+    point = u * float(block_sums.sum())
+    block = _search(block_sums, point)
+    before = float(block_sums[:block].sum())
+    start = block * _DRAW_BLOCK
+    return start + _search(weights[start : start + _DRAW_BLOCK], point - before)
+
+
+def _search(weights: np.ndarray, point: float) -> int:
+    """The first index whose running sum exceeds `point`; on a zero weight, the next non-zero one (or the last)."""
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    index = min(int(np.searchsorted(cumulative, point, side="right")), weights.size - 1)
+    if weights[index] == 0.0:
+        nonzero = np.flatnonzero(weights)
+        index = int(nonzero[min(int(np.searchsorted(nonzero, index)), nonzero.size - 1)])
+    return index
 
 
 def log_softmax_at(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
