@@ -2,7 +2,7 @@
 
 Requests enter through a thread-safe inbox; each step of the decode thread builds one batch with
 the next token of every generating sequence plus chunks of waiting prompts, decodes it, samples
-each sequence with its own sampler, and hands text back to the event loop with
+each sequence with its own sampler, and hands the step's text back to the event loop in one
 ``call_soon_threadsafe``. A request is admitted when it gets one slot (KV sequence) per choice;
 the others wait in a queue that is fair between organizations. Cancelled requests leave at the
 next step. A finished slot keeps its KV cache, so the next prompt of the same organization that
@@ -68,12 +68,41 @@ class _Choice:
     held_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
+class _Outbox:
+    """The events of one pass of the decode loop, handed to each event loop in a single call.
+
+    One wake-up per step instead of one per token: the event loop, and a streaming client behind
+    it, wake once per step rather than once per sequence, and each wake-up on two cores takes a
+    core from llama.cpp's threads. Used by the decode thread only.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[object], object]]] = {}
+
+    def put(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[object], item: object) -> None:
+        self._pending.setdefault(loop, []).append((events, item))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for loop, items in pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is left to read these events
+                logger.debug("dropped %d events for a closed event loop", len(items))
+
+
+def _deliver(items: list[tuple[asyncio.Queue[object], object]]) -> None:
+    for events, item in items:
+        events.put_nowait(item)
+
+
 @dataclass
 class _Job:
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[object]
     choices: list[_Choice]
+    outbox: _Outbox
     prefilled: int = 0  # prompt tokens already in the first choice's KV
     cached_tokens: int = 0  # of which reused from an earlier request
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -82,7 +111,8 @@ class _Job:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def emit(self, item: object) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        """Queue an event; it reaches the request when the decode loop's pass ends."""
+        self.outbox.put(self.loop, self.events, item)
 
     @property
     def completion_tokens(self) -> int:
@@ -165,6 +195,7 @@ class LlamaCppEngine:
         self._prefix_reuse = prefix_reuse
         self._share_prefix = share_prefix_across_scopes
         self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._outbox = _Outbox()
         self._wake = threading.Event()
         self._waiting: list[_Job] = []
         self._active: list[_Job] = []
@@ -236,7 +267,7 @@ class LlamaCppEngine:
             )
             for i in range(request.n)
         ]
-        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices)
+        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices, self._outbox)
         self._inbox.put(job)
         self._wake.set()
         return Generation(job, self._wake)
@@ -285,9 +316,11 @@ class LlamaCppEngine:
                 self._admit(ctx)
                 if self._active:
                     self._step(ctx)
+                self._outbox.flush()
         finally:
             for job in [*self._active, *self._waiting]:
                 self._finish(ctx, job, EngineFailed("The engine is shutting down."))
+            self._outbox.flush()
             ctx.close()
 
     def _take_inbox(self, *, block: bool) -> None:
@@ -359,29 +392,45 @@ class LlamaCppEngine:
 
     def _step(self, ctx: LlamaContext) -> None:
         ctx.clear_batch()
-        decoding: list[tuple[_Job, _Choice, int]] = []
-        prefilling: list[tuple[_Job, int, int, dict[int, int]]] = []
-        for job in self._active:
-            if job.prefilled == len(job.request.prompt_tokens):
-                for choice in job.choices:
-                    if not choice.done:
-                        slot = choice.slot
-                        assert slot is not None
-                        row = ctx.add(choice.next_token, len(slot.cached), slot.seq, True)
-                        slot.cached.append(choice.next_token)
-                        decoding.append((job, choice, row))
+        ready = [
+            (job, choice)
+            for job in self._active
+            if job.prefilled == len(job.request.prompt_tokens)
+            for choice in job.choices
+            if not choice.done
+        ]
+        chunks: list[tuple[_Job, int, int]] = []  # prompt chunks: job, first and end position
+        room = ctx.capacity - len(ready)
         for job in self._active:
             prompt = job.request.prompt_tokens
-            room = ctx.capacity - ctx.batch_size
             if job.prefilled == len(prompt) or room <= 0:
                 continue
-            slot = job.choices[0].slot
-            assert slot is not None
-            start, end = job.prefilled, min(len(prompt), job.prefilled + room)
+            end = min(len(prompt), job.prefilled + room)
+            chunks.append((job, job.prefilled, end))
+            room -= end - job.prefilled
+            job.prefilled = end
+        # Rows go into the batch in KV-sequence order: with a KV stream per slot, llama.cpp decodes
+        # a batch whose streams come out of order much more slowly (measured here at 16 sequences:
+        # ~110 ms a step in admission order against ~70 ms in slot order).
+        work: list[tuple[_Slot, _Job, _Choice | None, int, int]] = []
+        for job, choice in ready:
+            assert choice.slot is not None
+            work.append((choice.slot, job, choice, 0, 0))
+        for job, start, end in chunks:
+            assert job.choices[0].slot is not None
+            work.append((job.choices[0].slot, job, None, start, end))
+        work.sort(key=lambda w: w[0].seq)
+        decoding: list[tuple[_Job, _Choice, int]] = []
+        prefilling: list[tuple[_Job, int, int, dict[int, int]]] = []
+        for slot, job, choice, start, end in work:
+            if choice is not None:
+                decoding.append((job, choice, ctx.add(choice.next_token, len(slot.cached), slot.seq, True)))
+                slot.cached.append(choice.next_token)
+                continue
+            prompt = job.request.prompt_tokens
             every = job.request.sampling.prompt_logprobs
             rows = {pos: ctx.add(prompt[pos], pos, slot.seq, every or pos == len(prompt) - 1) for pos in range(start, end)}
             slot.cached.extend(prompt[start:end])
-            job.prefilled = end
             prefilling.append((job, start, end, rows))
         if ctx.batch_size == 0:
             return
