@@ -6,6 +6,11 @@ completion tokens per second. Each context variant (KV layout, flash attention, 
 in its own process, one after the other, so they never share the 2 cores.
 
     .venv/bin/python bench/decode_steps.py --sequences 16 --steps 128
+    .venv/bin/python bench/decode_steps.py --sequences 16 --steps 128 --row-order shuffled
+
+`--row-order shuffled` adds each step's rows in a fixed random order of the sequences instead of
+sequence order (what a server does if it batches sequences in admission order after slots have
+been reused).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ VARIANTS = {
 }
 
 
-def measure(sequences: int, steps: int, seq_context: int, threads: int, kv_unified: bool, flash_attention: bool) -> float:
+def measure(sequences: int, steps: int, seq_context: int, threads: int, row_order: str, kv_unified: bool, flash_attention: bool) -> float:
     import numpy as np
 
     from modelhost.engine.llama_model import ContextOptions, LlamaModel, bundled_model_path
@@ -45,6 +50,9 @@ def measure(sequences: int, steps: int, seq_context: int, threads: int, kv_unifi
     assert ctx.decode() == 0
     positions = [len(p) for p in prompts]
     banned = [t for t in range(model.n_vocab) if model.is_end_of_generation(t)]
+    order = list(range(sequences))
+    if row_order == "shuffled":
+        np.random.default_rng(0).shuffle(order)
     started = time.perf_counter()
     for _ in range(steps):
         tokens = {}
@@ -53,8 +61,8 @@ def measure(sequences: int, steps: int, seq_context: int, threads: int, kv_unifi
             logits[banned] = -np.inf
             tokens[seq] = int(np.argmax(logits))
         ctx.clear_batch()
-        for seq, token in tokens.items():
-            rows[seq] = ctx.add(token, positions[seq], seq, True)
+        for seq in order:
+            rows[seq] = ctx.add(tokens[seq], positions[seq], seq, True)
             positions[seq] += 1
         assert ctx.decode() == 0
     elapsed = time.perf_counter() - started
@@ -69,17 +77,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--seq-context", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--row-order", choices=["sequence", "shuffled"], default="sequence")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="measure one variant in this process")
     args = parser.parse_args()
     if args.variant:
-        rate = measure(args.sequences, args.steps, args.seq_context, args.threads, **VARIANTS[args.variant])
-        print(json.dumps({"variant": args.variant, "sequences": args.sequences, "steps": args.steps,
+        rate = measure(args.sequences, args.steps, args.seq_context, args.threads, args.row_order, **VARIANTS[args.variant])
+        print(json.dumps({"variant": args.variant, "row_order": args.row_order, "sequences": args.sequences, "steps": args.steps,
                           "seq_context": args.seq_context, "tokens_per_second": round(rate, 1)}))
         return
     for variant in VARIANTS:
         subprocess.run(
             [sys.executable, __file__, "--variant", variant, "--sequences", str(args.sequences), "--steps",
-             str(args.steps), "--seq-context", str(args.seq_context), "--threads", str(args.threads)],
+             str(args.steps), "--seq-context", str(args.seq_context), "--threads", str(args.threads),
+             "--row-order", args.row_order],
             check=True,
         )
 
