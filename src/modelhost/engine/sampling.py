@@ -16,7 +16,7 @@ from modelhost.engine.grammar import GrammarConstraint
 _TOP_P_CANDIDATES = 512
 # A draw walks the weights in blocks of this many: block sums are vectorized, and only the one
 # block the draw falls in is summed token by token (a running sum over the whole vocabulary is
-# sequential in NumPy and was most of a sample's time: ~0.3 ms of ~0.4 for 49 152 tokens).
+# sequential in NumPy and was most of a sample's time).
 _DRAW_BLOCK = 256
 
 
