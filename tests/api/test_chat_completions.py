@@ -198,7 +198,8 @@ def test_logprobs_report_each_token_with_exactly_top_logprobs_alternatives(clien
     content = completion.choices[0].logprobs.content
     assert len(content) == completion.usage.completion_tokens == 4
     # Token strings escape bytes that are not whole characters (as OpenAI's do); the bytes add up.
-    assert b"".join(bytes(t.bytes) for t in content).decode() == completion.choices[0].message.content
+    # (Four tokens can end inside a character: the text then ends with U+FFFD, as decoding says.)
+    assert b"".join(bytes(t.bytes) for t in content).decode(errors="replace") == completion.choices[0].message.content
     for token in content:
         assert token.logprob <= 0
         assert bytes(token.bytes).decode("utf-8", "backslashreplace") == token.token

@@ -155,8 +155,9 @@ def test_pydantic_function_tool_and_parse(client: openai.OpenAI, model: str) -> 
         city: str
         unit: str
 
+    # Seeded: unseeded, the grammar lets the 135M model ramble inside a string past max_tokens now and then.
     completion = client.chat.completions.parse(
-        model=model, messages=ASK, tools=[openai.pydantic_function_tool(GetWeather)], tool_choice="required", max_tokens=60
+        model=model, messages=ASK, tools=[openai.pydantic_function_tool(GetWeather)], tool_choice="required", max_tokens=60, seed=7
     )
     call = completion.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, GetWeather)
