@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     kv_unified: bool = Field(
         default=False,
         description=(
-            "One KV buffer shared by all slots (faster under load) instead of one per slot. Shared, a "
+            "One KV buffer shared by all slots instead of one per slot (measured no faster). Shared, a "
             "sequence's attention sums run over cells laid out by whatever else is running, so a seeded "
             "request can differ alone and under load; per slot it cannot."
         ),
