@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark modelhost against llama-cpp-python's own server on the same GGUF, one server at a time.
+# Benchmark modelhost against llama-cpp-python's own server and llama.cpp's own llama-server on the
+# same GGUF, one server at a time.
 #   bench/run.sh [OUT.jsonl]        then: .venv/bin/python bench/report.py OUT.jsonl
 # A second busy process on 2 cores slows llama.cpp 10-30x: run this on an otherwise idle machine
 # (the load average is recorded with every case).
@@ -17,6 +18,10 @@ if [ ! -x "$peer/bin/python" ]; then
   "$peer/bin/pip" install -q "$(scripts/build-llama-wheel.sh "$peer/bin/python")"   # same build, same flags
   "$peer/bin/pip" install -q sse-starlette starlette-context pydantic-settings fastapi uvicorn pyyaml
 fi
+
+# The second peer: llama.cpp's own C++ server, built from the same llama.cpp (built before any
+# measurement, so the build never shares the cores with a run).
+llama_server=$(bench/build-llama-server.sh "$py")
 
 wait_up() { for _ in $(seq 1 120); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.5; done; echo "server did not start" >&2; return 1; }
 note() { printf '{"server": "%s", "variant": "%s", "loadavg": "%s", "date": "%s", "host": "%s"}\n' "$1" "$2" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(date -u +%FT%TZ)" "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" >> "$out"; }
@@ -67,5 +72,13 @@ wait_up http://127.0.0.1:8391/v1/models
 note llama-cpp-python "server 0.3.36"
 run_cases llama-cpp-python "server 0.3.36" http://127.0.0.1:8391/v1 "" "$peer_pid" all
 kill "$peer_pid"; wait "$peer_pid" 2>/dev/null || true
+# Same shape as modelhost's default: 16 slots of 2 048 tokens, a KV stream per slot, flash attention.
+"$llama_server" --model "$model_path" --alias smollm2-135m-instruct --ctx-size $((16 * 2048)) --parallel 16 \
+  --no-kv-unified --flash-attn on --threads 2 --threads-batch 2 --host 127.0.0.1 --port 8392 >/tmp/llama-server.log 2>&1 &
+ls_pid=$!
+wait_up http://127.0.0.1:8392/health
+note llama.cpp "llama-server, same build"
+run_cases llama.cpp "llama-server, same build" http://127.0.0.1:8392/v1 "" "$ls_pid" all
+kill "$ls_pid"; wait "$ls_pid" 2>/dev/null || true
 rm -f "$out.tmp"
 echo "results in $out" >&2
