@@ -7,6 +7,7 @@ in its own process, one after the other, so they never share the 2 cores.
 
     .venv/bin/python bench/decode_steps.py --sequences 16 --steps 128
     .venv/bin/python bench/decode_steps.py --sequences 16 --steps 128 --row-order shuffled
+    .venv/bin/python bench/decode_steps.py --sequences 16 --model /tmp/smollm2-q8_0.gguf   # see requantize.py
 
 `--row-order shuffled` adds each step's rows in a fixed random order of the sequences instead of
 sequence order (what a server does if it batches sequences in admission order after slots have
@@ -29,12 +30,16 @@ VARIANTS = {
 }
 
 
-def measure(sequences: int, steps: int, seq_context: int, threads: int, row_order: str, kv_unified: bool, flash_attention: bool) -> float:
+def measure(
+    sequences: int, steps: int, seq_context: int, threads: int, row_order: str, kv_unified: bool, flash_attention: bool,
+    model_path: str | None = None,
+) -> float:
     import numpy as np
+    from pathlib import Path
 
     from modelhost.engine.llama_model import ContextOptions, LlamaModel, bundled_model_path
 
-    model = LlamaModel(bundled_model_path())
+    model = LlamaModel(Path(model_path) if model_path else bundled_model_path())
     options = ContextOptions(
         n_seq=sequences, seq_context=seq_context, batch_tokens=512, threads=threads,
         flash_attention=flash_attention, kv_unified=kv_unified,
@@ -78,18 +83,20 @@ def main() -> None:
     parser.add_argument("--seq-context", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--row-order", choices=["sequence", "shuffled"], default="sequence")
+    parser.add_argument("--model", help="a GGUF file instead of the bundled model")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="measure one variant in this process")
     args = parser.parse_args()
     if args.variant:
-        rate = measure(args.sequences, args.steps, args.seq_context, args.threads, args.row_order, **VARIANTS[args.variant])
+        rate = measure(args.sequences, args.steps, args.seq_context, args.threads, args.row_order, **VARIANTS[args.variant],
+                       model_path=args.model)
         print(json.dumps({"variant": args.variant, "row_order": args.row_order, "sequences": args.sequences, "steps": args.steps,
-                          "seq_context": args.seq_context, "tokens_per_second": round(rate, 1)}))
+                          "seq_context": args.seq_context, "model": args.model or "bundled", "tokens_per_second": round(rate, 1)}))
         return
     for variant in VARIANTS:
         subprocess.run(
             [sys.executable, __file__, "--variant", variant, "--sequences", str(args.sequences), "--steps",
              str(args.steps), "--seq-context", str(args.seq_context), "--threads", str(args.threads),
-             "--row-order", args.row_order],
+             "--row-order", args.row_order, *(["--model", args.model] if args.model else [])],
             check=True,
         )
 
