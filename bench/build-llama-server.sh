@@ -8,8 +8,8 @@
 set -euo pipefail
 
 python=${1:?usage: build-llama-server.sh PYTHON}
-version=${MODELHOST_LLAMA_CPP_VERSION:-0.3.36}
-flags=${MODELHOST_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
+# shellcheck source=scripts/llama-build.sh
+. "$(dirname "$0")/../scripts/llama-build.sh"  # sets $version and $flags, as for the engine's wheel
 key=$(printf '%s|%s|%s' "$version" "$flags" "$(uname -m)" | sha256sum | cut -c1-16)
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/modelhost/llama-server-$version-$key"
 

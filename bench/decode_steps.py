@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 VARIANTS = {
     "per-slot KV, flash attention": {"kv_unified": False, "flash_attention": True},
@@ -35,7 +36,6 @@ def measure(
     model_path: str | None = None,
 ) -> float:
     import numpy as np
-    from pathlib import Path
 
     from modelhost.engine.llama_model import ContextOptions, LlamaModel, bundled_model_path
 

@@ -9,8 +9,8 @@
 set -euo pipefail
 
 python=${1:?usage: build-llama-wheel.sh PYTHON}
-version=${MODELHOST_LLAMA_CPP_VERSION:-0.3.36}
-flags=${MODELHOST_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
+# shellcheck source=scripts/llama-build.sh
+. "$(dirname "$0")/llama-build.sh"  # sets $version and $flags
 pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 key=$(printf '%s|%s|%s|%s' "$version" "$flags" "$pyver" "$(uname -m)" | sha256sum | cut -c1-16)
 cache_root=${MODELHOST_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelhost/wheels}
