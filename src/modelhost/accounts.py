@@ -124,6 +124,12 @@ def create_key(
             assert chosen is not None
         if chosen.status != "active":
             raise AccountError(f"Project {chosen.id} is archived.")
+        if kind == "project" and not members.may_use_project(session, chosen, owner.id):
+            # Authentication would refuse such a key anyway (its owner has no access to the project).
+            raise AccountError(
+                f"User {owner.email} is not a member of project {chosen.id}; add them to it first "
+                "(POST /v1/organization/projects/{project_id}/users), or make them an owner of the organization."
+            )
         secret = new_secret(kind)
         key = tenancy.add_key(
             session,

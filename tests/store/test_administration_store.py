@@ -185,8 +185,10 @@ def test_project_keys_report_whether_their_owner_still_has_access(database: Data
     scope = Scope(first.organization_id)
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="keys"))
     reader = accounts.create_user(database.sessions, "reader@example.com")
-    accounts.add_member(database.sessions, str(reader["id"]), first.organization_id, "reader")
+    # An owner may make a key for any project; made a reader (and no project member), its key is inactive.
+    accounts.add_member(database.sessions, str(reader["id"]), first.organization_id, "owner")
     reader_key = accounts.create_key(database.sessions, user=str(reader["id"]), project=project.id)
+    users.update(database.sessions, scope, str(reader["id"]), UserRoleUpdateRequest(role="reader"))
     owner_key = accounts.create_key(database.sessions, project=project.id)
     robot = service_accounts.create(database.sessions, scope, project.id, ServiceAccountCreateRequest(name="robot"))
     assert robot.api_key is not None and robot.api_key.value.startswith("sk-svcacct-")

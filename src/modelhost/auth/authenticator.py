@@ -141,7 +141,11 @@ class Authenticator:
         if record.kind in ("project", "service_account"):
             owner = record.user_id or record.service_account_id
             assert record.organization_id and record.project_id and owner, "project keys are bound to a project"
-            if record.project_status != "active":
+            # A key works only while its owner may use the project, as at OpenAI: an owner made reader
+            # who is no member of the project holds an `inactive` key, refused until that access is
+            # given back (removal from the project or organization revokes keys for good instead;
+            # docs/administration.md).
+            if record.project_status != "active" or not record.owner_access:
                 raise _bad_key()
             if organization is not None and organization != record.organization_id:
                 raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
@@ -175,7 +179,7 @@ class Authenticator:
                 chosen is None
                 or chosen.organization_id != org_id
                 or chosen.status != "active"
-                or (not chosen.is_default and members.project_role(session, chosen, record.user_id) is None)
+                or not members.may_use_project(session, chosen, record.user_id)
             ):
                 raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
         else:

@@ -27,6 +27,17 @@ def project_role(session: Session, project: Project, user_id: str) -> str | None
     return "owner" if member is not None and member.role == "owner" else None
 
 
+def may_use_project(session: Session, project: Project, user_id: str) -> bool:
+    """Whether the user may use the project: a member of its organization who owns the organization,
+    is a member of the project, or asks for the default project (open to every member).
+
+    The same rule as `tenancy.owner_has_access` (in SQL, for project keys); tests hold them equal.
+    """
+    if membership(session, user_id, project.organization_id) is None:
+        return False
+    return project.is_default or project_role(session, project, user_id) is not None
+
+
 def project_membership(session: Session, project_id: str, user_id: str) -> ProjectMembership | None:
     return session.scalar(
         select(ProjectMembership).where(ProjectMembership.project_id == project_id, ProjectMembership.user_id == user_id)

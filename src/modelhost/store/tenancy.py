@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from modelhost.ids import new_id
 from modelhost.store.pages import Page, keyset_page
@@ -55,6 +55,7 @@ class KeyRecord:
     revoked: bool
     service_account_id: str | None = None
     expires_at: datetime | None = None
+    owner_access: bool = False  # project keys: the owner may still use the project (`owner_has_access`)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -195,13 +196,13 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
 def key_by_hash(session: Session, secret_hash: str) -> KeyRecord | None:
     """The key stored under `secret_hash` (a bound parameter, never interpolated), with its project state."""
     row = session.execute(
-        select(ApiKey, Project.status)
+        select(ApiKey, Project.status, owner_has_access())
         .outerjoin(Project, Project.id == ApiKey.project_id)
         .where(ApiKey.secret_hash == secret_hash)
     ).first()
     if row is None:
         return None
-    key, project_status = row
+    key, project_status, owner_access = row
     return KeyRecord(
         key_id=key.id,
         kind=key.kind,
@@ -213,6 +214,7 @@ def key_by_hash(session: Session, secret_hash: str) -> KeyRecord | None:
         revoked=key.revoked_at is not None,
         service_account_id=key.service_account_id,
         expires_at=as_utc(key.expires_at),
+        owner_access=bool(owner_access),
     )
 
 
@@ -335,7 +337,15 @@ def list_admin_keys(
 
 
 def owner_has_access() -> ColumnElement[bool]:
-    """SQL truth of "the owner of this project key may still use the project" (see `project_role`)."""
+    """SQL truth of "the owner of this project key may still use the project".
+
+    The same rule as `members.may_use_project`: a user key's owner is a member of the organization
+    and owns it, or is a member of the project, or the project is the default one (open to every
+    member); a service account's key, while the account exists. Authentication refuses a project
+    key for which this is false, and the Administration API lists it as `inactive`.
+    """
+    default = aliased(Project)  # its own alias: `key_by_hash` joins Project in the enclosing query
+    default_project = exists().where(default.id == ApiKey.project_id, default.is_default.is_(True))
     service_account_alive = exists().where(
         ServiceAccount.id == ApiKey.service_account_id, ServiceAccount.deleted_at.is_(None)
     )
@@ -352,7 +362,7 @@ def owner_has_access() -> ColumnElement[bool]:
     )
     return or_(
         and_(ApiKey.kind == "service_account", service_account_alive),
-        and_(ApiKey.kind == "project", or_(org_owner, and_(org_member, project_member))),
+        and_(ApiKey.kind == "project", or_(org_owner, and_(org_member, or_(project_member, default_project)))),
     )
 
 
