@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
     prefix_reuse: bool = Field(default=True, description="Reuse the KV of a prompt prefix left by an earlier request.")
     share_prefix_across_organizations: bool = Field(
         default=False, description="Let prefix reuse cross organization boundaries (off: tenants never share KV)."
+    )
+    cache_salt_secret: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
+        min_length=16,
+        description=(
+            "Secret from which each organization's vLLM `cache_salt` is derived (HMAC of the organization id), so "
+            "tenants never share a vLLM or upstream prefix cache. Give every replica the same value so an "
+            "organization's prefixes are reused whichever replica forwards; unset: a random one per process."
+        ),
     )
 
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` a request may ask for.")

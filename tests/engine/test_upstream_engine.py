@@ -21,6 +21,7 @@ from modelhost.engine.base import (
     UpstreamInput,
     UsageReported,
 )
+from modelhost.engine.cache_salt import CacheSalts
 from modelhost.engine.upstream import UpstreamEngine
 from modelhost.errors import APIError
 
@@ -289,3 +290,71 @@ def test_a_forwarding_engine_has_no_tokenizer() -> None:
         engine.tokenize("hello")
     with pytest.raises(TypeError):
         engine.vocab_size  # noqa: B018
+
+
+SALTS = CacheSalts(b"a-test-secret-of-32-bytes-000000")
+
+
+def cached_tokens_seen(up: MisbehavingUpstream, orgs: list[str], **options: object) -> list[int]:
+    """The same prompt sent for each organization in turn; the cached_tokens each one was told."""
+
+    async def go() -> list[int]:
+        engine = engine_for([up.base_url], "prefix-cache", **options)
+        await engine.start()
+        try:
+            seen = []
+            for org in orgs:
+                req = GenerationRequest("r", (), SamplingParams(max_tokens=4), cache_scope=org, upstream=UpstreamInput("chat/completions", CHAT, 5))
+                events, error = await collect(engine, req)
+                assert error is None
+                seen += [e.cached_tokens for e in events if isinstance(e, UsageReported)]
+            return seen
+        finally:
+            await engine.stop()
+
+    up.prefix_cache.clear()
+    return asyncio.run(go())
+
+
+def test_a_salted_upstream_gets_each_organizations_cache_salt_and_reuses_only_its_prefixes(up: MisbehavingUpstream) -> None:
+    assert cached_tokens_seen(up, ["org-a", "org-b", "org-a"], cache_salts=SALTS, salt_requests=True) == [0, 0, 11]
+    salts = [body["cache_salt"] for body in up.bodies[-3:]]
+    assert salts == [SALTS.of("org-a"), SALTS.of("org-b"), SALTS.of("org-a")] and salts[0] != salts[1]
+    assert all("org-" not in salt for salt in salts)  # derived with the server's secret, not the visible id
+
+
+def test_an_unsalted_upstream_gets_no_salt_and_its_cached_tokens_are_reported_as_zero(up: MisbehavingUpstream) -> None:
+    # Its cache is shared: org-b's request hits org-a's prefix upstream, and must not be told so.
+    assert cached_tokens_seen(up, ["org-a", "org-b"], cache_salts=SALTS) == [0, 0]
+    assert all("cache_salt" not in body for body in up.bodies[-2:])
+
+
+def test_an_upstream_error_that_repeats_our_key_is_relayed_without_it(up: MisbehavingUpstream, logs) -> None:  # type: ignore[no-untyped-def]
+    _, error, _ = forward([up.base_url], "echo-key")
+    assert error is not None and error.status == 400
+    body = error.body()["error"]
+    assert body["param"] is None and body["code"] is None  # type: ignore[index]  # they were the key
+    assert "invalid 'temperature'" in body["message"] and "(secret)" in body["message"]  # type: ignore[index]
+    for fragment in (UPSTREAM_KEY, UPSTREAM_KEY[:12], UPSTREAM_KEY[3:20], "secret-0123"):
+        assert fragment not in str(body), fragment
+    assert_no_internals(up, error, logs)
+
+
+def test_log_records_of_a_running_upstream_engine_never_carry_its_key(up: MisbehavingUpstream, logs) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        engine = engine_for([up.base_url], "good")
+        await engine.start()
+        try:
+            log = logging.getLogger("modelhost.engine.upstream")
+            log.warning("oops %s", f"Authorization: Bearer {UPSTREAM_KEY}")
+            try:
+                raise RuntimeError(f"client sent {UPSTREAM_KEY}")
+            except RuntimeError:
+                log.exception("failed")
+        finally:
+            await engine.stop()
+
+    asyncio.run(go())
+    texts = [logging.Formatter().format(r) for r in logs.records]
+    assert any("oops" in t for t in texts) and any("RuntimeError" in t for t in texts)
+    assert not any(UPSTREAM_KEY in t or UPSTREAM_KEY[:12] in t for t in texts), texts

@@ -30,7 +30,7 @@ def chat_chunk(index: int = 0, **delta: object) -> dict[str, object]:
 
 
 def test_chat_chunks_become_text_tool_call_finish_and_usage_events() -> None:
-    reader = ChunkReader("chat/completions", n=2)
+    reader = ChunkReader("chat/completions", n=2, report_cached=True)  # a salted upstream: its cache hits are the caller's
     events = reader.events(chat_chunk(1, role="assistant", content="Hi"))
     events += reader.events(chat_chunk(0, tool_calls=[{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{"}}]))
     events += reader.events({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}, {"index": 1, "delta": {}, "finish_reason": "eos_token"}]})
@@ -43,6 +43,13 @@ def test_chat_chunks_become_text_tool_call_finish_and_usage_events() -> None:
         UsageReported(7, 2, 4),
     ]
     assert reader.finished and reader.completion_tokens == 2
+
+
+def test_cached_tokens_of_an_unsalted_upstream_are_reported_as_zero() -> None:
+    # Its prefix cache is shared by every tenant: a hit may be a prefix another organization sent.
+    reader = ChunkReader("chat/completions", n=1)
+    usage = {"prompt_tokens": 7, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}}
+    assert reader.events({"choices": [], "usage": usage}) == [UsageReported(7, 2, 0)]
 
 
 def test_chat_logprobs_keep_bytes_and_alternatives() -> None:

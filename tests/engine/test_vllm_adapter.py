@@ -10,6 +10,7 @@ import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import pytest
 
@@ -17,6 +18,7 @@ from modelhost.catalog.build import build_models
 from modelhost.catalog.schema import CatalogError, load_catalog
 from modelhost.config import Settings
 from modelhost.engine.base import ChoiceFinished, GenerationRequest, SamplingParams, TextDelta
+from modelhost.engine.cache_salt import CacheSalts
 from modelhost.engine.vllm import VllmEngine, VllmOptions, VllmUnavailable
 
 VLLM_MODELS = """
@@ -124,6 +126,18 @@ class FakeAsyncLLM:
         self.shut_down = True
 
 
+class TokensPrompt(TypedDict):  # vLLM 0.9+: `cache_salt` keys the prefix cache
+    prompt_token_ids: list[int]
+    cache_salt: NotRequired[str]
+
+
+class OldTokensPrompt(TypedDict):  # vLLM 0.8: no `cache_salt`
+    prompt_token_ids: list[int]
+
+
+SALTS = CacheSalts(b"a-test-secret-of-32-bytes-000000")
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeAsyncLLM]:
     class SamplingParamsStub:
@@ -142,7 +156,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeAsyncLLM]:
     modules = {
         "vllm": {"SamplingParams": SamplingParamsStub},
         "vllm.sampling_params": {"RequestOutputKind": RequestOutputKind, "SamplingParams": SamplingParamsStub},
-        "vllm.inputs": {"TokensPrompt": dict},
+        "vllm.inputs": {"TokensPrompt": TokensPrompt},
         "vllm.engine": {},
         "vllm.engine.arg_utils": {"AsyncEngineArgs": AsyncEngineArgs},
         "vllm.v1": {},
@@ -159,21 +173,22 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeAsyncLLM]:
 def test_the_adapter_configures_vllm_and_maps_outputs_to_events(fake_vllm: type[FakeAsyncLLM]) -> None:
     async def go() -> None:
         engine = VllmEngine(
-            model_id="m", options=VllmOptions(model="org/model", tensor_parallel_size=2), context_length=None, max_n=4
+            model_id="m", options=VllmOptions(model="org/model", tensor_parallel_size=2), context_length=None, max_n=4, cache_salts=SALTS
         )
         await engine.start()
         core = engine.core
         assert isinstance(core, FakeAsyncLLM)
         assert core.args.kw["model"] == "org/model" and core.args.kw["tensor_parallel_size"] == 2  # type: ignore[attr-defined]
+        assert "enable_prefix_caching" not in core.args.kw  # type: ignore[attr-defined]  # salted: vLLM's default (on)
         assert engine.context_length == 4096  # from the model's config
         text = engine.render_chat([{"role": "user", "content": "hi"}])
         assert text == "<user>hi<assistant>"
         prompt = engine.tokenize(text)
         sampling = SamplingParams(max_tokens=3, temperature=0.5, seed=7, stop=("\n",), logprobs=1, logit_bias={5: -100.0})
-        generation = engine.submit(GenerationRequest("chatcmpl-1", prompt, sampling, n=2))
+        generation = engine.submit(GenerationRequest("chatcmpl-1", prompt, sampling, n=2, cache_scope="org-a"))
         events = [e async for e in generation]
         prompt_sent, params, _ = core.generated[0]
-        assert prompt_sent == {"prompt_token_ids": prompt}
+        assert prompt_sent == {"prompt_token_ids": prompt, "cache_salt": SALTS.of("org-a")}
         assert params.kw["n"] == 2 and params.kw["max_tokens"] == 3 and params.kw["seed"] == 7  # type: ignore[attr-defined]
         assert params.kw["stop"] == ["\n"] and params.kw["logit_bias"] == {5: -100.0}  # type: ignore[attr-defined]
         assert params.kw["output_kind"].name == "DELTA"  # type: ignore[attr-defined]
@@ -205,3 +220,44 @@ def test_cancelling_a_generation_aborts_it_in_vllm(fake_vllm: type[FakeAsyncLLM]
         assert engine.state()["slots_busy"] == 0
 
     asyncio.run(go())
+
+
+def run_one(engine: VllmEngine, scope: str) -> tuple[object, int]:
+    """Submit one request for organization `scope`: (the prompt vLLM got, the cached tokens reported)."""
+
+    async def go() -> tuple[object, int]:
+        await engine.start()
+        generation = engine.submit(GenerationRequest("r", [1, 2, 3], SamplingParams(max_tokens=3), cache_scope=scope))
+        _ = [e async for e in generation]
+        core = engine.core
+        assert isinstance(core, FakeAsyncLLM)
+        return core.generated[-1][0], generation.cached_tokens
+
+    return asyncio.run(go())
+
+
+def test_each_organization_gets_its_own_unguessable_cache_salt(fake_vllm: type[FakeAsyncLLM]) -> None:
+    engine = VllmEngine(model_id="m", options=VllmOptions(model="x"), context_length=1024, max_n=1, cache_salts=SALTS)
+    (a, cached_a), (b, _) = run_one(engine, "org-a"), run_one(engine, "org-b")
+    assert a["cache_salt"] != b["cache_salt"]  # type: ignore[index]  # vLLM never shares a block between them
+    assert "org-a" not in a["cache_salt"] and a["cache_salt"] != CacheSalts(b"another-secret-of-32-bytes-00000").of("org-a")  # type: ignore[index]
+    assert cached_a == 3  # salted: what vLLM reports is the caller's own prefix
+
+
+def test_a_vllm_that_cannot_salt_runs_without_prefix_caching_and_reports_no_cached_tokens(
+    fake_vllm: type[FakeAsyncLLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules["vllm.inputs"], "TokensPrompt", OldTokensPrompt)
+    engine = VllmEngine(model_id="m", options=VllmOptions(model="x"), context_length=1024, max_n=1, cache_salts=SALTS)
+    prompt, cached = run_one(engine, "org-a")
+    assert prompt == {"prompt_token_ids": [1, 2, 3]}
+    assert engine.core.args.kw["enable_prefix_caching"] is False  # type: ignore[attr-defined]
+    assert cached == 0
+
+
+def test_prefixes_shared_across_organizations_on_purpose_are_unsalted(fake_vllm: type[FakeAsyncLLM]) -> None:
+    shared = CacheSalts(b"a-test-secret-of-32-bytes-000000", shared=True)  # MODELHOST_SHARE_PREFIX_ACROSS_ORGANIZATIONS
+    engine = VllmEngine(model_id="m", options=VllmOptions(model="x"), context_length=1024, max_n=1, cache_salts=shared)
+    prompt, cached = run_one(engine, "org-a")
+    assert prompt == {"prompt_token_ids": [1, 2, 3]} and cached == 3
+    assert "enable_prefix_caching" not in engine.core.args.kw  # type: ignore[attr-defined]

@@ -6,7 +6,9 @@ the behaviour (see `BEHAVIOURS`); ``GET /v1/models`` answers 200 (health checks)
 ``up.healthy`` is False. `requests` counts the POSTs each behaviour received.
 
 Error bodies deliberately carry the server's own URL, a file path and the upstream model name, so
-tests can check that none of them reaches a client.
+tests can check that none of them reaches a client; ``echo-key`` even repeats the request's
+`Authorization` header. ``prefix-cache`` behaves like vLLM's prefix cache: a prompt seen before
+with the same ``cache_salt`` reports its tokens as `cached_tokens`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class MisbehavingUpstream:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._hung: list[asyncio.StreamWriter] = []
+        self.prefix_cache: set[tuple[object, str]] = set()  # (cache_salt, messages) seen, as vLLM keys its blocks
 
     @property
     def base_url(self) -> str:
@@ -233,6 +236,31 @@ async def _error_event(up: MisbehavingUpstream, writer: asyncio.StreamWriter, re
     await writer.drain()
 
 
+async def _prefix_cache(up: MisbehavingUpstream, writer: asyncio.StreamWriter, request: dict[str, object]) -> None:
+    """A vLLM-like server: 11 prompt tokens, all cached when the same prompt came with the same `cache_salt`."""
+    key = (request.get("cache_salt"), json.dumps(request.get("messages") or request.get("prompt"), sort_keys=True))
+    cached = 11 if key in up.prefix_cache else 0
+    up.prefix_cache.add(key)
+    model = str(request["model"])
+    await _start_stream(writer)
+    writer.write(_chunk(model, "Hi") + _chunk(model, finish="stop"))
+    usage = {"prompt_tokens": 11, "completion_tokens": 1, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": cached}}
+    writer.write(b"data: " + json.dumps({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage}).encode() + b"\n\n")
+    writer.write(b"data: [DONE]\n\n")
+    await writer.drain()
+
+
+async def _echo_key(up: MisbehavingUpstream, writer: asyncio.StreamWriter, request: dict[str, object]) -> None:
+    """A 400 whose message, param and code repeat the request's key (whole, after `Bearer`, cut short)."""
+    auth = up.headers[-1].get("authorization", "")
+    key = auth.removeprefix("Bearer ")
+    message = (
+        f"invalid 'temperature' (request sent with Authorization: {auth}; api_key={key}; "
+        f"key {key[:12]}**** rejected; {{\"token\": \"{key[3:20]}\"}})"
+    )
+    await _respond(writer, 400, {"error": {"message": message, "type": "invalid_request_error", "param": key, "code": key[:30]}})
+
+
 async def _whole_json(up: MisbehavingUpstream, writer: asyncio.StreamWriter, request: dict[str, object]) -> None:
     """A server that ignores `stream` and answers one JSON completion."""
     await _respond(
@@ -282,6 +310,8 @@ BEHAVIOURS: dict[str, Handler] = {
     "error-event": _error_event,
     "whole-json": _whole_json,
     "tool-call": _tool_call,
+    "prefix-cache": _prefix_cache,
+    "echo-key": _echo_key,
 }
 
 

@@ -32,6 +32,7 @@ from modelhost.catalog.schema import (
     upstream_key,
 )
 from modelhost.config import Settings
+from modelhost.engine.cache_salt import CacheSalts
 from modelhost.engine.registry import EMBEDDINGS, ModelAccess, ModelRegistry, ServedModel
 
 DEFAULT_CONTEXT = 2048
@@ -184,6 +185,8 @@ def _build(path: Path, index: int, spec: ModelSpec, settings: Settings, api_key:
             health_interval=backend.health_interval_seconds,
             failure_threshold=backend.failure_threshold,
             cooldown=backend.cooldown_seconds,
+            cache_salts=_cache_salts(settings),
+            salt_requests=backend.cache_salt,
         )
         return BuiltModel(key, DrainableEngine(engine), None, int(time.time()), _fingerprint("openai", key))
     if isinstance(backend, VllmBackend):
@@ -191,12 +194,18 @@ def _build(path: Path, index: int, spec: ModelSpec, settings: Settings, api_key:
 
         options = VllmOptions(**backend.model_dump(exclude={"type", "max_n"}))
         try:
-            engine = VllmEngine(model_id=spec.id, options=options, context_length=spec.context_length, max_n=backend.max_n)
+            engine = VllmEngine(
+                model_id=spec.id, options=options, context_length=spec.context_length, max_n=backend.max_n, cache_salts=_cache_salts(settings)
+            )
         except VllmUnavailable as exc:
             raise CatalogError(f"{where}, field `backend.type`: {exc}") from exc
         return BuiltModel(key, DrainableEngine(engine), None, int(time.time()), _fingerprint("vllm", options))
     assert isinstance(backend, SentenceBackend)
     return _sentence(where, spec, backend, key)
+
+
+def _cache_salts(settings: Settings) -> CacheSalts:
+    return CacheSalts(settings.cache_salt_secret.get_secret_value().encode(), shared=settings.share_prefix_across_organizations)
 
 
 def _gguf(where: str, backend: LlamaCppBackend) -> Path:

@@ -85,6 +85,14 @@ class OpenAIBackend(_Strict):
     health_interval_seconds: float = Field(default=10.0, ge=0, description="Between active health checks; 0: none.")
     failure_threshold: int = Field(default=3, ge=1, description="Consecutive failures that open a replica's circuit.")
     cooldown_seconds: float = Field(default=10.0, gt=0, description="An open circuit lets one trial request through after this.")
+    cache_salt: bool = Field(
+        default=False,
+        description=(
+            "Send each organization's `cache_salt` (vLLM 0.9+ keys its prefix cache by it) and pass on the upstream's "
+            "`cached_tokens`. Off (servers that cannot salt or reject unknown fields): no salt is sent and "
+            "`cached_tokens` is reported as 0, since the upstream's cache is shared by every tenant."
+        ),
+    )
 
     @field_validator("base_urls")
     @classmethod

@@ -10,10 +10,18 @@ llama.cpp engine emits, its usage a `UsageReported` event; without one, completi
 counted one per streamed chunk (one per logprob entry when logprobs were asked for) and the prompt
 is the API layer's estimate.
 
-Errors: the upstream's 4xx about the request keep their status and message (upstream model names
-and URLs removed; 422 becomes 400); its 401/403/404 mean our configuration is wrong and its 5xx
-mean it failed: 502; 429/503 and open circuits: 503 with Retry-After; timeouts: 504. No upstream
-URL or key appears in any error, log line or state; replicas are called "replica N".
+Errors: the upstream's 4xx about the request keep their status and message (upstream model names,
+URLs, paths, its key and anything credential-like removed by `Scrubber`; 422 becomes 400); its
+401/403/404 mean our configuration is wrong and its 5xx mean it failed: 502; 429/503 and open
+circuits: 503 with Retry-After; timeouts: 504. No upstream URL or key appears in any error, log
+line or state (a `ScrubbingFilter` guards this module's and httpx's loggers while the engine runs);
+replicas are called "replica N".
+
+Prefix caches: the upstream's cache is shared by every tenant modelhost forwards for, so with
+``salt_requests`` (the models file's ``cache_salt``, for vLLM servers) each request carries its
+organization's ``cache_salt`` (`CacheSalts`) and the upstream's `cached_tokens` are the caller's
+own; without it no salt is sent and `cached_tokens` is reported as 0, so one organization cannot
+learn what another sent.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -29,7 +36,9 @@ import httpx
 
 from modelhost.engine.events import END, read_events
 from modelhost.engine.base import EngineEvent, EngineFailed, GenerationRequest
+from modelhost.engine.cache_salt import CacheSalts
 from modelhost.engine.upstream_pool import Replica, UpstreamPool
+from modelhost.engine.upstream_scrub import Scrubber, ScrubbingFilter
 from modelhost.engine.upstream_stream import ChunkReader, SSEDecoder, UpstreamProtocolError
 from modelhost.errors import (
     APIError,
@@ -44,8 +53,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_WHOLE_BODY = 16 * 1024 * 1024
-_URL = re.compile(r"\b(?:https?|wss?)://[^\s\"'<>]+", re.IGNORECASE)
-_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]+")  # /opt/vllm/engine.py: an upstream's internals
+# Loggers that can see an upstream's words or its request: scrubbed while an upstream engine runs.
+_LOGGERS = ("modelhost.engine.upstream", "modelhost.engine.upstream_pool", "modelhost.engine.upstream_stream", "httpx", "httpcore")
 
 
 class UpstreamGeneration:
@@ -54,7 +63,7 @@ class UpstreamGeneration:
     def __init__(self, engine: UpstreamEngine, request: GenerationRequest) -> None:
         assert request.upstream is not None, "a forwarding engine needs GenerationRequest.upstream"
         self._events: asyncio.Queue[object] = asyncio.Queue()
-        self.reader = ChunkReader(request.upstream.endpoint, request.n)
+        self.reader = ChunkReader(request.upstream.endpoint, request.n, report_cached=engine.reports_cached_tokens)
         self._task = asyncio.get_running_loop().create_task(self._run(engine, request))
 
     @property
@@ -111,7 +120,10 @@ class UpstreamEngine:
         health_interval: float = 10.0,
         failure_threshold: int = 3,
         cooldown: float = 10.0,
+        cache_salts: CacheSalts | None = None,
+        salt_requests: bool = False,
     ) -> None:
+        assert cache_salts is not None or not salt_requests, "salting requests needs the salts"
         self.model_id = model_id
         self.context_length = context_length
         self.max_n = max_n
@@ -123,14 +135,22 @@ class UpstreamEngine:
         self._health_interval = health_interval
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task[None] | None = None
-        # Strings an upstream error message may contain that a client must not see.
-        self._secrets = sorted({*base_urls, *(urlsplit(u).netloc for u in base_urls)}, key=len, reverse=True)
+        self._cache_salts = cache_salts
+        self._salt_requests = salt_requests
+        # What an upstream's message or a log record may contain that nobody may read.
+        self._scrubber = Scrubber(secrets=[api_key], hidden=[*base_urls, *(urlsplit(u).netloc for u in base_urls)])
+        self._log_filter = ScrubbingFilter(self._scrubber)
+
+    @property
+    def reports_cached_tokens(self) -> bool:
+        """Whether the upstream's `cached_tokens` can only count the caller's own prefixes."""
+        return self._salt_requests or (self._cache_salts is not None and self._cache_salts.shared)
 
     # -- what a forwarding engine does not have ------------------------------------------------
     def _no_tokenizer(self, *_: object, **__: object) -> None:
         raise TypeError(f"model {self.model_id} forwards requests upstream; it has no tokenizer or chat template")
 
-    tokenize = detokenize = render_chat = check_grammar = _no_tokenizer  # type: ignore[assignment]
+    tokenize = detokenize = render_chat = tokenize_chat = check_grammar = _no_tokenizer  # type: ignore[assignment]
     start_token = vocab_size = template_supports_tools = property(_no_tokenizer)  # type: ignore[assignment]
 
     # -- the engine interface ------------------------------------------------------------------
@@ -152,6 +172,8 @@ class UpstreamEngine:
         # upstream's address must not reach the logs at any level.
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
+        for name in _LOGGERS:
+            logging.getLogger(name).addFilter(self._log_filter)
         self._client = httpx.AsyncClient(
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -167,6 +189,8 @@ class UpstreamEngine:
             await asyncio.gather(self._health_task, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+        for name in _LOGGERS:
+            logging.getLogger(name).removeFilter(self._log_filter)
 
     # -- forwarding ----------------------------------------------------------------------------
     def _auth(self) -> dict[str, str]:
@@ -179,6 +203,9 @@ class UpstreamEngine:
             body["n"] = request.n
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        salt = self._cache_salts.of(request.cache_scope) if self._salt_requests and self._cache_salts is not None else None
+        if salt is not None:
+            body["cache_salt"] = salt
         return body
 
     async def forward(self, request: GenerationRequest, reader: ChunkReader, emit: Callable[[object], None]) -> None:
@@ -248,7 +275,7 @@ class UpstreamEngine:
                 await self._relay_stream(response, reader, emit)
         except (UpstreamProtocolError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             replica.breaker.failed()
-            logger.warning("model %s: %s sent a malformed response: %s", self.model_id, replica.label, _clean(str(exc), self._secrets)[:200])
+            logger.warning("model %s: %s sent a malformed response: %s", self.model_id, replica.label, self._scrubber.clean(str(exc))[:200])
             raise EngineFailed("malformed upstream response", BadGateway("The model's upstream server sent a malformed response; retry the request.")) from exc
         except httpx.TimeoutException as exc:
             replica.breaker.failed()
@@ -300,7 +327,8 @@ class UpstreamEngine:
     def _error(self, replica: Replica, response: httpx.Response, body: bytes) -> APIError:
         status = response.status_code
         message, kind, param, code = _error_fields(body)
-        message = _clean(message, self._secrets).replace(self._upstream_model, self.model_id) if message else ""
+        message = self._relayed(message)
+        param, code = self._scrubber.field(param), self._scrubber.field(code)
         if status in (401, 403, 404):
             logger.error("model %s: %s answered HTTP %d: check the model's upstream key and model name", self.model_id, replica.label, status)
             return BadGateway("The model's upstream server refused the request modelhost sent; the operator must fix this model's configuration.")
@@ -321,8 +349,15 @@ class UpstreamEngine:
     def _mid_stream_error(self, chunk: dict[str, object]) -> APIError:
         message, _, _, _ = _error_fields(json.dumps(chunk).encode())
         logger.warning("model %s: upstream reported an error mid-stream", self.model_id)
-        detail = _clean(message, self._secrets).replace(self._upstream_model, self.model_id) if message else "no details"
+        detail = self._relayed(message) or "no details"
         return BadGateway(f"The model's upstream server failed while generating ({detail[:300]}); retry the request.")
+
+    def _relayed(self, message: str) -> str:
+        """An upstream's message as the client may read it: our model name, nothing secret or internal."""
+        if not message:
+            return ""
+        # Our name goes in after scrubbing, which could otherwise take a long model id for a token.
+        return self._scrubber.clean(message.replace(self._upstream_model, "(model)")).replace("(model)", self.model_id)
 
     # -- health --------------------------------------------------------------------------------
     def _health_url(self, replica: Replica) -> str:
@@ -391,16 +426,6 @@ def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]
         loc = ".".join(str(p) for p in detail[0].get("loc", []) if p != "body")
         return f"Invalid value for '{loc}': {detail[0].get('msg', 'invalid value')}.", None, loc or None, "invalid_value"
     return "", None, None, None
-
-
-def _clean(message: str, secrets: Sequence[str]) -> str:
-    """An upstream's message without its URLs, hosts, file paths or control characters, at most 1000 characters."""
-    for secret in secrets:
-        message = message.replace(secret, "(upstream)")
-    message = _URL.sub("(upstream)", message)
-    message = _PATH.sub("(path)", message)
-    message = "".join(ch if ch.isprintable() else " " for ch in message)
-    return " ".join(message.split())[:1000]
 
 
 def _retry_after(value: str | None) -> str:

@@ -4,7 +4,9 @@
 event (any line ending, multi-line data, comments, a bounded event size). ``ChunkReader(endpoint,
 n)`` turns each chunk (or a whole non-streamed completion) into `TextDelta`, `ToolCallDelta`,
 `ChoiceFinished` and `UsageReported` events, counting completion tokens itself in case the
-upstream never reports usage. Anything that is not what OpenAI's format allows is an
+upstream never reports usage. Its `cached_tokens` are passed on only with ``report_cached=True``
+(the upstream's prefix cache is salted per organization): otherwise they could count a prefix
+another tenant left there, and are reported as 0. Anything that is not what OpenAI's format allows is an
 `UpstreamProtocolError`; the engine turns it into a clean 502.
 """
 
@@ -92,6 +94,7 @@ class ChunkReader:
 
     endpoint: str
     n: int
+    report_cached: bool = False
     choices: list[_Choice] = field(default_factory=list)
     usage: UsageReported | None = None
 
@@ -135,7 +138,7 @@ class ChunkReader:
                 out.append(self._finish(index, reason))
         usage = chunk.get("usage")
         if usage is not None:
-            self.usage = _usage(usage)
+            self.usage = _usage(usage, report_cached=self.report_cached)
             out.append(self.usage)
         return out
 
@@ -219,7 +222,7 @@ def _count(value: object, what: str) -> int:
     return value
 
 
-def _usage(usage: object) -> UsageReported:
+def _usage(usage: object, *, report_cached: bool) -> UsageReported:
     if not isinstance(usage, Mapping):
         raise UpstreamProtocolError("`usage` is not an object")
     details = usage.get("prompt_tokens_details") or {}
@@ -227,7 +230,7 @@ def _usage(usage: object) -> UsageReported:
     return UsageReported(
         prompt_tokens=_count(usage.get("prompt_tokens", 0), "usage.prompt_tokens"),
         completion_tokens=_count(usage.get("completion_tokens", 0), "usage.completion_tokens"),
-        cached_tokens=_count(cached, "cached_tokens") if cached is not None else 0,
+        cached_tokens=_count(cached, "cached_tokens") if cached is not None and report_cached else 0,
     )
 
 

@@ -11,11 +11,19 @@ Like the llama.cpp engine it takes token prompts: chat templates come from the m
 `ChoiceFinished` events. Tool calls and structured outputs are not offered through this backend
 (the models file refuses those capabilities for it): for them, run ``vllm serve`` with its own
 tool parser and point an `openai` backend at it.
+
+Prefix caching is per organization, as in the llama.cpp engine: every prompt carries its
+organization's ``cache_salt`` (`CacheSalts`; vLLM 0.9+ with the V1 engine mixes it into the hash of
+the first KV block), so `num_cached_tokens` and time to first token only ever reflect the caller's
+own prefixes. A vLLM that cannot salt gets ``enable_prefix_caching=False`` and reports no cached
+tokens, unless the operator shares prefixes across organizations
+(``MODELHOST_SHARE_PREFIX_ACROSS_ORGANIZATIONS``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
@@ -23,6 +31,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from jinja2 import TemplateError
+
+from modelhost.engine import chat_prompt
 from modelhost.engine.events import END, read_events
 from modelhost.engine.base import (
     ChoiceFinished,
@@ -33,6 +44,8 @@ from modelhost.engine.base import (
     TextDelta,
     TokenLogprob,
 )
+from modelhost.engine.cache_salt import CacheSalts
+from modelhost.engine.chat_template import ChatTemplateError
 from modelhost.engine.grammar import GrammarError
 
 logger = logging.getLogger(__name__)
@@ -60,14 +73,21 @@ def import_vllm(model_id: str) -> SimpleNamespace:
         ) from exc
     try:
         from vllm.v1.engine.async_llm import AsyncLLM as engine_class
+
+        v1 = True
     except ImportError:  # vLLM before the V1 engine
         from vllm.engine.async_llm_engine import AsyncLLMEngine as engine_class
+
+        v1 = False
+    prompt_keys = getattr(TokensPrompt, "__required_keys__", frozenset()) | getattr(TokensPrompt, "__optional_keys__", frozenset())
     return SimpleNamespace(
         SamplingParams=SamplingParams,
         AsyncEngineArgs=AsyncEngineArgs,
         TokensPrompt=TokensPrompt,
         DELTA=RequestOutputKind.DELTA,
         Engine=engine_class,
+        # cache_salt arrived with vLLM 0.9 and only the V1 engine honours it (V0 refuses or ignores it).
+        salts_prompts=v1 and "cache_salt" in prompt_keys,
     )
 
 
@@ -128,9 +148,10 @@ class VllmGeneration:
         finished = set()
         engine.running += 1
         try:
-            prompt = engine.vllm.TokensPrompt(prompt_token_ids=list(request.prompt_tokens))
+            prompt = engine.prompt(request)
             async for output in engine.core.generate(prompt, engine.sampling_params(request), self._vllm_id):
-                self._cached = max(self._cached, int(getattr(output, "num_cached_tokens", 0) or 0))
+                if engine.reports_cached_tokens:
+                    self._cached = max(self._cached, int(getattr(output, "num_cached_tokens", 0) or 0))
                 if sampling.prompt_logprobs and getattr(output, "prompt_logprobs", None):
                     emit(PromptLogprobs(engine.prompt_logprobs(request.prompt_tokens, output.prompt_logprobs, sampling.logprobs or 0)))
                 for choice in output.outputs:
@@ -164,8 +185,11 @@ class VllmEngine:
 
     forwards_requests = False
 
-    def __init__(self, *, model_id: str, options: VllmOptions, context_length: int | None, max_n: int) -> None:
+    def __init__(
+        self, *, model_id: str, options: VllmOptions, context_length: int | None, max_n: int, cache_salts: CacheSalts | None = None
+    ) -> None:
         self.vllm = import_vllm(model_id)  # at configuration time: a missing vLLM is reported before serving
+        self._cache_salts = cache_salts  # None: salting is not possible here, so tenants may not share a cache
         self.model_id = model_id
         self.max_n = max_n
         self.context_length = context_length or 0  # from the model's config at start() when not set
@@ -180,6 +204,14 @@ class VllmEngine:
         extra: dict[str, object] = {"max_model_len": self._max_model_len} if self._max_model_len else {}
         if o.max_num_seqs is not None:
             extra["max_num_seqs"] = o.max_num_seqs
+        if not self.reports_cached_tokens:
+            # No salt: a shared prefix cache would tell one tenant (by cached_tokens and by speed) what another sent.
+            logger.warning(
+                "model %s: this vLLM cannot salt its prefix cache per organization (cache_salt needs vLLM 0.9+ with "
+                "the V1 engine); prefix caching is off",
+                self.model_id,
+            )
+            extra["enable_prefix_caching"] = False
         args = self.vllm.AsyncEngineArgs(
             model=o.model,
             tokenizer=o.tokenizer,
@@ -234,6 +266,33 @@ class VllmEngine:
             )
         )
 
+        """The conversation as prompt tokens: special tokens only where the template wrote them (chat_prompt)."""
+        tok = self._tokenizer
+
+            except TemplateError as exc:
+                raise ChatTemplateError(f"The model's chat template rejected the messages: {exc}") from exc
+
+        rendered = chat_prompt.render(render, messages, tools, self._controls)
+            rendered,
+            self._controls,
+            whole=self.tokenize,
+            # Hugging Face's switch for "special tokens in this text are text".
+            text_only=lambda text: list(tok.encode(text, add_special_tokens=False, split_special_tokens=True)),  # type: ignore[attr-defined]
+        )
+
+    @functools.cached_property
+    def _controls(self) -> chat_prompt.ControlTokens:
+        """The tokenizer's special tokens (its added tokens marked special, and bos/eos/unk/pad/…)."""
+        tok = self._tokenizer
+        found = {
+            index: chat_prompt.ControlToken(index, str(t.content), lstrip=bool(getattr(t, "lstrip", False)), rstrip=bool(getattr(t, "rstrip", False)))
+            for index, t in (getattr(tok, "added_tokens_decoder", None) or {}).items()
+            if getattr(t, "special", False)
+        }
+        for text, index in zip(getattr(tok, "all_special_tokens", ()), getattr(tok, "all_special_ids", ())):
+            found.setdefault(int(index), chat_prompt.ControlToken(int(index), str(text)))
+        return chat_prompt.ControlTokens(list(found.values()))
+
     @property
     def template_supports_tools(self) -> bool:
         return False  # tools are not a capability of this backend (see the module docstring)
@@ -242,6 +301,19 @@ class VllmEngine:
         raise GrammarError("This model's vllm backend does not enforce grammars; structured outputs and tools are not available for it.")
 
     # -- generation -----------------------------------------------------------------------------
+    @property
+    def reports_cached_tokens(self) -> bool:
+        """Whether vLLM's prefix cache can only hold the caller's own prefixes (salted, or shared on purpose)."""
+        salts = self._cache_salts
+        return salts is not None and (salts.shared or self.vllm.salts_prompts)
+
+    def prompt(self, request: GenerationRequest) -> object:
+        """The token prompt, salted with the request's organization when prefixes are not shared."""
+        salt = self._cache_salts.of(request.cache_scope) if self._cache_salts is not None and self.vllm.salts_prompts else None
+        if salt is None:
+            return self.vllm.TokensPrompt(prompt_token_ids=list(request.prompt_tokens))
+        return self.vllm.TokensPrompt(prompt_token_ids=list(request.prompt_tokens), cache_salt=salt)
+
     def sampling_params(self, request: GenerationRequest) -> object:
         s = request.sampling
         return self.vllm.SamplingParams(
@@ -263,6 +335,11 @@ class VllmEngine:
         assert self.core is not None, "start() the engine first"
         assert request.prompt_tokens, "a prompt has at least one token"
         return VllmGeneration(self, request)
+
+    @property
+    def alive(self) -> bool:
+        """Whether vLLM is started and has not failed (/health answers 503 otherwise)."""
+        return self.core is not None and not bool(getattr(self.core, "errored", False))
 
     def state(self) -> dict[str, object]:
         return {"model": self.model_id, "backend": "vllm", "slots_busy": self.running, "queue_depth": 0}
