@@ -23,6 +23,7 @@ from modelhost.catalog import ModelCatalog
 from modelhost.config import Settings
 from modelhost.limits import Limiter, open_limiter
 from modelhost.engine import ModelRegistry, ServedModel
+from modelhost.engine.grammar_compiler import close_default_compiler
 from modelhost.observability import Observability
 from modelhost.pipeline import GenerationPipeline
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
                 await registry.stop()
             await run_in_threadpool(_flush_quietly, authenticator)
             await limiter.close()
+            close_default_compiler()  # schema-compile workers die with the server
             database.dispose()
 
     app = FastAPI(

@@ -129,6 +129,7 @@ def _check_features(served: ServedModel, body: ChatCompletionRequest) -> None:
 def _forwarded_plan(served: ServedModel, body: ChatCompletionRequest, who: Principal, n: int) -> ChatPlan:
     """A plan for an engine that forwards to another OpenAI-compatible server: no local template or
     tokenizer; the upstream applies tools and response_format itself and checks its context window."""
+    formats.check_forwarded_schemas(body)
     asked = body.max_completion_tokens or body.max_tokens
     upstream = convert.upstream_chat(body, max_tokens=asked)
     context = served.engine.context_length

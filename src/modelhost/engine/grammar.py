@@ -1,99 +1,28 @@
 """Constrained decoding: JSON schemas → GBNF grammars → llama.cpp's grammar sampler, per sequence.
 
 `compile_schema` turns a (bounded, checked) JSON schema into a grammar or says exactly which
-schema features it cannot enforce. `GrammarConstraint` lives on the decode thread, one per choice:
-it masks logits the grammar forbids and advances with every accepted token.
+schema features or bounds it cannot meet (engine/schema_bounds.py, engine/grammar_compiler.py).
+`GrammarConstraint` lives on the decode thread, one per choice: it masks logits the grammar
+forbids and advances with every accepted token.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import re
-from collections.abc import Iterator
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
-MAX_SCHEMA_BYTES = 64 * 1024
-MAX_SCHEMA_DEPTH = 32
-MAX_ENUM_VALUES = 1024
-MAX_REPEAT = 1024  # minItems/maxItems/minLength/maxLength: each bound expands into grammar rules
-MAX_GRAMMAR_BYTES = 256 * 1024
+from modelhost.engine.grammar_compiler import default_compiler
+from modelhost.engine.schema_bounds import GrammarError, check_schema
+
+__all__ = ["JSON_OBJECT_GRAMMAR", "GrammarConstraint", "GrammarError", "compile_schema", "rename_root", "validate_grammar"]
+
 MASK_CANDIDATES = 256
 
-# Keywords the grammar enforces, or that only annotate.
-_ENFORCED = {
-    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
-    "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions",
-    "pattern", "minLength", "maxLength", "format",
-}
-_ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly", "writeOnly", "strict", "nullable"}
-_FORMATS = {"date", "time", "date-time", "uuid"}
-
 JSON_OBJECT_GRAMMAR = JSON_GBNF  # its root is `object`, which is what json_object mode promises
-
-
-class GrammarError(ValueError):
-    """The schema cannot be enforced; the message names the feature or limit."""
-
-
-def _walk(node: object, path: str, depth: int) -> Iterator[tuple[str, str]]:
-    """Yield (path, problem) for every part of the schema the grammar cannot honour."""
-    if depth > MAX_SCHEMA_DEPTH:
-        yield path, f"nesting deeper than {MAX_SCHEMA_DEPTH} levels"
-        return
-    if isinstance(node, bool):
-        return
-    if not isinstance(node, dict):
-        yield path, "a schema must be an object"
-        return
-    for key, value in node.items():
-        here = f"{path}/{key}"
-        if key in _ANNOTATIONS:
-            continue
-        if key not in _ENFORCED:
-            yield here, f"'{key}' is not supported"
-            continue
-        if key in ("properties", "$defs", "definitions"):
-            if not isinstance(value, dict):
-                yield here, f"'{key}' must be an object"
-                continue
-            for name, sub in value.items():
-                yield from _walk(sub, f"{here}/{name}", depth + 1)
-        elif key in ("anyOf", "oneOf", "allOf", "prefixItems"):
-            if not isinstance(value, list) or not value:
-                yield here, f"'{key}' must be a non-empty array"
-                continue
-            for i, sub in enumerate(value):
-                yield from _walk(sub, f"{here}/{i}", depth + 1)
-        elif key in ("items", "additionalProperties"):
-            if not isinstance(value, bool):
-                yield from _walk(value, here, depth + 1)
-        elif key == "enum":
-            if not isinstance(value, list) or len(value) > MAX_ENUM_VALUES:
-                yield here, f"'enum' must be an array of at most {MAX_ENUM_VALUES} values"
-        elif key in ("minItems", "maxItems", "minLength", "maxLength"):
-            if not isinstance(value, int) or not 0 <= value <= MAX_REPEAT:
-                yield here, f"'{key}' must be an integer between 0 and {MAX_REPEAT}"
-        elif key == "format" and value not in _FORMATS:
-            yield here, f"format '{value}' is not supported (supported: {', '.join(sorted(_FORMATS))})"
-        elif key == "$ref" and (not isinstance(value, str) or not value.startswith("#")):
-            yield here, "only local references ('#/…') are supported"
-        elif key == "pattern" and (not isinstance(value, str) or len(value) > 1000):
-            yield here, "'pattern' must be a string of at most 1000 characters"
-
-
-def check_schema(schema: object) -> None:
-    """Raise `GrammarError` naming every unsupported feature (cheap: runs before any compilation)."""
-    encoded = json.dumps(schema)
-    if len(encoded) > MAX_SCHEMA_BYTES:
-        raise GrammarError(f"The schema is {len(encoded)} bytes; the limit is {MAX_SCHEMA_BYTES}.")
-    problems = list(_walk(schema, "#", 0))
-    if problems:
-        listed = "; ".join(f"{p or '#'}: {msg}" for p, msg in problems[:10])
-        raise GrammarError(f"The schema uses features that cannot be enforced: {listed}.")
 
 
 def _inline_root_ref(schema: object) -> object:
@@ -116,14 +45,13 @@ def _inline_root_ref(schema: object) -> object:
 
 
 def compile_schema(schema: object, *, prop_order: list[str] | None = None) -> str:
-    """GBNF for values matching `schema` (root rule `root`)."""
+    """GBNF for values matching `schema` (root rule `root`); blocking, so call it off the event loop.
+
+    The schema's costs are bounded before anything is built (`schema_bounds`), and the converter
+    runs in a capped, killable worker process (`grammar_compiler`).
+    """
     check_schema(schema)
-    try:
-        grammar = json_schema_to_gbnf(json.dumps(_inline_root_ref(schema)), prop_order)
-    except (AssertionError, KeyError, ValueError, TypeError, RecursionError, re.error) as exc:
-        raise GrammarError(f"The schema could not be compiled: {exc}") from exc
-    if len(grammar) > MAX_GRAMMAR_BYTES:
-        raise GrammarError("The schema compiles to a grammar that is too large.")
+    grammar = default_compiler().compile(_inline_root_ref(schema), prop_order)
     # The converter's string characters admit raw control characters, which JSON forbids.
     return _without_control_chars(grammar)
 

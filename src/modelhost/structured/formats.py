@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from modelhost.engine.grammar import JSON_OBJECT_GRAMMAR, GrammarError, compile_schema
+from modelhost.engine.schema_bounds import check_schema
 from modelhost.errors import InvalidRequest
 from modelhost.protocol.chat import (
     ChatCompletionRequest,
@@ -43,3 +44,31 @@ def response_grammar(request: ChatCompletionRequest, rendered_messages: list[dic
                 code="invalid_value",
             ) from exc
     return None
+
+
+def check_forwarded_schemas(request: ChatCompletionRequest) -> None:
+    """The same schema bounds for a request an upstream engine will compile: 400 before it is sent.
+
+    An upstream (vLLM, another OpenAI-compatible server) compiles schemas with its own code and
+    its own weaknesses; nothing a tenant sends through modelhost may cost it more than it would
+    cost modelhost's own compiler.
+    """
+    fmt = request.response_format
+    if isinstance(fmt, ResponseFormatJsonSchema) and fmt.json_schema.schema_ is not None:
+        try:
+            check_schema(fmt.json_schema.schema_)
+        except GrammarError as exc:
+            raise InvalidRequest(
+                f"Invalid schema for response_format '{fmt.json_schema.name}': {exc}", param="response_format", code="invalid_value"
+            ) from exc
+    functions = request.functions or [t.function for t in request.tools or []]
+    param = "functions" if request.functions else "tools"
+    for i, function in enumerate(functions):
+        if function.parameters is None:
+            continue
+        try:
+            check_schema(function.parameters)
+        except GrammarError as exc:
+            raise InvalidRequest(
+                f"Invalid schema for function '{function.name}': {exc}", param=f"{param}[{i}].function.parameters", code="invalid_value"
+            ) from exc
