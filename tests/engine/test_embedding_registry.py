@@ -27,28 +27,28 @@ def registry() -> ModelRegistry:
 
 
 def test_capabilities_follow_the_backends(registry: ModelRegistry) -> None:
-    assert EMBEDDINGS not in registry.get("chat", project=None).capabilities
-    assert TEXT in registry.get("chat", project=None).capabilities
-    assert registry.get("emb", EMBEDDINGS, project=None).capabilities == {EMBEDDINGS}
+    assert EMBEDDINGS not in registry.get("chat", caller=None).capabilities
+    assert TEXT in registry.get("chat", caller=None).capabilities
+    assert registry.get("emb", EMBEDDINGS, caller=None).capabilities == {EMBEDDINGS}
 
 
 def test_an_embedding_model_asked_to_generate_is_not_found_naming_the_model(registry: ModelRegistry) -> None:
     with pytest.raises(NotFound) as caught:
-        registry.get("emb", project=None)
+        registry.get("emb", caller=None)
     assert caught.value.param == "model" and "embedding model" in caught.value.message
 
 
 def test_a_chat_model_without_embeddings_is_a_bad_embeddings_request(registry: ModelRegistry) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        registry.get("chat", EMBEDDINGS, project=None)
+        registry.get("chat", EMBEDDINGS, caller=None)
     assert caught.value.status == 400 and caught.value.param == "model"
 
 
 def test_any_model_is_listed_and_retrievable_without_a_capability(registry: ModelRegistry) -> None:
     assert [m.id for m in registry.all()] == ["chat", "emb"]
-    assert registry.get("emb", capability=None, project=None).id == "emb"
+    assert registry.get("emb", capability=None, caller=None).id == "emb"
     with pytest.raises(ModelNotFound):
-        registry.get("nope", capability=None, project=None)
+        registry.get("nope", capability=None, caller=None)
 
 
 def test_a_directory_that_pools_otherwise_is_refused(tmp_path: Path) -> None:

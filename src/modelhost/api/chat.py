@@ -72,7 +72,7 @@ async def plan_chat(request: Request, body: ChatCompletionRequest, who: Principa
     state = app_state(request)
     if body.ignored_fields():
         logger.info("chat.completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model, CHAT, project=who.project_id)
+    served = state.registry.get(body.model, CHAT, caller=who)
     _check_features(served, body)
     n = body.n or 1
     gen.check_n(served, n, state.settings.max_n)

@@ -84,7 +84,7 @@ async def plan_completions(request: Request, body: CompletionRequest, who: Princ
     state = app_state(request)
     if body.ignored_fields():
         logger.info("completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model, COMPLETIONS, project=who.project_id)
+    served = state.registry.get(body.model, COMPLETIONS, caller=who)
     n, best_of = _validate(body)
     gen.check_n(served, best_of, state.settings.max_n, param="best_of" if best_of > n else "n")
     response_id = new_id("cmpl-")

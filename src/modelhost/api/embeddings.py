@@ -130,7 +130,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, who: Princ
     state = app_state(request)
     if body.ignored_fields():
         logger.info("embeddings: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model, EMBEDDINGS, project=who.project_id)
+    served = state.registry.get(body.model, EMBEDDINGS, caller=who)
     embedder = served.embedder
     assert embedder is not None, "the registry returns only models that embed"
     _check_dimensions(served.id, embedder, body.dimensions)

@@ -18,7 +18,7 @@ router = APIRouter(dependencies=[Depends(principal)])
 
 def _named(request: Request, who: Principal) -> list[tuple[str, ServedModel]]:
     """(name, model) for every name the caller may use: each model's id, then its aliases."""
-    return [(name, m) for m in app_state(request).registry.visible(who.project_id) for name in (m.id, *m.aliases)]
+    return [(name, m) for m in app_state(request).registry.visible(who) for name in (m.id, *m.aliases)]
 
 
 def _model(name: str, served: ServedModel) -> Model:
@@ -32,7 +32,7 @@ async def list_models(request: Request, who: Principal = Depends(principal)) -> 
 
 @router.get("/v1/models/{model:path}", response_model=Model)
 async def retrieve_model(model: str, request: Request, who: Principal = Depends(principal)) -> Model:
-    return _model(model, app_state(request).registry.get(model, capability=None, project=who.project_id))
+    return _model(model, app_state(request).registry.get(model, capability=None, caller=who))
 
 
 def _engine(name: str, served: ServedModel) -> Engine:
@@ -46,4 +46,4 @@ async def list_engines(request: Request, who: Principal = Depends(principal)) ->
 
 @router.get("/v1/engines/{engine_id:path}", response_model=Engine, deprecated=True)
 async def retrieve_engine(engine_id: str, request: Request, who: Principal = Depends(principal)) -> Engine:
-    return _engine(engine_id, app_state(request).registry.get(engine_id, capability=None, project=who.project_id))
+    return _engine(engine_id, app_state(request).registry.get(engine_id, capability=None, caller=who))

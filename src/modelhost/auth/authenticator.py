@@ -12,9 +12,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.keys import hash_secret, is_well_formed
-from modelhost.auth.principal import ADMIN_SCOPES, Principal
+from modelhost.auth.principal import ADMIN_SCOPES, ModelPolicy, Principal
 from modelhost.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
-from modelhost.store import members, tenancy
+from modelhost.store import members, model_permissions, tenancy
 
 NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -52,6 +52,12 @@ def bearer_token(authorization: Sequence[str]) -> str:
     return token
 
 
+def _model_policy(session: Session, project_id: str) -> ModelPolicy | None:
+    """The project's own model permissions, trusted with the key for the cache time."""
+    row = model_permissions.of_project(session, project_id)
+    return None if row is None else ModelPolicy(row.mode, frozenset(row.model_ids))
+
+
 class KeyUseTracker:
     """Remembers when each key was last used, so `last_used_at` costs no write per request."""
 
@@ -72,7 +78,8 @@ class KeyUseTracker:
 class Authenticator:
     """Verifies keys against the store, trusting a verified answer for `cache_seconds`.
 
-    Revocation therefore takes effect within `cache_seconds` on every replica.
+    Revocation, a key owner's lost access to its project and a project's changed model permissions
+    therefore take effect within `cache_seconds` on every replica.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, cache_seconds: float = 5.0) -> None:
@@ -151,7 +158,10 @@ class Authenticator:
                 raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
             if project is not None and project != record.project_id:
                 raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
-            return Principal(record.organization_id, record.project_id, owner, record.key_id, record.kind)
+            return Principal(
+                record.organization_id, record.project_id, owner, record.key_id, record.kind,
+                model_policy=_model_policy(session, record.project_id),
+            )
         assert record.user_id, "user and admin keys belong to a user"
         if record.kind == "admin":
             assert record.organization_id, "admin keys are bound to an organization"
@@ -185,7 +195,9 @@ class Authenticator:
         else:
             chosen = tenancy.default_project(session, org_id)
             assert chosen is not None, "every organization has a default project"
-        return Principal(org_id, chosen.id, record.user_id, record.key_id, "user")
+        return Principal(
+            org_id, chosen.id, record.user_id, record.key_id, "user", model_policy=_model_policy(session, chosen.id)
+        )
 
     def flush_key_use(self) -> None:
         """Write pending `last_used_at` times; failures are retried at the next flush."""

@@ -15,6 +15,20 @@ ADMIN_SCOPES = frozenset({SCOPE_MANAGEMENT_READ, SCOPE_MANAGEMENT_WRITE})
 
 
 @dataclass(frozen=True)
+class ModelPolicy:
+    """The project's own model permissions (the Administration API's): only `model_ids`, or all but them.
+
+    It narrows what the operator's models file allows the project; it never widens it.
+    """
+
+    mode: str  # "allow_list" or "deny_list"
+    model_ids: frozenset[str]
+
+    def allows(self, model_id: str) -> bool:
+        return (model_id in self.model_ids) == (self.mode == "allow_list")
+
+
+@dataclass(frozen=True)
 class Principal:
     """The organization and project a request counts against, and the user and key behind it.
 
@@ -28,7 +42,12 @@ class Principal:
     key_id: str
     key_kind: str  # "user", "project", "service_account" or "admin"
     scopes: frozenset[str] = INFERENCE_SCOPES
+    model_policy: ModelPolicy | None = None  # the project's model permissions, read with the key
 
     @property
     def is_admin(self) -> bool:
         return SCOPE_MANAGEMENT_WRITE in self.scopes
+
+    def may_use(self, model_id: str) -> bool:
+        """Whether the project's own model permissions let it use `model_id` (the operator's lists aside)."""
+        return self.model_policy is None or self.model_policy.allows(model_id)

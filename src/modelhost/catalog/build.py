@@ -150,16 +150,19 @@ def preflight(path: Path, catalog: Catalog) -> None:
 
 
 def access(catalog: Catalog) -> ModelAccess:
-    """Project allow-lists by canonical id (aliases resolved); the project "*" is everyone else."""
+    """Organization and project allow-lists by canonical id (aliases resolved); "*" is everyone else."""
     ids = {name: spec.id for spec in catalog.models for name in (spec.id, *spec.aliases)}
 
     def resolve(names: list[str]) -> frozenset[str] | None:
         return None if ALL_MODELS in names else frozenset(ids[n] for n in names)
 
-    default = catalog.projects.get(ALL_MODELS)
+    projects = catalog.projects.get(ALL_MODELS)
+    organizations = catalog.organizations.get(ALL_MODELS)
     return ModelAccess(
         {pid: resolve(a.models) for pid, a in catalog.projects.items() if pid != ALL_MODELS},
-        default=resolve(default.models) if default is not None else None,
+        default=resolve(projects.models) if projects is not None else None,
+        organizations={oid: resolve(a.models) for oid, a in catalog.organizations.items() if oid != ALL_MODELS},
+        organization_default=resolve(organizations.models) if organizations is not None else None,
     )
 
 

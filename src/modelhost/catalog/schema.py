@@ -18,6 +18,9 @@ A minimal file::
     api_key_env = "VLLM_API_KEY"          # the NAME of an environment variable, never the key
     model = "Qwen/Qwen2.5-7B-Instruct"
 
+    [organizations."org-abc"]
+    models = ["smollm2", "qwen2.5-7b-instruct"]   # what every project of org-abc may use at most
+
     [projects."proj_abc"]
     models = ["smollm2"]                  # ids or aliases; "*" for every model
 
@@ -174,12 +177,17 @@ class ModelSpec(_Strict):
 
 
 class ProjectAccess(_Strict):
+    """The models an organization's projects, or one project, may use at most."""
+
     models: list[str] = Field(max_length=4096, description="Model ids or aliases the project may use; '*' for all.")
 
 
 class Catalog(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     projects: dict[str, ProjectAccess] = Field(default_factory=dict)
+    # A project may use what both its organization's list and its own list allow, so a project an
+    # organization creates later is held to the organization's list (docs/scaling.md).
+    organizations: dict[str, ProjectAccess] = Field(default_factory=dict)
 
 
 def load_catalog(path: Path) -> Catalog:
@@ -274,9 +282,10 @@ def _check(path: Path, catalog: Catalog) -> None:
         if isinstance(backend, OpenAIBackend) and "://" in backend.health_path:
             raise CatalogError(f"{where}, field `backend.health_path`: a path (`models` or `/health`), not a URL.")
         upstream_key(path, i, spec)
-    for project, access in catalog.projects.items():
-        for j, name in enumerate(access.models):
-            if name != ALL_MODELS and name not in names:
-                raise CatalogError(
-                    f"{path}: field `projects.{project}.models[{j}]`: no model or alias is named `{name}`."
-                )
+    for table, lists in (("organizations", catalog.organizations), ("projects", catalog.projects)):
+        for owner, access in lists.items():
+            for j, name in enumerate(access.models):
+                if name != ALL_MODELS and name not in names:
+                    raise CatalogError(
+                        f"{path}: field `{table}.{owner}.models[{j}]`: no model or alias is named `{name}`."
+                    )

@@ -5,14 +5,17 @@ A model can generate text (it has an `engine`: chat and legacy completions), emb
 it cannot do is an error that names the model, as OpenAI answers it. A model the models file
 declares narrower `features` for (say, chat without tools) is held to them.
 
-Which projects may use which models is `ModelAccess`: a model a project may not use is answered
-exactly like a model that does not exist (404 `model_not_found`).
+Which models a caller may use is the operator's `ModelAccess` (the models file's organization and
+project lists) narrowed by the caller's own model permissions (`Caller.may_use`, set through the
+Administration API); a model it may not use is answered exactly like a model that does not exist
+(404 `model_not_found`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from modelhost.engine.base import Engine
 from modelhost.engine.embedding.base import Embedder
@@ -53,28 +56,55 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ModelAccess:
-    """Which models each project may use, by canonical model id.
+    """Which models the operator lets each organization and project use, by canonical model id.
 
     ``ModelAccess({"proj_a": frozenset({"m1"})}, default=None)``: proj_a may use m1 only; every
     other project may use every model (`default` None), or only the models in `default`. A
-    project mapped to None may use every model.
+    project mapped to None may use every model. `organizations` and `organization_default` say
+    the same per organization, and a project may use only what both its organization's list and
+    its own list allow: a project created later is held to its organization's list.
     """
 
     projects: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
     default: frozenset[str] | None = None
+    organizations: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    organization_default: frozenset[str] | None = None
 
-    def allows(self, project_id: str, model_id: str) -> bool:
-        allowed = self.projects[project_id] if project_id in self.projects else self.default
+    def ceiling(self, organization_id: str | None, project_id: str) -> frozenset[str] | None:
+        """The models the operator lets the project use; None: every model, present and future."""
+        project = self.projects[project_id] if project_id in self.projects else self.default
+        if organization_id is None:
+            return project
+        organization = (
+            self.organizations[organization_id] if organization_id in self.organizations else self.organization_default
+        )
+        if project is None or organization is None:
+            return project if organization is None else organization
+        return project & organization
+
+    def allows(self, project_id: str, model_id: str, organization_id: str | None = None) -> bool:
+        allowed = self.ceiling(organization_id, project_id)
         return allowed is None or model_id in allowed
 
 
+class Caller(Protocol):
+    """Who asks for a model (an `auth.Principal`): its organization, project and own model permissions."""
+
+    @property
+    def organization_id(self) -> str: ...
+
+    @property
+    def project_id(self) -> str: ...
+
+    def may_use(self, model_id: str) -> bool: ...
+
+
 class ModelRegistry:
-    """``registry.get("smollm2-135m-instruct", project=p) -> ServedModel``; raises `ModelNotFound` otherwise.
+    """``registry.get("smollm2-135m-instruct", caller=who) -> ServedModel``; raises `ModelNotFound` otherwise.
 
     `get` returns only a model that can do `capability` (text generation unless asked otherwise;
     None for any model, as /v1/models does), so a generating endpoint can always use `.engine`.
-    `project` is the caller's project (None only for the operator's own use): a model that project
-    may not use is not found.
+    `caller` is who asks (None only for the operator's own use): a model it may not use is not found.
     """
 
     def __init__(self, models: list[ServedModel], access: ModelAccess | None = None) -> None:
@@ -87,9 +117,9 @@ class ModelRegistry:
                 self._names[name] = model
         self.access = access or ModelAccess()
 
-    def get(self, model_id: str, capability: str | None = TEXT, *, project: str | None) -> ServedModel:
+    def get(self, model_id: str, capability: str | None = TEXT, *, caller: Caller | None) -> ServedModel:
         model = self._names.get(model_id)
-        if model is None or (project is not None and not self.access.allows(project, model.id)):
+        if model is None or (caller is not None and not self._allows(caller, model.id)):
             raise ModelNotFound(model_id)
         if capability is not None and capability not in model.capabilities:
             raise _unsupported(model, model_id, capability)
@@ -98,9 +128,25 @@ class ModelRegistry:
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
 
-    def visible(self, project: str) -> list[ServedModel]:
-        """The models `project` may use, in configuration order."""
-        return [m for m in self._models.values() if self.access.allows(project, m.id)]
+    def visible(self, caller: Caller) -> list[ServedModel]:
+        """The models `caller` may use, in configuration order."""
+        return [m for m in self._models.values() if self._allows(caller, m.id)]
+
+    def _allows(self, caller: Caller, model_id: str) -> bool:
+        # The operator's lists are the ceiling; the caller's own permissions can only narrow them.
+        return self.access.allows(caller.project_id, model_id, caller.organization_id) and caller.may_use(model_id)
+
+    def permitted(self, name: str, *, organization_id: str, project_id: str) -> str | None:
+        """The id of the model `name` names if the operator lets the project use it; else None, as for no model."""
+        model = self._names.get(name)
+        if model is None or not self.access.allows(project_id, model.id, organization_id):
+            return None
+        return model.id
+
+    def operator_allows(self, organization_id: str, project_id: str) -> list[str] | None:
+        """The ids the operator lets the project use, in configuration order; None: every model, also future ones."""
+        ceiling = self.access.ceiling(organization_id, project_id)
+        return None if ceiling is None else [m for m in self._models if m in ceiling]
 
     async def start(self) -> None:
         for model in self._models.values():

@@ -6,7 +6,7 @@ transaction, and returns OpenAI's wire objects (`modelhost.protocol.admin`). Fai
 `modelhost.errors` (an id of another organization is a `NotFound`, exactly like a missing one).
 
 Modules, one per resource: `admin_keys`, `users`, `invites`, `projects`, `project_users`,
-`service_accounts`, `project_keys`, `usage`, `audit`.
+`service_accounts`, `project_keys`, `model_permissions`, `usage`, `audit`.
 """
 
 from modelhost.organization.common import Scope

@@ -354,6 +354,24 @@ class ProjectApiKeyDeleted(BaseModel):
     deleted: bool = True
 
 
+class ProjectModelPermissions(BaseModel):
+    """The project's model allow list or deny list (inside what the operator's models file allows)."""
+
+    object: Literal["project.model_permissions"] = "project.model_permissions"
+    mode: Literal["allow_list", "deny_list"]
+    model_ids: list[str]
+
+
+class ProjectModelPermissionsUpdateRequest(WireModel):
+    mode: Literal["allow_list", "deny_list"]
+    model_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4096)]
+
+
+class ProjectModelPermissionsDeleted(BaseModel):
+    object: Literal["project.model_permissions.deleted"] = "project.model_permissions.deleted"
+    deleted: bool
+
+
 # -- usage and costs -------------------------------------------------------------------------------
 class UsageCompletionsResult(BaseModel):
     object: Literal["organization.usage.completions.result"] = "organization.usage.completions.result"

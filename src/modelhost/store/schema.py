@@ -207,3 +207,19 @@ class QuotaSetting(Base):
     soft_limit: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelPermission(Base):
+    """A project's own model permissions (OpenAI's `project.model_permissions`): an allow or a deny list.
+
+    It only narrows what the operator's models file lets the project use (its project and
+    organization lists); a project without a row uses all of that. Ids are canonical model ids.
+    """
+
+    __tablename__ = "model_permissions"
+
+    project_id: Mapped[str] = mapped_column(String(64), ForeignKey("projects.id"), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(64), ForeignKey("organizations.id"), index=True)
+    mode: Mapped[str] = mapped_column(String(16))  # "allow_list" or "deny_list"
+    model_ids: Mapped[list[str]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
