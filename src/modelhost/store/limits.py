@@ -15,6 +15,12 @@ from modelhost.store.schema import QuotaSetting, RateLimitSetting
 from modelhost.store.tenancy import utcnow
 
 ALL_MODELS = "*"
+# Who set a rate limit row: the operator (the CLI: organization and project rows) or an
+# organization's admin key (the Administration API: project rows only). An admin row can only
+# tighten a project below what the operator allows; it never replaces an operator row.
+OPERATOR = "operator"
+ADMIN = "admin"
+SETTERS = (OPERATOR, ADMIN)
 RATE_LIMIT_FIELDS = (
     "max_requests_per_1_minute",
     "max_tokens_per_1_minute",
@@ -44,12 +50,12 @@ def rate_limits_for(session: Session, organization_id: str, project_id: str | No
 
 
 def rate_limits_of(session: Session, scope: str, scope_id: str) -> list[RateLimitSetting]:
-    """The rows set on one organization or project, by model."""
+    """The rows set on one organization or project, by model (the operator's before the admin's)."""
     return list(
         session.scalars(
             select(RateLimitSetting)
             .where(RateLimitSetting.scope == scope, RateLimitSetting.scope_id == scope_id)
-            .order_by(RateLimitSetting.model)
+            .order_by(RateLimitSetting.model, RateLimitSetting.set_by.desc())
         )
     )
 
@@ -58,20 +64,35 @@ def all_rate_limits(session: Session) -> list[RateLimitSetting]:
     return list(
         session.scalars(
             select(RateLimitSetting).order_by(
-                RateLimitSetting.organization_id, RateLimitSetting.scope, RateLimitSetting.scope_id, RateLimitSetting.model
+                RateLimitSetting.organization_id,
+                RateLimitSetting.scope,
+                RateLimitSetting.scope_id,
+                RateLimitSetting.model,
+                RateLimitSetting.set_by.desc(),
             )
         )
     )
 
 
 def put_rate_limit(
-    session: Session, *, organization_id: str, scope: str, scope_id: str, model: str, values: Mapping[str, int | None]
+    session: Session,
+    *,
+    organization_id: str,
+    scope: str,
+    scope_id: str,
+    model: str,
+    values: Mapping[str, int | None],
+    set_by: str = OPERATOR,
 ) -> RateLimitSetting:
-    """Create or change the row of (scope, model): only the fields in `values` change (None: inherit)."""
+    """Create or change `set_by`'s row of (scope, model): only the fields in `values` change (None: inherit)."""
     assert set(values) <= set(RATE_LIMIT_FIELDS), f"rate limit fields are {RATE_LIMIT_FIELDS}"
+    assert set_by in SETTERS and (set_by == OPERATOR or scope == "project"), "admins set project limits only"
     row = session.scalar(
         select(RateLimitSetting).where(
-            RateLimitSetting.scope == scope, RateLimitSetting.scope_id == scope_id, RateLimitSetting.model == model
+            RateLimitSetting.scope == scope,
+            RateLimitSetting.scope_id == scope_id,
+            RateLimitSetting.model == model,
+            RateLimitSetting.set_by == set_by,
         )
     )
     now = utcnow()
@@ -82,6 +103,7 @@ def put_rate_limit(
             scope=scope,
             scope_id=scope_id,
             model=model,
+            set_by=set_by,
             created_at=now,
         )
         session.add(row)

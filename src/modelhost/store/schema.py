@@ -167,19 +167,22 @@ class UsageRecord(Base):
 
 
 class RateLimitSetting(Base):
-    """Rate limits an operator set for an organization or a project, for one model or all (``*``).
+    """Rate limits set for an organization or a project, for one model or all (``*``).
 
-    A NULL field inherits (project → organization → settings); 0 means no limit.
+    `set_by` is who set them: the operator (CLI; organization and project rows) or the
+    organization's admin key (Administration API; project rows only, never above the operator's).
+    A NULL field inherits (project → organization → settings); 0 means no limit of its own.
     """
 
     __tablename__ = "rate_limits"
-    __table_args__ = (UniqueConstraint("scope", "scope_id", "model"),)
+    __table_args__ = (UniqueConstraint("scope", "scope_id", "model", "set_by", name="uq_rate_limits_setting"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     organization_id: Mapped[str] = mapped_column(String(64), ForeignKey("organizations.id"), index=True)
     scope: Mapped[str] = mapped_column(String(16))  # "organization" or "project"
     scope_id: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(256))
+    set_by: Mapped[str] = mapped_column(String(16), default="operator", server_default="operator")  # or "admin"
     max_requests_per_1_minute: Mapped[int | None] = mapped_column(Integer)
     max_tokens_per_1_minute: Mapped[int | None] = mapped_column(BigInteger)
     max_requests_per_1_day: Mapped[int | None] = mapped_column(Integer)

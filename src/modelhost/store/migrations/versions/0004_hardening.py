@@ -19,9 +19,11 @@ TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     _model_permissions()
+    _rate_limit_setters()
 
 
 def downgrade() -> None:
+    _drop_rate_limit_setters()
     _drop_model_permissions()
 
 
@@ -41,3 +43,35 @@ def _model_permissions() -> None:
 def _drop_model_permissions() -> None:
     op.drop_index("ix_model_permissions_organization_id", "model_permissions")
     op.drop_table("model_permissions")
+
+
+# The unique constraint 0003 created without a name, as each database names it (SQLite: through
+# the naming convention batch mode reflects it with).
+_RATE_LIMITS_UNIQUE = {"postgresql": "rate_limits_scope_scope_id_model_key", "sqlite": "uq_rate_limits_scope_scope_id_model"}
+_RATE_LIMITS_NAMING = {"uq": "uq_%(table_name)s_%(column_0_N_name)s"}
+
+
+def _rate_limit_setters() -> None:
+    """Item 2: who set a rate-limit row, the operator (CLI) or the organization's admin key (API).
+
+    An admin's project limits are kept beside the operator's, so an admin key can tighten a
+    project but never overwrite (raise) what the operator set. Existing rows become the
+    operator's: the conservative reading, as an admin can lower but not raise them.
+    """
+    dialect = op.get_bind().dialect.name
+    with op.batch_alter_table("rate_limits", naming_convention=_RATE_LIMITS_NAMING) as table:
+        table.add_column(sa.Column("set_by", sa.String(16), nullable=False, server_default="operator"))
+        table.drop_constraint(_RATE_LIMITS_UNIQUE.get(dialect, _RATE_LIMITS_UNIQUE["postgresql"]), type_="unique")
+        table.create_unique_constraint("uq_rate_limits_setting", ["scope", "scope_id", "model", "set_by"])
+
+
+def _drop_rate_limit_setters() -> None:
+    # The old schema holds one row per (scope, model): the admins' project limits are dropped.
+    op.execute("DELETE FROM rate_limits WHERE set_by <> 'operator'")
+    dialect = op.get_bind().dialect.name
+    with op.batch_alter_table("rate_limits", naming_convention=_RATE_LIMITS_NAMING) as table:
+        table.drop_constraint("uq_rate_limits_setting", type_="unique")
+        table.create_unique_constraint(
+            _RATE_LIMITS_UNIQUE.get(dialect, _RATE_LIMITS_UNIQUE["postgresql"]), ["scope", "scope_id", "model"]
+        )
+        table.drop_column("set_by")
