@@ -110,15 +110,22 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Longest wait for Redis; past it the request is refused with 503, never let through."
     )
     rate_limit_requests_per_minute: int = Field(
-        default=10_000, ge=0, description="Requests per minute per project and model, unless set in the store; 0: no limit."
+        default=10_000,
+        ge=0,
+        description="Requests per minute per organization (all its projects together) and model, unless set in the store; 0: no limit.",
     )
     rate_limit_tokens_per_minute: int = Field(
         default=10_000_000,
         ge=0,
-        description="Tokens per minute (prompt + max_tokens × n, corrected after) per project and model; 0: no limit.",
+        description=(
+            "Tokens per minute (prompt + max_tokens × n, corrected after) per organization (all its projects together) "
+            "and model, unless set in the store; 0: no limit."
+        ),
     )
     rate_limit_requests_per_day: int = Field(
-        default=0, ge=0, description="Requests per day per project and model, unless set in the store; 0: no limit."
+        default=0,
+        ge=0,
+        description="Requests per day per organization (all its projects together) and model, unless set in the store; 0: no limit.",
     )
     rate_limit_concurrent_requests_per_key: int = Field(
         default=0, ge=0, description="Requests one key may have running at once, unless set in the store; 0: no limit."

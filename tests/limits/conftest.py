@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,3 +88,36 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
         yield Store("redis", main, clock, prefix, peer=lambda: RedisBackend(REDIS_URL, clock=clock), opened=[main])
     finally:
         _cleanup(prefix)
+
+
+needs_redis_server = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server for a Redis of its own")
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throwaway `redis-server` of this test alone (no persistence), as a redis:// URL.
+
+    For tests that wipe Redis (FLUSHALL, a stop): the shared one on 6379 holds other tests' keys.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=port, socket_timeout=0.5).ping():
+                    break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()

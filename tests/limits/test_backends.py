@@ -7,12 +7,13 @@ import threading
 import time
 
 import pytest
+import redis
 
 from modelhost.limits.base import Adjustment, Budget, Bucket, LimiterUnavailable, Lease
 from modelhost.limits.memory import MemoryBackend
 from modelhost.limits.redis_backend import RedisBackend
 
-from .conftest import Store
+from .conftest import REDIS_URL, Store
 
 
 def test_bucket_allows_its_capacity_then_refuses_until_refilled(store: Store) -> None:
@@ -106,11 +107,12 @@ def test_budget_is_missing_until_seeded_and_seed_never_overwrites(store: Store) 
         assert not first.allowed and first.missing == (budget.key,)
         await store.backend.seed(budget.key, 50, budget.ttl)
         ok = await store.backend.acquire([budget])
-        assert ok.allowed and ok.states[0].level == 80
+        assert ok.allowed and ok.states[0].level == 80 and ok.states[0].epoch
         await store.backend.seed(budget.key, 0, budget.ttl)  # exists: ignored
         refused = await store.backend.acquire([budget])
         assert not refused.allowed and refused.states[0].level == 80
-        assert await store.backend.settle([Adjustment(budget, amount=-30)]) == (50,)
+        assert refused.states[0].epoch == ok.states[0].epoch  # the same counter, the same generation
+        assert await store.backend.settle([Adjustment(budget, amount=-30, epoch=ok.states[0].epoch)]) == (50,)
         assert (await store.backend.acquire([budget])).allowed
         unlimited = Budget(budget.key, limit=None, amount=10**9, ttl=3600)
         assert (await store.backend.acquire([unlimited])).allowed  # counted, never refused
@@ -123,11 +125,37 @@ def test_budget_counter_expires_after_its_ttl(store: Store) -> None:
 
     async def body() -> None:
         await store.backend.seed(budget.key, 99, budget.ttl)
-        assert (await store.backend.acquire([budget])).allowed
+        taken = await store.backend.acquire([budget])
+        assert taken.allowed
         await asyncio.sleep(0.4)  # Redis expires keys on its own clock
         store.clock.advance(0.4)
         assert (await store.backend.acquire([budget])).missing == (budget.key,)
-        assert await store.backend.settle([Adjustment(budget, amount=-1)]) == (None,)
+        assert await store.backend.settle([Adjustment(budget, amount=-1, epoch=taken.states[0].epoch)]) == (None,)
+
+    store.run(body)
+
+
+def test_a_settle_after_the_budget_was_re_seeded_adds_the_whole_cost(store: Store) -> None:
+    """A counter rebuilt from the ledger while a request ran never held its reservation: settling
+    that request there must add what it cost, not give back its unused estimate (issue #12, item 12)."""
+    budget = Budget(store.key("quota"), limit=1000, amount=100, ttl=0.3)  # an estimate of 100
+
+    async def body() -> None:
+        await store.backend.seed(budget.key, 0, budget.ttl)
+        before = await store.backend.acquire([budget])
+        assert before.allowed and before.states[0].level == 100
+        await asyncio.sleep(0.4)  # the counter is gone (as after a Redis that lost its data)
+        store.clock.advance(0.4)
+        await store.backend.seed(budget.key, 500, 3600)  # rebuilt: the ledger knows 500, not the request in flight
+        after = await store.backend.acquire([Budget(budget.key, 1000, 7, 3600)])
+        assert after.allowed and after.states[0].level == 507
+        assert after.states[0].epoch != before.states[0].epoch  # another generation
+        # The request used 30 of its 100: the new counter gets +30 (the bug gave it 30 - 100 = -70).
+        assert await store.backend.settle([Adjustment(budget, amount=30 - 100, epoch=before.states[0].epoch)]) == (537,)
+        # A request refused before it ran gives back nothing it never took there either.
+        assert await store.backend.settle([Adjustment(budget, amount=-100, epoch=before.states[0].epoch)]) == (537,)
+        # The request acquired from this generation settles as usual (7 estimated, 5 used).
+        assert await store.backend.settle([Adjustment(Budget(budget.key, 1000, 7, 3600), -2, after.states[0].epoch)]) == (535,)
 
     store.run(body)
 
@@ -162,7 +190,8 @@ def test_fifty_concurrent_reservations_against_a_budget_that_fits_one(store: Sto
                 if peer is not store.backend:
                     await peer.close()
         assert sum(o.allowed for o in outcomes) == 1
-        assert (await store.backend.settle([Adjustment(budget, amount=0)])) == (31,)
+        epoch = next(o.states[0].epoch for o in outcomes if o.allowed)
+        assert (await store.backend.settle([Adjustment(budget, amount=0, epoch=epoch)])) == (31,)
 
     store.run(body)
 
@@ -192,6 +221,31 @@ def test_fifty_threads_each_with_its_own_loop_reserve_at_most_the_budget(store: 
         t.join()
     assert len(results) == 50
     assert sum(results) == 1
+
+
+def test_a_redis_budget_counter_of_an_earlier_release_is_rebuilt_not_misread(store: Store) -> None:
+    """Before generations a budget was a plain integer: read as missing (so the limiter rebuilds it
+    from the ledger), never as a counter without a generation; an older replica still running gets
+    a 503 on the rebuilt one (WRONGTYPE), never a wrong count."""
+    if store.kind != "redis":
+        pytest.skip("a Redis key format")
+    budget = Budget(store.key("quota"), limit=100, amount=10, ttl=3600)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(budget.key, 42, px=3_600_000)
+
+    async def body() -> None:
+        assert (await store.backend.acquire([budget])).missing == (budget.key,)
+        await store.backend.seed(budget.key, 50, budget.ttl)
+        taken = await store.backend.acquire([budget])
+        assert taken.allowed and taken.states[0].level == 60
+        assert 0 < client.pttl(budget.key) <= 3_600_000
+
+    try:
+        store.run(body)
+        with pytest.raises(redis.ResponseError):  # what a replica of the earlier release would do
+            client.incrby(budget.key, 1)
+    finally:
+        client.close()
 
 
 def test_redis_that_does_not_answer_is_unavailable_not_allowed() -> None:

@@ -21,9 +21,13 @@ def test_limits_and_quotas_set_and_show(tmp_path: Path) -> None:
     done = modelhost(tmp_path, "limits", "set", "--org", org, "--rpm", "90", "--concurrency", "2", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["max_requests_per_1_minute"] == 90
-    done = modelhost(tmp_path, "limits", "set", "--project", project, "--tpm", "0", "--rpm", "inherit", "--json")
+    # A project cannot be lifted above its organization (0 is no limit): the organization's comes first.
+    above = modelhost(tmp_path, "limits", "set", "--project", project, "--tpm", "0", "--json")
+    assert above.returncode == 2
+    assert "'max_tokens_per_1_minute': 0 (no limit) is above 10000000" in json.loads(above.stdout)["error"]["message"]
+    done = modelhost(tmp_path, "limits", "set", "--project", project, "--tpm", "5000", "--rpm", "inherit", "--json")
     effective = json.loads(done.stdout)["effective"][0]
-    assert (effective["max_requests_per_1_minute"], effective["max_tokens_per_1_minute"], effective["max_concurrent_requests"]) == (90, 0, 2)
+    assert (effective["max_requests_per_1_minute"], effective["max_tokens_per_1_minute"], effective["max_concurrent_requests"]) == (90, 5000, 2)
     table = modelhost(tmp_path, "limits", "show", "--project", project).stdout
     assert table.splitlines()[0].split()[:3] == ["model", "max_requests_per_1_minute", "max_tokens_per_1_minute"]
 

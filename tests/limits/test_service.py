@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.config import ModelPrice, Settings
@@ -20,6 +20,7 @@ from modelhost.errors import InvalidRequest, NotFound
 from modelhost.limits.service import LimitSettings
 from modelhost.organization import Scope as AdminScope
 from modelhost.store import UsageEntry, UsageLedger, migrate, open_engine, session_factory
+from modelhost.store import limits as stored
 from modelhost.store import tenancy
 from modelhost.store.db import _MIGRATIONS
 from modelhost.store.schema import AuditLogEntry
@@ -68,11 +69,32 @@ def test_the_migration_adds_its_tables_beside_other_branches_and_can_be_undone(d
     engine = open_engine(database_url)
     migrate(engine)
     assert {"rate_limits", "quotas", "usage_records"} <= set(inspect(engine).get_table_names())
+    sessions = session_factory(engine)
+    with sessions() as session:
+        org = tenancy.create_organization(session, "Migrated")
+        project = tenancy.create_project(session, org.id, "P")
+        for who, rpm in (("operator", 60), ("admin", 30)):  # one row each for the same project and model
+            stored.put_rate_limit(session, organization_id=org.id, scope="project", scope_id=project.id, model=MODEL,
+                                  values={"max_requests_per_1_minute": rpm}, set_by=who)
+        session.commit()
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0003_limits@-1")
+
+    def downgrade(target: str) -> None:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, target)
+
+    downgrade("0003_limits")  # 0004_hardening's admin rows go; the operator's stay
+    assert "set_by" not in {c["name"] for c in inspect(engine).get_columns("rate_limits")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT max_requests_per_1_minute FROM rate_limits")).scalars().all() == [60]
+    migrate(engine)
+    with sessions() as session:
+        assert [(r.set_by, r.max_requests_per_1_minute) for r in stored.rate_limits_of(session, "project", project.id)] == [
+            ("operator", 60)
+        ]
+    downgrade("0001")
     tables = set(inspect(engine).get_table_names())
     assert "rate_limits" not in tables and "quotas" not in tables and "usage_records" in tables
     migrate(engine)  # and back
@@ -151,6 +173,56 @@ def test_admin_update_changes_the_project_and_audits_it(
         limits.update_project_rate_limit(AdminScope(org), project, "rl-unknown", {"max_requests_per_1_day": 1})
     with pytest.raises(NotFound):
         limits.project_rate_limits("org-other", project)  # another organization sees no such project
+
+
+def test_an_admin_key_can_only_hold_a_project_below_what_the_operator_allows(
+    sessions: sessionmaker[Session], tenancy_ids: tuple[str, str]
+) -> None:
+    org, project = tenancy_ids
+    limits = service(sessions, rate_limit_tokens_per_minute=9000)
+    admin = AdminScope(org)
+
+    def update(**values: int) -> dict[str, object]:
+        return limits.update_project_rate_limit(admin, project, f"rl-{MODEL}", values)
+
+    def refused(**values: int) -> str:
+        with pytest.raises(InvalidRequest) as error:
+            update(**values)
+        assert error.value.param == next(iter(values))
+        return error.value.message
+
+    limits.set_rate_limits(limits.scope(organization=org), {"max_requests_per_1_minute": 60})
+    assert "0 (no limit) is above 60" in refused(max_requests_per_1_minute=0)
+    assert "61 is above 60" in refused(max_requests_per_1_minute=61)
+    assert "9001 is above 9000" in refused(max_tokens_per_1_minute=9001)  # the settings are the operator's too
+    assert update(max_requests_per_1_minute=30)["max_requests_per_1_minute"] == 30
+    assert update(max_requests_per_1_day=0)["max_requests_per_1_day"] == 0  # no limit above it: none is fine
+    # The operator's project limit is a ceiling the admin's sits beside, never overwrites.
+    limits.set_rate_limits(limits.scope(project=project), {"max_requests_per_1_minute": 20}, model=MODEL)
+    assert limits.project_rate_limits(org, project)[0]["max_requests_per_1_minute"] == 20
+    assert "25 is above 20" in refused(max_requests_per_1_minute=25)
+    assert update(max_requests_per_1_minute=10)["max_requests_per_1_minute"] == 10
+    configured = limits.show_rate_limits(limits.scope(project=project))["configured"]
+    assert [(r["set_by"], r["max_requests_per_1_minute"]) for r in configured] == [("operator", 20), ("admin", 10)]  # type: ignore[index]
+    # The operator lowering the organization below the project's values lowers the project too.
+    limits.set_rate_limits(limits.scope(organization=org), {"max_requests_per_1_minute": 5})
+    assert limits.project_rate_limits(org, project)[0]["max_requests_per_1_minute"] == 5
+    # …and the operator cannot lift a project above its organization either: the organization's comes first.
+    with pytest.raises(InvalidRequest) as error:
+        limits.set_rate_limits(limits.scope(project=project), {"max_requests_per_1_minute": 6})
+    assert error.value.param == "max_requests_per_1_minute"
+
+
+def test_a_project_quota_is_at_most_its_organizations(sessions: sessionmaker[Session], tenancy_ids: tuple[str, str]) -> None:
+    org, project = tenancy_ids
+    limits = service(sessions)
+    limits.set_quota(limits.scope(organization=org), unit="usd", period="month", hard_limit="10", soft_limit=None)
+    with pytest.raises(InvalidRequest) as error:
+        limits.set_quota(limits.scope(project=project), unit="usd", period="month", hard_limit="10.01", soft_limit=None)
+    assert error.value.param == "hard_limit"
+    assert limits.set_quota(limits.scope(project=project), unit="usd", period="month", hard_limit="10", soft_limit=None)["hard_limit"] == 10.0
+    # Another unit or period cannot be compared; both quotas count every request anyway.
+    assert limits.set_quota(limits.scope(project=project), unit="tokens", period="day", hard_limit="10000000", soft_limit=None)
 
 
 def test_quotas_in_tokens_and_dollars_show_what_was_spent(

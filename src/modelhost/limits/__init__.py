@@ -13,10 +13,11 @@ from modelhost.limits.base import LimitBackend, LimiterUnavailable
 from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
 from modelhost.limits.limiter import Limiter, Reservation
 from modelhost.limits.memory import MemoryBackend
-from modelhost.limits.policy import LimitPolicy, Quota, RateLimits
+from modelhost.limits.policy import AppliedLimits, LimitPolicy, Quota, RateLimits
 from modelhost.store import UsageLedger
 
 __all__ = [
+    "AppliedLimits",
     "LimitBackend",
     "LimitPolicy",
     "Limiter",
@@ -34,7 +35,7 @@ __all__ = [
 
 
 def default_rate_limits(settings: Settings) -> RateLimits:
-    """The limits of a project and model for which neither it nor its organization set any."""
+    """An organization's limits per model (all its projects together) where the operator set none for it."""
     return RateLimits(
         max_requests_per_1_minute=settings.rate_limit_requests_per_minute,
         max_tokens_per_1_minute=settings.rate_limit_tokens_per_minute,

@@ -53,6 +53,11 @@ class Budget:
     A budget counter starts absent: `acquire` reports it in `Outcome.missing`, the caller computes
     its starting value (usage so far in the period) and calls `seed`, then acquires again. A
     seeded counter lives `ttl` seconds.
+
+    Each seeded counter is a new *generation* (`ChargeState.epoch`). A counter re-seeded while a
+    request was running (the store lost its data, so the counter was rebuilt from the ledger)
+    never held that request's reservation: its settle must add the whole cost there, not the
+    difference from the estimate (`Adjustment.epoch`).
     """
 
     key: str
@@ -91,13 +96,15 @@ class ChargeState:
 
     `level`: a bucket's contents, a budget's used amount, a lease's holder count. `reset`: for a
     bucket, seconds until it is full again. `wait`: for a refused bucket, seconds until `amount`
-    will be there.
+    will be there. `epoch`: for a budget that exists, the generation of its counter (hand it to
+    `settle` in the `Adjustment`).
     """
 
     allowed: bool
     level: float
     reset: float = 0.0
     wait: float = 0.0
+    epoch: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,12 +123,19 @@ class Outcome:
 class Adjustment:
     """A correction `settle` applies to a charge that was acquired.
 
-    Bucket: `amount` is put back (capped at capacity; negative takes more). Budget: `amount` is
-    added (negative gives back). Lease: the member is released (`amount` unused).
+    Bucket: `amount` is put back (capped at capacity; negative takes more). Lease: the member is
+    released (`amount` unused). Budget: `epoch` is the generation `acquire` took `charge.amount`
+    from; if the counter is still that generation, `amount` is added (negative gives back),
+    else (re-seeded from the ledger since, without the reservation) the whole cost,
+    `charge.amount + amount`, is. So a settle never gives back what the counter never held.
     """
 
     charge: Charge
     amount: int = 0
+    epoch: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.epoch or not isinstance(self.charge, Budget), "a budget is settled against the generation it was taken from"
 
 
 class LimitBackend(Protocol):
@@ -132,7 +146,7 @@ class LimitBackend(Protocol):
         ...
 
     async def seed(self, key: str, value: int, ttl: float) -> None:
-        """Create the budget counter `key` at `value` unless it exists already."""
+        """Create the budget counter `key` at `value`, as a new generation, unless it exists already."""
         ...
 
     async def settle(self, adjustments: Sequence[Adjustment]) -> tuple[int | None, ...]:

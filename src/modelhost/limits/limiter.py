@@ -3,8 +3,10 @@
 ``reserve`` takes, in one atomic step of the limit store, everything the request may cost: one
 request from the per-minute and per-day request buckets, its token estimate (prompt + max_tokens
 × n) from the per-minute token bucket, a concurrency lease of its key, and the estimate's cost
-from the organization's and the project's budgets. ``settle`` corrects the estimate to what the
-ledger records. Every refusal is an OpenAI-shaped 429; a store that fails is a 503.
+from the organization's and the project's budgets. The request buckets are the organization's
+(shared by all its projects) and, where the project has tighter limits of its own, the
+project's too. ``settle`` corrects the estimate to what the ledger records. Every refusal is an
+OpenAI-shaped 429; a store that fails is a 503.
 """
 
 from __future__ import annotations
@@ -33,17 +35,18 @@ from modelhost.limits.base import (
 )
 from modelhost.limits.durations import format_duration
 from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
-from modelhost.limits.policy import MICRO, LimitPolicy, Quota, RateLimits, cost, current_period
+from modelhost.limits.policy import MICRO, AppliedLimits, LimitPolicy, Quota, RateLimits, cost, current_period
 from modelhost.store import UsageLedger
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 120  # the official SDKs honour Retry-After up to two minutes
 _BUCKETS = {
-    "rpm": ("requests per min (RPM)", 60.0),
-    "tpm": ("tokens per min (TPM)", 60.0),
-    "rpd": ("requests per day (RPD)", 86_400.0),
+    "rpm": ("requests per min (RPM)", 60.0, "max_requests_per_1_minute"),
+    "tpm": ("tokens per min (TPM)", 60.0, "max_tokens_per_1_minute"),
+    "rpd": ("requests per day (RPD)", 86_400.0, "max_requests_per_1_day"),
 }
+ORGANIZATION_BUCKET = "organization"  # in a bucket's key where a project's id would be: all projects together
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Reservation:
     estimate_tokens: int
     held: tuple[_Held, ...]
     headers: dict[str, str]  # the x-ratelimit-* response headers
+    epochs: tuple[str, ...]  # per held charge: the generation of a budget's counter ("" otherwise)
 
     def _costs(self, prompt_tokens: int, completion_tokens: int, prices: Mapping[str, ModelPrice]) -> list[int]:
         return [
@@ -120,9 +124,10 @@ class Limiter:
         `counts_request` is False for the later prompts of a multi-prompt completion: they take
         tokens and budget, but the request itself was counted (RPM, RPD, concurrency) by the first.
         """
-        limits, quotas = await anyio.to_thread.run_sync(
+        applied, quotas = await anyio.to_thread.run_sync(
             self.policy.lookup, principal.organization_id, principal.project_id, model
         )
+        limits = applied.effective
         estimate = prompt_tokens + max_tokens * n
         tpm = limits.max_tokens_per_1_minute
         if tpm and estimate > tpm:
@@ -134,19 +139,21 @@ class Limiter:
                 headers={"x-should-retry": "false"},
             )
         held = self._charges(
-            principal, model, request_id, limits, quotas, estimate, prompt_tokens, max_tokens * n, int(counts_request)
+            principal, model, request_id, applied, limits, quotas, estimate, prompt_tokens, max_tokens * n, int(counts_request)
         )
         outcome = await self._acquire(principal, model, held)
-        headers = _headers(limits, held, outcome)
+        headers = _headers(held, outcome)
         if not outcome.allowed:
             raise self._refusal(principal, model, limits, held, outcome, headers)
-        return Reservation(principal, model, request_id, estimate, held, headers)
+        epochs = tuple(state.epoch for state in outcome.states)  # one per held charge
+        return Reservation(principal, model, request_id, estimate, held, headers, epochs)
 
     def _charges(
         self,
         principal: Principal,
         model: str,
         request_id: str,
+        applied: AppliedLimits,
         limits: RateLimits,
         quotas: tuple[Quota, ...],
         estimate: int,
@@ -155,19 +162,20 @@ class Limiter:
         requests: int,
     ) -> tuple[_Held, ...]:
         held: list[_Held] = []
-        for name, limit, amount in (
-            ("rpm", limits.max_requests_per_1_minute, requests),
-            ("tpm", limits.max_tokens_per_1_minute, estimate),
-            ("rpd", limits.max_requests_per_1_day, requests),
-        ):
-            if limit:  # a zero-amount bucket still reports its level for the x-ratelimit-* headers
+        for name, amount in (("rpm", requests), ("tpm", estimate), ("rpd", requests)):
+            _, period, field = _BUCKETS[name]
+            shared, own = getattr(applied.organization, field), getattr(applied.project, field)
+            # A zero-amount bucket still reports its level for the x-ratelimit-* headers.
+            if shared:  # every project's requests count here: the organization as a whole
+                key = self._key(principal, name, ORGANIZATION_BUCKET, model)
+                held.append(_Held(Bucket(key, shared, period, amount), name))
+            if own and (not shared or own < shared):  # one as large as the organization's adds nothing
                 key = self._key(principal, name, principal.project_id, model)
-                held.append(_Held(Bucket(key, limit, _BUCKETS[name][1], amount), name))
-        if limits.max_concurrent_requests and requests:
+                held.append(_Held(Bucket(key, own, period, amount), name))
+        concurrency = limits.max_concurrent_requests  # per key: the tighter of the two levels
+        if concurrency and requests:
             key = self._key(principal, "concurrent", principal.key_id)
-            held.append(
-                _Held(Lease(key, limits.max_concurrent_requests, request_id, self._lease_seconds), "concurrency")
-            )
+            held.append(_Held(Lease(key, concurrency, request_id, self._lease_seconds), "concurrency"))
         now = self._now()
         for quota in quotas:
             period = current_period(quota.period, now)
@@ -259,21 +267,23 @@ class Limiter:
         actual = prompt_tokens + completion_tokens
         costs = reservation._costs(prompt_tokens, completion_tokens, self._prices)
         adjustments: list[Adjustment] = []
-        for h, spent in zip(reservation.held, costs):
+        for h, spent, epoch in zip(reservation.held, costs, reservation.epochs):
             if h.name == "tpm":
                 adjustments.append(Adjustment(h.charge, reservation.estimate_tokens - actual))
             elif h.name == "concurrency":
                 adjustments.append(Adjustment(h.charge))
             elif h.name == "quota":
                 assert isinstance(h.charge, Budget)
-                adjustments.append(Adjustment(h.charge, spent - h.charge.amount))
+                adjustments.append(Adjustment(h.charge, spent - h.charge.amount, epoch))
         await self._settle(reservation, adjustments, costs)
 
     async def release(self, reservation: Reservation) -> None:
         """Give everything back: the request was refused before it ran (e.g. the engine was full)."""
         adjustments = [
-            Adjustment(h.charge, -h.charge.amount if isinstance(h.charge, Budget) else getattr(h.charge, "amount", 0))
-            for h in reservation.held
+            Adjustment(h.charge, -h.charge.amount, epoch)
+            if isinstance(h.charge, Budget)
+            else Adjustment(h.charge, getattr(h.charge, "amount", 0))
+            for h, epoch in zip(reservation.held, reservation.epochs)
         ]
         await self._settle(reservation, adjustments, [0] * len(reservation.held))
 
@@ -324,18 +334,25 @@ def _quota_message(quota: Quota, budget: Budget, state: ChargeState, now: dateti
     )
 
 
-def _headers(limits: RateLimits, held: tuple[_Held, ...], outcome: Outcome) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers for the per-minute request and token limits that are set."""
+def _headers(held: tuple[_Held, ...], outcome: Outcome) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the per-minute request and token limits that are set.
+
+    Where both the organization's and the project's bucket count, the one with less left speaks.
+    """
     headers: dict[str, str] = {}
+    closest: dict[str, tuple[Bucket, float]] = {}
     for h, state in zip(held, outcome.states):
         if h.name not in ("rpm", "tpm") or not isinstance(h.charge, Bucket):
             continue
         level = state.level
         if state.allowed and not outcome.allowed:
             level += h.charge.amount  # a refused request took nothing
-        kind = "requests" if h.name == "rpm" else "tokens"
-        rate = h.charge.capacity / h.charge.period
-        headers[f"x-ratelimit-limit-{kind}"] = str(h.charge.capacity)
+        if h.name not in closest or level < closest[h.name][1]:
+            closest[h.name] = (h.charge, level)
+    for name, (bucket, level) in closest.items():
+        kind = "requests" if name == "rpm" else "tokens"
+        rate = bucket.capacity / bucket.period
+        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.capacity)
         headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(level)))
-        headers[f"x-ratelimit-reset-{kind}"] = format_duration(max(0.0, (h.charge.capacity - level) / rate))
+        headers[f"x-ratelimit-reset-{kind}"] = format_duration(max(0.0, (bucket.capacity - level) / rate))
     return headers

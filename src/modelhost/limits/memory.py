@@ -7,6 +7,7 @@ own counters: run replicas with `MODELHOST_REDIS_URL` instead.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +24,9 @@ class MemoryBackend:
         self._clock = clock
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float, float]] = {}  # key → (level, written at, full at)
-        self._budgets: dict[str, tuple[int, float]] = {}  # key → (used, expires at)
+        self._budgets: dict[str, tuple[int, float, str]] = {}  # key → (used, expires at, generation)
         self._leases: dict[str, dict[str, float]] = {}  # key → member → expires at
+        self._generations = itertools.count(1)
         self._operations = 0
 
     async def acquire(self, charges: Sequence[Charge]) -> Outcome:
@@ -42,8 +44,9 @@ class MemoryBackend:
                         missing.append(charge.key)
                         states.append(ChargeState(False, 0))
                     else:
-                        fits = charge.limit is None or found + charge.amount <= charge.limit
-                        states.append(ChargeState(fits, found + charge.amount if fits else found))
+                        used, epoch = found
+                        fits = charge.limit is None or used + charge.amount <= charge.limit
+                        states.append(ChargeState(fits, used + charge.amount if fits else used, epoch=epoch))
                 else:
                     holders = self._holders(charge.key, now)
                     fits = len(holders) < charge.limit
@@ -58,7 +61,7 @@ class MemoryBackend:
         with self._lock:
             now = self._clock()
             if self._budget(key, now) is None:
-                self._budgets[key] = (value, now + ttl)
+                self._budgets[key] = (value, now + ttl, str(next(self._generations)))
 
     async def settle(self, adjustments: Sequence[Adjustment]) -> tuple[int | None, ...]:
         with self._lock:
@@ -73,8 +76,11 @@ class MemoryBackend:
                 elif isinstance(charge, Budget):
                     found = self._budget(charge.key, now)
                     if found is not None:
-                        value = found + adjustment.amount
-                        self._budgets[charge.key] = (value, self._budgets[charge.key][1])
+                        used, epoch = found
+                        # A counter re-seeded since the acquire never held the reservation.
+                        added = adjustment.amount if epoch == adjustment.epoch else charge.amount + adjustment.amount
+                        value = used + added
+                        self._budgets[charge.key] = (value, self._budgets[charge.key][1], epoch)
                 else:
                     self._leases.get(charge.key, {}).pop(charge.member, None)
                 values.append(value)
@@ -110,16 +116,17 @@ class MemoryBackend:
         if isinstance(charge, Bucket):
             self._put_bucket(charge, self._bucket_level(charge, now) - charge.amount, now)
         elif isinstance(charge, Budget):
-            used, expires = self._budgets[charge.key]
-            self._budgets[charge.key] = (used + charge.amount, expires)
+            used, expires, epoch = self._budgets[charge.key]
+            self._budgets[charge.key] = (used + charge.amount, expires, epoch)
         elif isinstance(charge, Lease):
             self._leases.setdefault(charge.key, {})[charge.member] = now + charge.ttl
 
-    def _budget(self, key: str, now: float) -> int | None:
+    def _budget(self, key: str, now: float) -> tuple[int, str] | None:
+        """A live budget counter's (used, generation)."""
         found = self._budgets.get(key)
         if found is None or found[1] <= now:
             return None
-        return found[0]
+        return found[0], found[2]
 
     def _holders(self, key: str, now: float) -> dict[str, float]:
         holders = self._leases.get(key, {})

@@ -1,9 +1,11 @@
-"""Which limits apply to a request: rate limits resolved project → organization → settings, and
-the quotas of the organization and the project, read from the store and cached briefly.
+"""Which limits apply to a request: the organization's rate limits (its own, else the settings),
+the project's own (never looser than its organization's), and the quotas of the organization and
+the project, read from the store and cached briefly.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -36,6 +38,33 @@ class RateLimits:
 
 RATE_LIMIT_FIELDS = tuple(f.name for f in fields(RateLimits))
 assert RATE_LIMIT_FIELDS == stored.RATE_LIMIT_FIELDS, "store and policy name the same fields"
+
+
+def tighter(*limits: int) -> int:
+    """The strictest of some limits where 0 means none: ``tighter(0, 60, 90) == 60``; all 0 → 0."""
+    return min((limit for limit in limits if limit), default=0)
+
+
+@dataclass(frozen=True)
+class AppliedLimits:
+    """The rate limits one project meets for one model, at two levels (0: none at that level).
+
+    `organization` caps the organization as a whole, per model: the requests of all its projects
+    count against it together, so more projects never mean more capacity. It is the operator's:
+    the organization's rows (only the CLI writes them), else the settings. `project` is the
+    project's own, from the operator's project rows and the organization admin's (the
+    Administration API's) alike, the tighter of them. A project can only be held below its
+    organization, never above: `effective` is the tighter of the two.
+    """
+
+    organization: RateLimits
+    project: RateLimits
+
+    @functools.cached_property
+    def effective(self) -> RateLimits:  # cached: the policy hands out one object per cache period
+        return RateLimits(
+            **{name: tighter(getattr(self.organization, name), getattr(self.project, name)) for name in RATE_LIMIT_FIELDS}
+        )
 
 
 @dataclass(frozen=True)
@@ -94,32 +123,52 @@ def cost(unit: str, model: str, prompt_tokens: int, completion_tokens: int, pric
     return math.ceil(prompt_tokens * price.input + completion_tokens * price.output - 1e-9)
 
 
+def _describe(row: RateLimitSetting) -> str:
+    who = "" if row.set_by == stored.OPERATOR else f", set by the {row.set_by}"
+    return f"{row.scope} {row.scope_id} ({'all models' if row.model == stored.ALL_MODELS else row.model}{who})"
+
+
+def _most_specific(rows: Sequence[RateLimitSetting], name: str, model: str) -> RateLimitSetting | None:
+    """The row for `model` if it sets field `name`, else the row for all models if it does."""
+    for wanted in (model, stored.ALL_MODELS):
+        for row in rows:
+            if row.model == wanted and getattr(row, name) is not None:
+                return row
+    return None
+
+
 def resolve(
     rows: Sequence[RateLimitSetting], defaults: RateLimits, project_id: str | None, model: str
-) -> tuple[RateLimits, dict[str, str]]:
-    """Each field from the most specific row that sets it; also where each value came from.
+) -> tuple[AppliedLimits, dict[str, str]]:
+    """The limits of `model` in the project (None: the organization alone), and where each
+    effective value comes from.
 
-    Order: the project's row for the model, the project's row for all models (``*``), the
-    organization's for the model, the organization's for all, then the settings.
+    Each field is resolved on each level on its own, the row for the model before the row for all
+    models (``*``): the organization's level from the operator's organization rows, else the
+    settings; the project's from the operator's project rows and the admin's project rows, the
+    tighter one. A 0 on the project level means "nothing of its own": it never lifts the
+    organization's limit.
     """
-
-    def rank(row: RateLimitSetting) -> int:
-        return (0 if row.scope == "project" else 2) + (0 if row.model == model else 1)
-
-    ordered = sorted((r for r in rows if r.scope == "organization" or r.scope_id == project_id), key=rank)
-    values: dict[str, int] = {}
+    org_rows = [r for r in rows if r.scope == "organization" and r.set_by == stored.OPERATOR]
+    project_rows = {
+        who: [r for r in rows if r.scope == "project" and r.scope_id == project_id and r.set_by == who]
+        for who in stored.SETTERS
+    }
+    organization: dict[str, int] = {}
+    project: dict[str, int] = {}
     sources: dict[str, str] = {}
     for name in RATE_LIMIT_FIELDS:
-        for row in ordered:
-            value = getattr(row, name)
-            if value is not None:
-                values[name] = value
-                sources[name] = f"{row.scope} {row.scope_id} ({'all models' if row.model == stored.ALL_MODELS else row.model})"
-                break
-        else:
-            values[name] = getattr(defaults, name)
-            sources[name] = "settings"
-    return RateLimits(**values), sources
+        row = _most_specific(org_rows, name, model)
+        organization[name] = getattr(defaults, name) if row is None else getattr(row, name)
+        sources[name] = "settings" if row is None else _describe(row)
+        project[name] = 0
+        for candidates in project_rows.values():
+            own = _most_specific(candidates, name, model)
+            if own is not None and getattr(own, name) and tighter(project[name], getattr(own, name)) != project[name]:
+                project[name] = getattr(own, name)
+                if tighter(organization[name], project[name]) != organization[name]:
+                    sources[name] = _describe(own)  # strictly tighter than the organization: it applies
+    return AppliedLimits(RateLimits(**organization), RateLimits(**project)), sources
 
 
 def quota_from(row: QuotaSetting) -> Quota:
@@ -137,10 +186,10 @@ class LimitPolicy:
         self._sessions = sessions
         self.defaults = defaults
         self._cache_seconds = cache_seconds
-        self._cache: dict[tuple[str, str, str], tuple[float, RateLimits, tuple[Quota, ...]]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[float, AppliedLimits, tuple[Quota, ...]]] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, organization_id: str, project_id: str, model: str) -> tuple[RateLimits, tuple[Quota, ...]]:
+    def lookup(self, organization_id: str, project_id: str, model: str) -> tuple[AppliedLimits, tuple[Quota, ...]]:
         """Rate limits and quotas for a request of this project to `model` (blocking: run in a thread)."""
         key = (organization_id, project_id, model)
         now = time.monotonic()

@@ -15,6 +15,7 @@ charges twice. A failure is reported as `LimiterUnavailable`, and the request is
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Sequence
 
 from redis import asyncio as aioredis
@@ -64,7 +65,9 @@ end
 # KEYS[i] is charge i. ARGV[1] is now in seconds ('' = the Redis server's clock), then four
 # ARGV per charge: 'b' (bucket) capacity period amount | 'q' (budget) limit('' = none) amount -
 # | 'l' (lease) limit member ttl. Returns four strings per charge: allowed ('1', '0', or 'm' for a
-# budget that does not exist yet), level, reset, wait. Writes happen only if every charge fits.
+# budget that does not exist yet), level, reset, wait (for a budget: its counter's generation).
+# Writes happen only if every charge fits. A budget is a hash {used, epoch}; a key of any other
+# type (a plain integer an earlier release wrote) counts as missing, so `SEED` rebuilds it.
 ACQUIRE = _NOW + """
 local out, ok, seen = {}, true, {}
 for i, key in ipairs(KEYS) do
@@ -85,12 +88,13 @@ for i, key in ipairs(KEYS) do
       table.insert(out, num((cap - level) / rate)); table.insert(out, num((amount - level) / rate))
     end
   elseif kind == 'q' then
-    local used = redis.call('GET', key)
-    if not used then
+    local h = redis.pcall('HMGET', key, 'used', 'epoch')
+    local used, epoch = nil, nil
+    if not h.err then used, epoch = tonumber(h[1]), h[2] end
+    if not used or not epoch then
       ok = false
-      table.insert(out, 'm'); table.insert(out, '0')
+      table.insert(out, 'm'); table.insert(out, '0'); table.insert(out, '0'); table.insert(out, '')
     else
-      used = tonumber(used)
       local limit, amount = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
       if limit == nil or used + amount <= limit then
         table.insert(out, '1'); table.insert(out, num(used + amount))
@@ -98,8 +102,8 @@ for i, key in ipairs(KEYS) do
         ok = false
         table.insert(out, '0'); table.insert(out, num(used))
       end
+      table.insert(out, '0'); table.insert(out, epoch)
     end
-    table.insert(out, '0'); table.insert(out, '0')
   else
     local limit = tonumber(ARGV[a + 2])
     redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now))  -- forget holders that expired
@@ -121,7 +125,7 @@ if ok then
       local cap, period, amount = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
       put_bucket(key, seen[i][1] - amount, seen[i][2], cap, period)
     elseif kind == 'q' then
-      redis.call('INCRBY', key, ARGV[a + 3])
+      redis.call('HINCRBY', key, 'used', ARGV[a + 3])
     else
       local ttl_ms = math.ceil(tonumber(ARGV[a + 4]) * 1000)
       redis.call('ZADD', key, num(now + tonumber(ARGV[a + 4])), ARGV[a + 3])
@@ -133,8 +137,10 @@ return out
 """
 
 # KEYS[i] is adjustment i. ARGV[1] is now, then four ARGV per adjustment: 'b' capacity period
-# amount-put-back | 'q' amount-added - - | 'l' member - -. Returns one string per adjustment: a
-# budget's new value, '' otherwise (or when the budget no longer exists).
+# amount-put-back | 'q' amount-added amount-reserved epoch | 'l' member - -. Returns one string
+# per adjustment: a budget's new value, '' otherwise (or when the budget no longer exists). A
+# budget of another generation than the reservation's was re-seeded from the ledger after the
+# acquire and never held the reservation: it gets the whole cost (added + reserved).
 SETTLE = _NOW + """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -146,8 +152,11 @@ for i, key in ipairs(KEYS) do
     local level, ts = bucket_level(key, cap, period)
     put_bucket(key, math.min(cap, level + amount), ts, cap, period)
   elseif kind == 'q' then
-    if redis.call('EXISTS', key) == 1 then
-      value = num(redis.call('INCRBY', key, ARGV[a + 2]))
+    local epoch = redis.pcall('HGET', key, 'epoch')
+    if type(epoch) == 'string' then
+      local add = tonumber(ARGV[a + 2])
+      if epoch ~= ARGV[a + 4] then add = add + tonumber(ARGV[a + 3]) end
+      value = num(redis.call('HINCRBY', key, 'used', num(add)))
     end
   else
     redis.call('ZREM', key, ARGV[a + 2])
@@ -155,6 +164,17 @@ for i, key in ipairs(KEYS) do
   table.insert(out, value)
 end
 return out
+"""
+
+# KEYS[1] is a budget; ARGV: starting value, lifetime in ms, generation. Creates the counter unless
+# one exists; a key of another type (an earlier release's plain integer) is replaced.
+SEED = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'hash' then return 0 end
+if kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'used', ARGV[1], 'epoch', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 """
 
 
@@ -175,7 +195,7 @@ def _settle_args(adjustment: Adjustment) -> list[str]:
     if isinstance(charge, Bucket):
         return ["b", str(charge.capacity), _number(charge.period), str(adjustment.amount)]
     if isinstance(charge, Budget):
-        return ["q", str(adjustment.amount), "", ""]
+        return ["q", str(adjustment.amount), str(charge.amount), adjustment.epoch]
     return ["l", charge.member, "", ""]
 
 
@@ -193,6 +213,7 @@ class RedisBackend:
         self._clock = clock
         self._acquire = self._client.register_script(ACQUIRE)
         self._settle = self._client.register_script(SETTLE)
+        self._seed = self._client.register_script(SEED)
 
     def _now(self) -> str:
         return _number(self._clock()) if self._clock is not None else ""
@@ -211,12 +232,16 @@ class RedisBackend:
             allowed, level, reset, wait = reply[4 * i : 4 * i + 4]
             if allowed == "m":
                 missing.append(charge.key)
-            states.append(ChargeState(allowed == "1", float(level), float(reset), float(wait)))
+            if isinstance(charge, Budget):  # its fourth string is the counter's generation
+                states.append(ChargeState(allowed == "1", float(level), epoch=wait))
+            else:
+                states.append(ChargeState(allowed == "1", float(level), float(reset), float(wait)))
         return Outcome(tuple(states), tuple(missing))
 
     async def seed(self, key: str, value: int, ttl: float) -> None:
+        generation = secrets.token_hex(8)  # unique per seed: replicas seeding at once create one generation
         try:
-            await self._client.set(key, value, nx=True, px=max(1, math.ceil(ttl * 1000)))
+            await self._seed(keys=[key], args=[str(value), str(max(1, math.ceil(ttl * 1000))), generation])
         except (RedisError, OSError) as exc:
             raise LimiterUnavailable(f"Redis: {type(exc).__name__}") from exc
 

@@ -15,8 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.config import Settings
 from modelhost.errors import InvalidRequest, NotFound
-from modelhost.limits import default_rate_limits
-from modelhost.limits.policy import MICRO, PERIODS, RATE_LIMIT_FIELDS, UNITS, cost, current_period, resolve
+from modelhost.limits import RateLimits, default_rate_limits
+from modelhost.limits.policy import (
+    MICRO,
+    PERIODS,
+    RATE_LIMIT_FIELDS,
+    UNITS,
+    AppliedLimits,
+    cost,
+    current_period,
+    resolve,
+)
 from modelhost.organization import Scope as AdminScope
 from modelhost.organization import audit
 from modelhost.store import UsageLedger
@@ -70,11 +79,18 @@ class LimitSettings:
 
     # -- rate limits ------------------------------------------------------------------------------
     def set_rate_limits(self, scope: LimitScope, values: Mapping[str, int | None], *, model: str = stored.ALL_MODELS) -> dict[str, object]:
-        """Set some limits of `scope` for `model` (``*``: all models); None inherits, 0 is no limit."""
+        """Set the operator's limits of `scope` for `model` (``*``: all models); None inherits, 0 is no limit.
+
+        A project's may not be above its organization's (which cap all its projects together):
+        raise the organization's first.
+        """
         self._check(values, model=model)
         if not model or len(model) > 256:
             raise InvalidRequest("Invalid model name.", param="model")
         with self._sessions() as session:
+            if scope.kind == "project":
+                organization = self._applied(session, scope.organization_id, None, model).organization
+                _at_most(values, organization, model, "its organization's limit")
             row = stored.put_rate_limit(
                 session, organization_id=scope.organization_id, scope=scope.kind, scope_id=scope.id, model=model, values=values
             )
@@ -129,13 +145,21 @@ class LimitSettings:
         models.discard(stored.ALL_MODELS)
         return sorted(models)
 
+    def _applied(
+        self, session: Session, organization_id: str, project_id: str | None, model: str, *, operator_only: bool = False
+    ) -> AppliedLimits:
+        rows = stored.rate_limits_for(session, organization_id, project_id, model)
+        if operator_only:
+            rows = [row for row in rows if row.set_by == stored.OPERATOR]
+        return resolve(rows, default_rate_limits(self._settings), project_id, model)[0]
+
     def _effective(self, session: Session, scope: LimitScope) -> list[dict[str, object]]:
         project_id = scope.id if scope.kind == "project" else None
         out = []
         for model in self._models_of(session, scope):
             rows = stored.rate_limits_for(session, scope.organization_id, project_id, model)
-            limits, sources = resolve(rows, default_rate_limits(self._settings), project_id, model)
-            out.append({"model": model, **limits.__dict__, "source": sources})
+            applied, sources = resolve(rows, default_rate_limits(self._settings), project_id, model)
+            out.append({"model": model, **applied.effective.__dict__, "source": sources})
         return out
 
     # -- the Administration API's project rate limits ---------------------------------------------
@@ -150,7 +174,11 @@ class LimitSettings:
     ) -> dict[str, object]:
         """Set the project's own limits for the model `rate_limit_id` names (``rl-MODEL``).
 
-        The change and its ``rate_limits.updated`` audit event commit together.
+        An admin key can only hold a project below what the operator allows it: each value must
+        be at most the organization's limit and any limit the operator set on the project (0, no
+        limit, only where neither has one); otherwise a 400 names the field. The values are kept
+        beside the operator's, never in their place. The change and its ``rate_limits.updated``
+        audit event commit together.
         """
         values = {k: v for k, v in changes.items() if k in OPENAI_FIELDS}
         self._check(values, model="")
@@ -159,8 +187,16 @@ class LimitSettings:
             model = rate_limit_id[len(RATE_LIMIT_ID_PREFIX) :] if rate_limit_id.startswith(RATE_LIMIT_ID_PREFIX) else ""
             if model not in self._models_of(session, scope):
                 raise NotFound(f"No rate limit found with id '{rate_limit_id[:128]}'.")
+            ceiling = self._applied(session, scope.organization_id, scope.id, model, operator_only=True).effective
+            _at_most(values, ceiling, model, "the most the operator allows this project")
             stored.put_rate_limit(
-                session, organization_id=scope.organization_id, scope="project", scope_id=scope.id, model=model, values=values
+                session,
+                organization_id=scope.organization_id,
+                scope="project",
+                scope_id=scope.id,
+                model=model,
+                values=values,
+                set_by=stored.ADMIN,
             )
             audit.record(
                 session,
@@ -193,6 +229,20 @@ class LimitSettings:
             raise InvalidRequest(f"Invalid period {period!r}: one of {', '.join(PERIODS)}.", param="period")
         hard, soft = _parse_amount(unit, hard_limit, "hard_limit"), _parse_amount(unit, soft_limit, "soft_limit")
         with self._sessions() as session:
+            organization = stored.quota_of(session, "organization", scope.organization_id)
+            if (
+                scope.kind == "project"
+                and hard is not None
+                and organization is not None
+                and organization.hard_limit is not None
+                and (organization.unit, organization.period) == (unit, period)
+                and hard > organization.hard_limit
+            ):
+                raise InvalidRequest(
+                    f"Invalid hard_limit: a project's quota may be at most its organization's "
+                    f"({_show_amount(unit, organization.hard_limit)} {unit} per {period}), which counts all its projects.",
+                    param="hard_limit",
+                )
             if hard is None and soft is None:
                 removed = stored.delete_quota(session, scope.kind, scope.id)
                 session.commit()
@@ -254,9 +304,23 @@ def _row(row: RateLimitSetting) -> dict[str, object]:
         "scope_id": row.scope_id,
         "organization": row.organization_id,
         "model": row.model,
+        "set_by": row.set_by,
         **{name: getattr(row, name) for name in RATE_LIMIT_FIELDS},
         "updated_at": row.updated_at.isoformat() if row.updated_at else None,
     }
+
+
+def _at_most(values: Mapping[str, int | None], ceiling: RateLimits, model: str, whose: str) -> None:
+    """Refuse (400, naming the field) a value that would lift a limit above `ceiling` (0: none)."""
+    for name, value in values.items():
+        most = getattr(ceiling, name)
+        if value is not None and most and (value == 0 or value > most):
+            shown = "0 (no limit)" if value == 0 else str(value)
+            raise InvalidRequest(
+                f"Invalid value for '{name}': {shown} is above {most}, {whose} for {model}. "
+                "A project's rate limits can only be lower than its organization's.",
+                param=name,
+            )
 
 
 def _openai_object(effective: Mapping[str, object]) -> dict[str, object]:
