@@ -177,6 +177,16 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=1024, ge=1, description="Open connections and requests beyond which new ones get 503 at once."
     )
+    max_unauthenticated_per_address: int = Field(
+        default=128,
+        ge=0,
+        description=(
+            "Open connections one client address may hold before any request on them presented a valid key (a "
+            "connection stops counting once one has). Beyond it, new connections from that address are closed at "
+            "once, so no single address can take the server's connections with requests it will never authenticate. "
+            "0: no cap."
+        ),
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0,
         ge=0,

@@ -5,12 +5,18 @@ Pure ASGI (not BaseHTTPMiddleware) so streaming responses and disconnect detecti
 
 Each request gets, in order:
 - an id (the client's `x-request-id` when it is a sane token, else ``req_…``);
-- its body read here, before the app sees it: over `max_body_bytes` → 413 as soon as the limit is
-  passed (declared or chunked, never buffered further); not complete within `body_timeout` → 408;
 - a cancel scope with the request deadline, registered in `InFlightRequests` so a graceful
   shutdown can tighten it. A request cut by either before its response started gets an error
   envelope; an SSE stream already running gets a final error event, then the stream ends. The
   generation is settled by the route's own ``finally`` (shielded), so the ledger is right either way;
+- its key checked from the headers alone, before a byte of the body is read (`api/keygate.py`
+  knows the route's checks): a refused client gets its 401/403 in the envelope the route would
+  have given, and its body is never read, buffered or parsed. A passed check tells the connection
+  (`api/connections.py`) that it is no longer unauthenticated;
+- its body read here, before the app sees it: over `max_body_bytes` → 413 as soon as the limit is
+  passed (declared or chunked, never buffered further); not complete within `body_timeout` → 408.
+  A route that takes no key (``/health``, ``/metrics``, an unknown URL or method) reads no body,
+  so the app gets an empty one and the client's is never read (the protocol discards it);
 - one `Exchange` (the access line) and the request metrics, written when the response is over.
 """
 
@@ -23,9 +29,15 @@ import uuid
 from collections.abc import Callable
 
 import anyio
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelhost.api.connections import AUTHENTICATED
+from modelhost.api.deps import PASSED_CHECKS, HeaderCheck
+from modelhost.api.errors import error_response
 from modelhost.api.inflight import InFlightRequests
+from modelhost.api.keygate import KeyGate
+from modelhost.errors import APIError
 from modelhost.observability import Observability
 from modelhost.observability.access_log import Exchange, enter_exchange, leave_exchange
 
@@ -43,6 +55,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
+
+
+async def _no_body() -> Message:
+    raise AssertionError("a response rendered before the body was read tried to read it")
 
 
 def _error_body(message: str, type_: str, code: str) -> bytes:
@@ -68,6 +84,7 @@ class RequestContextMiddleware:
         self.request_timeout = request_timeout
         self.inflight = inflight if inflight is not None else InFlightRequests()  # (an empty one is falsy)
         self.observability = observability if observability is not None else Observability(access_log=False)
+        self._gate: KeyGate | None = None  # indexed at the first request, when every router is included
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,14 +109,35 @@ class RequestContextMiddleware:
         request_id = exchange.request_id
         state = scope.get("state", {})
         response = _ResponseTracker(send, exchange, request_id, state, self.observability.metrics.rejected)
+        with anyio.CancelScope(deadline=anyio.current_time() + self.request_timeout) as cut:
+            self.inflight.add(cut)
+            try:
+                await self._serve(scope, receive, response)
+            finally:
+                self.inflight.discard(cut)
+        if cut.cancelled_caught:
+            await self._cut(response)
 
+    async def _serve(self, scope: Scope, receive: Receive, response: _ResponseTracker) -> None:
+        """Key (from the headers), then body, then the app; any of them may answer instead."""
+        if self._gate is None:
+            self._gate = KeyGate.of(scope["app"])
+        route = self._gate.route(scope)
+        checks = route.checks if route is not None else ()
+        if route is not None:
+            response.exchange.route = route.path  # known now, for a request refused before the router sees it
+        if checks and not await self._authenticate(scope, checks, response):
+            return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(response)
             return
-        body = await self._read_body(receive, response)
-        if body is None:
-            return
+        if checks:
+            body = await self._read_body(receive, response)
+            if body is None:
+                return
+        else:
+            body = b""  # no key, no body: see the module docstring
 
         replayed = False
 
@@ -110,14 +148,23 @@ class RequestContextMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: http.disconnect, for disconnect watchers
 
-        with anyio.CancelScope(deadline=anyio.current_time() + self.request_timeout) as cut:
-            self.inflight.add(cut)
-            try:
-                await self.app(scope, replay, response.send)
-            finally:
-                self.inflight.discard(cut)
-        if cut.cancelled_caught:
-            await self._cut(response)
+        await self.app(scope, replay, response.send)
+
+    async def _authenticate(self, scope: Scope, checks: tuple[HeaderCheck, ...], response: _ResponseTracker) -> bool:
+        """Run the route's key checks on the headers; False after answering a refusal exactly as the route would."""
+        request = Request(scope)  # no receive: a check that tried to read the body would fail loudly
+        passed = {}
+        try:
+            for check in checks:
+                passed[check] = await check(request)
+        except APIError as refused:
+            await error_response(refused)(scope, _no_body, response.send)
+            return False
+        scope.setdefault("state", {})[PASSED_CHECKS] = passed
+        authenticated = scope.get("extensions", {}).get(AUTHENTICATED)
+        if authenticated is not None:
+            authenticated()
+        return True
 
     async def _read_body(self, receive: Receive, response: _ResponseTracker) -> bytes | None:
         """The whole body, or None after answering 413 (too large) or 408 (too slow)."""
@@ -180,7 +227,7 @@ class RequestContextMiddleware:
 
     def _finish(self, scope: Scope, exchange: Exchange) -> None:
         route = scope.get("route")
-        exchange.route = str(getattr(route, "path", "unmatched"))
+        exchange.route = str(getattr(route, "path", exchange.route))
         principal = scope.get("state", {}).get("principal")
         if principal is not None:
             exchange.organization = principal.organization_id

@@ -15,14 +15,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from modelhost.api.deps import app_state
+from modelhost.api.deps import app_state, header_check, in_thread
 from modelhost.auth import Principal
 from modelhost.errors import PermissionDenied
 from modelhost.protocol.common import ErrorResponse
 
 
+@header_check
 async def any_key(request: Request) -> Principal:
     """Any valid key of this server: an inference key, or an admin key (which the inference routes refuse)."""
     authenticator = app_state(request).authenticator
@@ -35,7 +35,7 @@ async def any_key(request: Request) -> Principal:
         except PermissionDenied:
             return authenticator.authenticate_admin(authorization, organization)
 
-    who = await run_in_threadpool(check)
+    who = await in_thread(check)
     request.state.principal = who
     return who
 

@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
-from modelhost.api.deps import app_state
+from modelhost.api.deps import app_state, header_check, in_thread
 from modelhost.auth import Principal
 from modelhost.errors import InvalidRequest
 from modelhost.organization import Scope
@@ -31,10 +30,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+@header_check
 async def admin_principal(request: Request) -> Principal:
     """Authenticate with an admin key (attached to every admin router, so no route can forget it)."""
     state = app_state(request)
-    return await run_in_threadpool(
+    return await in_thread(
         state.authenticator.authenticate_admin,
         request.headers.getlist("authorization"),
         request.headers.get("openai-organization"),

@@ -1,0 +1,243 @@
+"""R2-3 (issue 12): the key is checked from the headers before the body is read, and a client address
+can hold only so many connections that never authenticated.
+
+An unauthenticated client used to make the server wait for, buffer and ``json.loads`` a body of up
+to `MAX_BODY_BYTES` (trickled for `BODY_TIMEOUT_SECONDS`) before its 401. Now the 401 comes as soon
+as the head is in: these tests declare bodies they never send (or send one chunk of an endless
+chunked body) and get the 401 at once, where waiting for the body would be a 408 after the 2 s body
+deadline of the `guarded` server. Authenticated clients keep their 413 and 408
+(`test_H_slow_clients.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serverproc import MODEL, ServerProcess
+
+from .conftest import Guarded, make_key, read_head, start_server, wait_until
+
+WRONG_KEY = "sk-proj-0-" + "x" * 43  # well formed, stored nowhere: the store is asked and says no
+ROUTES = ["/v1/chat/completions", "/v1/organization/projects"]  # an inference and an admin route that take bodies
+
+
+def _read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One whole response with a Content-Length body."""
+    status, headers, body = read_head(sock, timeout)
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+def _head(path: str, framing: str, authorization: str | None = f"Bearer {WRONG_KEY}") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", framing]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float:
+    """Seconds until the server closed `sock` (whatever it sent is read and dropped); fails after `seconds`."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except (socket.timeout, TimeoutError):
+        raise AssertionError(f"the server kept the connection open for {seconds} s") from None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def _is_open(sock: socket.socket, wait: float = 0.4) -> bool:
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1) != b""
+    except (socket.timeout, TimeoutError):
+        return True
+    except ConnectionResetError:
+        return False
+
+
+def _the_envelope_of_a_whole_request(guarded: Guarded, path: str, authorization: str | None) -> dict[str, object]:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    answer = httpx.post(f"{guarded.proc.root_url}{path}", json={"model": MODEL}, headers=headers, timeout=10)
+    assert answer.status_code == 401
+    return answer.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", ROUTES)
+@pytest.mark.parametrize("declared", [1_000_000, 8_000_000])  # under and over the guarded server's 1 MiB limit
+@pytest.mark.parametrize("authorization", [f"Bearer {WRONG_KEY}", None])
+def test_R2_3_a_declared_body_is_refused_401_before_it_is_sent(
+    guarded: Guarded, path: str, declared: int, authorization: str | None
+) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.proc.port)) as sock:
+        sock.sendall(_head(path, f"Content-Length: {declared}", authorization))
+        started = time.monotonic()
+        status, headers, body = _read_response(sock)
+        took = time.monotonic() - started
+    # Waiting for the body would be 408 after 2 s; a size check before the key, 413.
+    assert status == 401, body
+    assert took < 1.5, took
+    assert headers["content-type"] == "application/json" and "x-request-id" in headers
+    # The very answer a client that sent its whole body gets.
+    assert json.loads(body) == _the_envelope_of_a_whole_request(guarded, path, authorization)
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_R2_3_an_unauthenticated_body_is_never_parsed(guarded: Guarded, path: str) -> None:
+    """Invalid JSON with a wrong key is the key's 401, not the body's 400: the body was not parsed."""
+    with socket.create_connection(("127.0.0.1", guarded.proc.port)) as sock:
+        payload = b'{"model": "' + b"\x00" * 100 + b"]]"
+        sock.sendall(_head(path, f"Content-Length: {len(payload)}") + payload)
+        status, _, body = _read_response(sock)
+    assert status == 401, body
+    assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+def test_R2_3_an_endless_chunked_body_is_refused_401_at_its_first_chunk_and_then_cut_off(guarded: Guarded) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.proc.port)) as sock:
+        piece = b"a" * (64 * 1024)
+        sock.sendall(_head("/v1/chat/completions", "Transfer-Encoding: chunked") + b"%x\r\n%s\r\n" % (len(piece), piece))
+        started = time.monotonic()
+        status, _, body = _read_response(sock)
+        assert status == 401, body
+        assert time.monotonic() - started < 1.5
+        # The rest of the body is discarded, not waited for: trickling it does not keep the connection
+        # (the guarded server's 2 s head deadline bounds what follows an early answer).
+        trickled_for = 0.0
+        try:
+            while trickled_for < 8:
+                sock.sendall(b"1\r\na\r\n")
+                time.sleep(0.25)
+                trickled_for = time.monotonic() - started
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert trickled_for < 5, "the server kept reading a refused request's body"
+
+
+def test_R2_3_a_valid_key_still_gets_the_body_limits_and_its_answer(guarded: Guarded) -> None:
+    """The key check comes first; for a client that passes it nothing else changed."""
+    auth = f"Bearer {guarded.key}"
+    with socket.create_connection(("127.0.0.1", guarded.proc.port)) as sock:
+        sock.sendall(_head("/v1/chat/completions", "Content-Length: 8000000", auth))
+        status, headers, body = _read_response(sock)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    assert headers.get("connection") == "close"
+    payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
+    with socket.create_connection(("127.0.0.1", guarded.proc.port)) as sock:
+        sock.sendall(_head("/v1/chat/completions", f"Content-Length: {len(payload)}", auth) + payload)
+        status, headers, body = _read_response(sock, timeout=60)
+    assert status == 200, body
+    assert headers["openai-project"] == guarded.project
+    assert json.loads(body)["usage"]["completion_tokens"] == 1
+
+
+# -- unauthenticated connections per address --------------------------------------------------
+
+CAP = 4
+
+
+@pytest.fixture
+def capped(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
+    proc = start_server(
+        tmp_path / "capped",
+        MODELHOST_MAX_UNAUTHENTICATED_PER_ADDRESS=str(CAP),
+        MODELHOST_HEADER_TIMEOUT_SECONDS="6",
+        MODELHOST_EMBEDDING_MODEL_ENABLED="false",
+        MODELHOST_CHAT_MODEL_EMBEDDINGS="false",
+    )
+    try:
+        yield proc, make_key(proc)["secret"]
+    finally:
+        proc.stop()
+
+
+def _connect(proc: ServerProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+
+
+def _idle(proc: ServerProcess, count: int) -> list[socket.socket]:
+    """`count` connections that send nothing (yet), each accepted by the server before the next opens."""
+    opened = []
+    for _ in range(count):
+        sock = _connect(proc)
+        assert _is_open(sock, 0.2), "the server refused a connection within the cap"
+        opened.append(sock)
+    return opened
+
+
+def _admitted(proc: ServerProcess) -> socket.socket | None:
+    """A new connection if the server keeps it open, else None."""
+    sock = _connect(proc)
+    if _is_open(sock, 0.2):
+        return sock
+    sock.close()
+    return None
+
+
+def _authenticated_request(sock: socket.socket, key: str) -> int:
+    sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    status, _, _ = _read_response(sock)
+    return status
+
+
+def test_R2_3_unauthenticated_connections_are_capped_per_client_address(capped: tuple[ServerProcess, str]) -> None:
+    proc, key = capped
+    held = _idle(proc, CAP)
+    try:
+        # One more from this address is closed at once, before a byte is read: a request on it gets nothing.
+        beyond = _connect(proc)
+        assert _closed_within(beyond, 3) < 1.0
+        beyond.close()
+        with _connect(proc) as refused:
+            try:
+                refused.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert _closed_within(refused, 3) < 1.0
+
+        # Another address is not affected (all of 127/8 is loopback).
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as other:
+            answer = other.get(f"{proc.base_url}/models", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200
+
+        # A connection stops counting once a request on it authenticated.
+        held.pop().close()
+        authed = wait_until(lambda: _admitted(proc), 5)  # once the server saw that one close
+        held.append(authed)
+        assert _authenticated_request(authed, key) == 200
+        held.extend(_idle(proc, 1))  # three idle, one authenticated: room for one more unauthenticated
+        with _connect(proc) as beyond:
+            assert _closed_within(beyond, 3) < 1.0
+    finally:
+        for sock in held:
+            sock.close()
+
+    # Closed connections give their places back: once the server saw them go, a full set fits again.
+    time.sleep(0.5)
+    again = _idle(proc, CAP)
+    try:
+        with _connect(proc) as beyond:
+            assert _closed_within(beyond, 3) < 1.0
+        # The ones that never send a head leave at the head deadline, and take nothing with them.
+        for sock in again:
+            _closed_within(sock, 10)
+    finally:
+        for sock in again:
+            sock.close()
+    time.sleep(0.3)
+    for sock in _idle(proc, CAP):
+        sock.close()
