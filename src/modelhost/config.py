@@ -192,6 +192,14 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM: how long running requests (streams too) may still take before they are cut.",
     )
+    shutdown_settle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "After the grace period: how long cut requests may take to write their usage and the server to stop its "
+            "engines. Past grace + this the process exits with status 70 even if a thread is stuck, logging which."
+        ),
+    )
 
     # -- embeddings (README "Embeddings") -------------------------------------------------------
     embedding_model_enabled: bool = Field(

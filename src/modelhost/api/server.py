@@ -21,7 +21,8 @@ reading a response blocks the response's sender for good. `GuardedProtocol` adds
 
 On SIGTERM (or SIGINT) the server stops accepting, gives running requests
 `shutdown_grace_seconds` (see `InFlightRequests`), lets the lifespan settle and stop the engine,
-and the process exits 0.
+and the process exits 0. If it has not exited `shutdown_settle_seconds` after the grace period (a
+thread that never returns), `ShutdownDeadline` ends it with status 70.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelhost.api.connections import AUTHENTICATED, UnauthenticatedConnections
 from modelhost.api.inflight import InFlightRequests
+from modelhost.api.shutdown_deadline import ShutdownDeadline
 from modelhost.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -192,12 +194,20 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose shutdown first gives running requests a deadline."""
+    """A uvicorn server whose shutdown first gives running requests a deadline, and the process a hard one."""
 
-    def __init__(self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float, deadline: ShutdownDeadline | None = None
+    ) -> None:
         super().__init__(config)
         self._inflight = inflight
         self._grace = grace
+        self._deadline = deadline
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._deadline is not None:
+            self._deadline.arm()  # first, so that nothing the shutdown then waits for can keep the process alive
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if len(self._inflight):
@@ -224,10 +234,12 @@ def run_server(app: FastAPI, settings: Settings) -> None:
         server_header=False,
         timeout_keep_alive=5,
         limit_concurrency=settings.max_connections,
-        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left.
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds + 15,
+        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left
+        # (before ShutdownDeadline ends the process at grace + settle).
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds + min(15.0, settings.shutdown_settle_seconds / 2),
     )
-    server = DrainingServer(config, inflight=inflight, grace=settings.shutdown_grace_seconds)
+    deadline = ShutdownDeadline(settings.shutdown_grace_seconds + settings.shutdown_settle_seconds)
+    server = DrainingServer(config, inflight=inflight, grace=settings.shutdown_grace_seconds, deadline=deadline)
     signal.signal(signal.SIGTERM, _after_shutdown)
     signal.signal(signal.SIGINT, _after_shutdown)
     server.run()
