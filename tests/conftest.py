@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from serverproc import MODEL, ServerProcess
+from serverproc import METRICS_TOKEN, MODEL, ServerProcess
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class Key:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         tmp_path_factory.mktemp("modelhost-home"),
-        # Short key cache so revocation tests do not wait long; 8 slots for concurrency tests.
-        env_overrides={"MODELHOST_KEY_CACHE_SECONDS": "0.5", "MODELHOST_SLOTS": "8"},
+        # Short key cache so revocation tests do not wait long; 8 slots for concurrency tests; the
+        # metrics token for tests that read the engine's slots from /health.
+        env_overrides={"MODELHOST_KEY_CACHE_SECONDS": "0.5", "MODELHOST_SLOTS": "8", "MODELHOST_METRICS_TOKEN": METRICS_TOKEN},
     ).start()
     yield proc
     proc.stop()

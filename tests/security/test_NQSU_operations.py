@@ -8,14 +8,14 @@ from pathlib import Path
 
 import httpx
 
-from serverproc import MODEL, ServerProcess
+from serverproc import MODEL
 
 from .conftest import METRICS_TOKEN, Guarded, app_routes, engine_state
 
 
-def test_Q_metrics_are_off_without_a_token(server: ServerProcess, project_key) -> None:  # type: ignore[no-untyped-def]
-    for headers in ({}, {"Authorization": f"Bearer {project_key.secret}"}):
-        response = httpx.get(f"{server.root_url}/metrics", headers=headers)
+def test_Q_metrics_are_off_without_a_token(bare: Guarded) -> None:
+    for headers in ({}, bare.auth):
+        response = httpx.get(f"{bare.proc.root_url}/metrics", headers=headers)
         assert response.status_code == 404 and response.json()["error"]["message"] == "Invalid URL (GET /metrics)"
 
 
@@ -66,7 +66,8 @@ def test_S_one_bad_request_cannot_kill_the_service_and_health_reflects_the_engin
     for body in hostile:
         response = httpx.post(url, content=body, headers={**guarded.auth, "Content-Type": "application/json"}, timeout=30)
         assert 400 <= response.status_code < 500, (body[:40], response.status_code)
-    state = engine_state(guarded.proc)
+    assert httpx.get(f"{guarded.proc.root_url}/health", timeout=5).json() == {"status": "ok"}  # liveness, to anyone
+    state = engine_state(guarded.proc)  # the details, for the metrics token
     assert state["model"] == MODEL and state["slots_total"] == 2 and state["slots_busy"] == 0
     assert httpx.get(f"{guarded.proc.base_url}/models", headers=guarded.auth).status_code == 200
 

@@ -20,7 +20,7 @@ import pytest
 from modelhost.store import UsageLedger, open_engine, session_factory
 from serverproc import MODEL, ServerProcess
 
-from .conftest import long_chat, make_key, start_server, wait_until
+from .conftest import engine_state, long_chat, make_key, start_server, wait_until
 
 
 def _stream(url: str, auth: dict[str, str], body: dict[str, object], out: dict[str, object]) -> None:
@@ -44,7 +44,7 @@ def test_graceful_shutdown_finishes_streams_cuts_the_rest_at_the_grace_deadline_
     ]
     for t in threads:
         t.start()
-    wait_until(lambda: httpx.get(f"{proc.root_url}/health").json()["engines"][0]["slots_busy"] == 2, 30)
+    wait_until(lambda: engine_state(proc)["slots_busy"] == 2, 30)
     proc.proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     time.sleep(0.5)
@@ -97,7 +97,7 @@ def _load(proc: ServerProcess, auth: dict[str, str], count: int, seen: dict[str,
 
 
 def _check_ledger(url: str, seen: dict[str, dict[str, int]], started: list[str], sent: int) -> int:
-    entries = UsageLedger(session_factory(open_engine(url))).entries()
+    entries = UsageLedger(session_factory(open_engine(url))).entries(include_pending=True)
     ids = [e.request_id for e in entries]
     assert len(ids) == len(set(ids)), "duplicate ledger rows"
     rows = {e.request_id: e for e in entries}
@@ -105,8 +105,14 @@ def _check_ledger(url: str, seen: dict[str, dict[str, int]], started: list[str],
         row = rows[request_id]
         assert (row.prompt_tokens, row.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"]), request_id
         assert row.outcome == "completed"
+    for request_id in started:  # every stream that started was admitted, so it has a row (pending if cut)
+        assert rows[request_id].prompt_tokens > 0, request_id
     assert len(rows) <= sent  # no rows for requests never sent
     return len(rows)
+
+
+def _pending(url: str) -> list[str]:
+    return [e.request_id for e in UsageLedger(session_factory(open_engine(url))).entries(include_pending=True) if e.outcome == "pending"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -126,7 +132,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def test_kill_9_under_load_loses_no_completed_request_and_duplicates_nothing(tmp_path: Path, database_url: str) -> None:
-    env = {"MODELHOST_DATABASE_URL": database_url, "MODELHOST_SLOTS": "4"}
+    env = {"MODELHOST_DATABASE_URL": database_url, "MODELHOST_SLOTS": "4", "MODELHOST_LEDGER_HEARTBEAT_SECONDS": "1"}
     proc = start_server(tmp_path / "crash", **env)
     assert proc.proc is not None
     auth = {"Authorization": f"Bearer {make_key(proc)['secret']}"}
@@ -149,6 +155,9 @@ def test_kill_9_under_load_loses_no_completed_request_and_duplicates_nothing(tmp
         after = httpx.post(f"{restarted.base_url}/chat/completions", headers=auth, timeout=60,
                            json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}).json()
         seen[after["id"]] = after["usage"]
+        assert _check_ledger(database_url, seen, started, sent + 1) == rows + 1
+        # The rows the killed process left pending are settled by the new one, none twice.
+        wait_until(lambda: not _pending(database_url), 30)
         assert _check_ledger(database_url, seen, started, sent + 1) == rows + 1
     finally:
         restarted.stop()

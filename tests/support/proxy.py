@@ -17,11 +17,13 @@ from pathlib import Path
 
 import httpx
 
-from serverproc import ServerProcess
+from serverproc import METRICS_TOKEN, ServerProcess
 
 UPSTREAM_KEY_ENV = "MODELHOST_TEST_UPSTREAM_KEY"
-# Replicas and the proxy: one thread each, no embedding models (not what these tests are about).
+# Replicas and the proxy: one thread each, no embedding models (not what these tests are about), the
+# metrics token for /health's details (slots, queues, replica circuits).
 LEAN = {
+    "MODELHOST_METRICS_TOKEN": METRICS_TOKEN,
     "MODELHOST_THREADS": "1",
     "MODELHOST_EMBEDDING_MODEL_ENABLED": "false",
     "MODELHOST_CHAT_MODEL_EMBEDDINGS": "false",

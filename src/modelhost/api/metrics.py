@@ -3,7 +3,7 @@
 Without a configured token the route answers 404 like any unknown URL, so a default install
 publishes nothing about itself. With one, anything but exactly ``Authorization: Bearer <token>``
 is a 401 (compared in constant time). The token is not an API key: a scraper holding it can read
-counters, never call the API, and an API key never opens /metrics.
+counters (and /health's details), never call the API, and an API key never opens /metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from modelhost.errors import AuthenticationError, RouteError
 router = APIRouter()
 
 
-def _authorized(presented: list[str], token: str) -> bool:
+def presents_metrics_token(request: Request, token: str) -> bool:
+    """Whether the request carries exactly ``Authorization: Bearer <token>`` (compared in constant time)."""
+    presented = request.headers.getlist("authorization")
     if len(presented) != 1:
         return False
     expected = f"Bearer {token}".encode()
@@ -32,7 +34,7 @@ async def metrics(request: Request) -> Response:
     token = state.settings.metrics_token
     if token is None:
         raise RouteError(f"Invalid URL ({request.method} {request.url.path})", 404)
-    if not _authorized(request.headers.getlist("authorization"), token.get_secret_value()):
+    if not presents_metrics_token(request, token.get_secret_value()):
         raise AuthenticationError(
             "GET /metrics needs Authorization: Bearer <MODELHOST_METRICS_TOKEN> (the metrics token, not an API key).",
             code="invalid_metrics_token",

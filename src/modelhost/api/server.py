@@ -3,7 +3,8 @@
 uvicorn gives us a keep-alive timeout, a connection cap (`limit_concurrency`, 503 beyond it) and a
 graceful-shutdown timeout. It has no deadline for reading request headers (a connection may trickle
 one byte a minute and stay forever), no head-size limit with httptools, and a client that stops
-reading a response blocks the response's sender for good. `GuardedProtocol` adds the three:
+reading a response blocks the response's sender for good, and the answers it gives on its own are
+plain text. `GuardedProtocol` adds the three limits and OpenAI's envelope:
 
 - the request head (request line + headers) must arrive within `header_timeout` of the connection
   opening or of the first byte of the next keep-alive request, else the connection is closed;
@@ -12,17 +13,14 @@ reading a response blocks the response's sender for good. `GuardedProtocol` adds
   connection aborted; the app sees a disconnect, so a streaming generation is cancelled and its
   slot freed. The kernel's send buffer is capped at `send_buffer_bytes` (otherwise Linux grows it to
   megabytes, and a client that reads nothing would hold a slot for minutes before anything stalls);
-- a client address may hold at most `max_unauthenticated_per_address` connections on which no
-  request has authenticated yet (`api/connections.py`); beyond that its new connections are closed
-  at once;
-- a response sent before its request's body arrived (a 401 from the key check, a 404) leaves the
-  rest of the body to be discarded: it and the next request head must come within
-  `header_timeout`, else the connection is closed (uvicorn would discard body bytes forever).
+- every answer uvicorn makes itself is JSON in OpenAI's error envelope (`api/wire_errors.py`): the
+  parser's 400 (a NUL byte in a header, a malformed request line), the 503 beyond
+  `limit_concurrency`, the 500 for an app that ended without a response. WebSocket upgrades are off
+  (``ws="none"``): modelhost serves none, so an upgrade request is an ordinary HTTP request to the app.
 
 On SIGTERM (or SIGINT) the server stops accepting, gives running requests
 `shutdown_grace_seconds` (see `InFlightRequests`), lets the lifespan settle and stop the engine,
-and the process exits 0. If it has not exited `shutdown_settle_seconds` after the grace period (a
-thread that never returns), `ShutdownDeadline` ends it with status 70.
+and the process exits 0.
 """
 
 from __future__ import annotations
@@ -31,37 +29,29 @@ import asyncio
 import logging
 import signal
 import socket
+from functools import partial
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from modelhost.api.connections import AUTHENTICATED, UnauthenticatedConnections
+from modelhost.api import wire_errors
 from modelhost.api.inflight import InFlightRequests
-from modelhost.api.shutdown_deadline import ShutdownDeadline
 from modelhost.config import Settings
 
 logger = logging.getLogger(__name__)
 
-_431 = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-)
-_431_BODY = (
-    b'{"error": {"message": "Request headers too large.", "type": "invalid_request_error", '
-    b'"param": null, "code": "request_header_fields_too_large"}}'
-)
-
 
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus a head deadline, a head-size limit and a send-stall timeout."""
+    """uvicorn's httptools protocol plus a head deadline, a head-size limit, a send-stall timeout, and
+    OpenAI's error envelope on the answers uvicorn gives by itself."""
 
     header_timeout = 10.0
     max_header_bytes = 64 * 1024
     send_timeout = 30.0
     send_buffer_bytes = 256 * 1024
-    unauthenticated: UnauthenticatedConnections | None = None  # one per server (`configured`); None: no cap
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -69,11 +59,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._discard_timer: asyncio.TimerHandle | None = None
-        self._unauthenticated_address: str | None = None  # set while this connection counts against its address
 
     @classmethod
     def configured(cls, settings: Settings) -> type[GuardedProtocol]:
+        # The envelope overrides hook into uvicorn internals (constraints.txt pins the version they were written for).
+        for name in ("send_400_response", "_start_asgi_task", "_unsupported_upgrade_warning"):
+            assert hasattr(HttpToolsProtocol, name), f"uvicorn's HttpToolsProtocol has no {name}(): update api/server.py"
+        assert hasattr(httptools_impl, "service_unavailable"), "uvicorn has no service_unavailable app: update api/server.py"
         return type(
             "GuardedProtocol",
             (cls,),
@@ -82,7 +74,6 @@ class GuardedProtocol(HttpToolsProtocol):
                 "max_header_bytes": settings.max_header_bytes,
                 "send_timeout": settings.send_timeout_seconds,
                 "send_buffer_bytes": settings.send_buffer_bytes,
-                "unauthenticated": UnauthenticatedConnections(settings.max_unauthenticated_per_address),
             },
         )
 
@@ -111,48 +102,12 @@ class GuardedProtocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
-        address = self.client[0] if self.client else None
-        if self.unauthenticated is not None and address is not None:
-            if not self.unauthenticated.admit(address):
-                transport.close()  # nothing read, nothing written: this address has enough unauthenticated connections
-                return
-            self._unauthenticated_address = address
         self._start_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._cancel_discard()
-        if self._unauthenticated_address is not None:
-            self.scope.setdefault("extensions", {})[AUTHENTICATED] = self._authenticated  # type: ignore[typeddict-item]
         if not self._in_head:
             self._start_head()
-
-    # -- unauthenticated connections -------------------------------------------------------
-    def _authenticated(self) -> None:
-        """A request on this connection presented a valid key: it no longer counts against its address."""
-        if self._unauthenticated_address is not None and self.unauthenticated is not None:
-            self.unauthenticated.release(self._unauthenticated_address)
-        self._unauthenticated_address = None
-
-    # -- a body answered before it arrived -------------------------------------------------
-    def on_response_complete(self) -> None:
-        # With requests queued behind it (pipelining), the answered request's body was complete.
-        answered_early = not self.pipeline and self.cycle is not None and self.cycle.more_body
-        super().on_response_complete()
-        if answered_early and not self.transport.is_closing():
-            self._cancel_discard()
-            self._discard_timer = self.loop.call_later(self.header_timeout, self._discard_expired)
-
-    def _cancel_discard(self) -> None:
-        if self._discard_timer is not None:
-            self._discard_timer.cancel()
-            self._discard_timer = None
-
-    def _discard_expired(self) -> None:
-        self._discard_timer = None
-        if not self.transport.is_closing():
-            logger.info("closing a connection whose answered request's body and next head did not come in %.0f s", self.header_timeout)
-            self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._end_head()
@@ -164,8 +119,24 @@ class GuardedProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._in_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
             self._end_head()
-            self.transport.write(_431 % (len(_431_BODY), _431_BODY))
+            self.transport.write(wire_errors.raw_response(wire_errors.HEADERS_TOO_LARGE))
             self.transport.close()
+
+    # -- uvicorn's own answers, in OpenAI's envelope ---------------------------------------
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(wire_errors.raw_response(wire_errors.INVALID_HTTP))
+            self.transport.close()
+
+    def _start_asgi_task(self, cycle: httptools_impl.RequestResponseCycle, app: object) -> None:
+        if app is httptools_impl.service_unavailable:  # beyond limit_concurrency
+            app = wire_errors.overloaded_app
+        cycle.send_500_response = partial(wire_errors.send_500, cycle)  # type: ignore[method-assign]
+        super()._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # Any client can send `Upgrade:`; with WebSockets off that is an ordinary request, not a warning.
+        logger.debug("a request asked for a protocol upgrade; answering it as plain HTTP")
 
     # -- a client that stops reading -------------------------------------------------------
     def pause_writing(self) -> None:
@@ -185,29 +156,20 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._stall_timer, self._discard_timer):
+        for timer in (self._head_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._stall_timer = self._discard_timer = None
-        self._authenticated()  # closed: it no longer counts either
+        self._head_timer = self._stall_timer = None
         super().connection_lost(exc)
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose shutdown first gives running requests a deadline, and the process a hard one."""
+    """A uvicorn server whose shutdown first gives running requests a deadline."""
 
-    def __init__(
-        self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float, deadline: ShutdownDeadline | None = None
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float) -> None:
         super().__init__(config)
         self._inflight = inflight
         self._grace = grace
-        self._deadline = deadline
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._deadline is not None:
-            self._deadline.arm()  # first, so that nothing the shutdown then waits for can keep the process alive
-        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if len(self._inflight):
@@ -220,26 +182,29 @@ def _after_shutdown(signum: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal that stopped it; by then the shutdown was graceful, so exit 0."""
 
 
-def run_server(app: FastAPI, settings: Settings) -> None:
-    """Serve `app` on ``settings.host:settings.port`` until SIGTERM/SIGINT, then drain and return."""
-    inflight: InFlightRequests = app.state.inflight
-    config = uvicorn.Config(
-        app,
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves `app`: our protocol and limits (tests serve small apps with the same)."""
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         http=GuardedProtocol.configured(settings),
+        ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP, in the envelope
         log_config=None,  # our handlers (modelhost.observability.configure_logging) format every record
         log_level="warning",
         access_log=False,  # modelhost.access writes one JSON line per request instead
         server_header=False,
         timeout_keep_alive=5,
         limit_concurrency=settings.max_connections,
-        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left
-        # (before ShutdownDeadline ends the process at grace + settle).
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds + min(15.0, settings.shutdown_settle_seconds / 2),
+        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds + 15,
     )
-    deadline = ShutdownDeadline(settings.shutdown_grace_seconds + settings.shutdown_settle_seconds)
-    server = DrainingServer(config, inflight=inflight, grace=settings.shutdown_grace_seconds, deadline=deadline)
+
+
+def run_server(app: FastAPI, settings: Settings) -> None:
+    """Serve `app` on ``settings.host:settings.port`` until SIGTERM/SIGINT, then drain and return."""
+    inflight: InFlightRequests = app.state.inflight
+    server = DrainingServer(uvicorn_config(app, settings), inflight=inflight, grace=settings.shutdown_grace_seconds)
     signal.signal(signal.SIGTERM, _after_shutdown)
     signal.signal(signal.SIGINT, _after_shutdown)
     server.run()

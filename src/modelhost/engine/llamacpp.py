@@ -272,6 +272,11 @@ class LlamaCppEngine:
         self._wake.set()
         return Generation(job, self._wake)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the decode thread runs (/health answers 503 once it has ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def state(self) -> dict[str, object]:
         now = time.monotonic()
         window = [(t, n) for t, n in list(self._tokens_window) if now - t <= 10.0]
