@@ -278,7 +278,7 @@ def cmd_limits_show(args: argparse.Namespace, settings: Settings) -> int:
     scope = service.scope(organization=args.org, project=args.project) if args.org or args.project else None
     shown = service.show_rate_limits(scope)
     rows = shown.get("effective", shown["configured"])
-    columns = ["model", *_LIMIT_FLAGS.values()] if scope else ["scope", "scope_id", "model", *_LIMIT_FLAGS.values()]
+    columns = ["model", *_LIMIT_FLAGS.values()] if scope else ["scope", "scope_id", "model", "set_by", *_LIMIT_FLAGS.values()]
     _emit(args, shown, lambda: _table(rows, columns))  # type: ignore[arg-type]
     return 0
 

@@ -317,7 +317,8 @@ def _at_most(values: Mapping[str, int | None], ceiling: RateLimits, model: str, 
         if value is not None and most and (value == 0 or value > most):
             shown = "0 (no limit)" if value == 0 else str(value)
             raise InvalidRequest(
-                f"Invalid value for '{name}': {shown} is above {most}, {whose} for {model}. "
+                f"Invalid value for '{name}': {shown} is above {most}, {whose} for "
+                f"{'all models' if model == stored.ALL_MODELS else model}. "
                 "A project's rate limits can only be lower than its organization's.",
                 param=name,
             )
