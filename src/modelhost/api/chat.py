@@ -60,11 +60,11 @@ def _prepare(served: ServedModel, body: ChatCompletionRequest) -> tuple[list[int
             engine.check_grammar(grammar)
         except GrammarError as exc:
             raise InvalidRequest(str(exc), param="response_format" if plan is None else "tools") from exc
-    try:
-        text = engine.render_chat(messages, tools_mod.openai_tools(plan) if native_tools and plan else None)
+    try:  # client text is tokenized as text: only the template makes control tokens
+        prompt = engine.tokenize_chat(messages, tools_mod.openai_tools(plan) if native_tools and plan else None)
     except ChatTemplateError as exc:
         raise InvalidRequest(str(exc), param="messages") from exc
-    return engine.tokenize(text), plan, grammar, trigger
+    return prompt, plan, grammar, trigger
 
 
 async def plan_chat(request: Request, body: ChatCompletionRequest, who: Principal) -> ChatPlan:

@@ -49,6 +49,9 @@ def _prompts(served: ServedModel, prompt: object) -> list[list[int]]:
     prompts: list[list[int]] = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
+            # A legacy prompt is the caller's raw model input, not a conversation: its control strings
+            # are parsed (OpenAI's default prompt is "<|endoftext|>", the separator token), as token-id
+            # prompts can hold any id. Untrusted end-user text belongs in chat messages, where it is text.
             tokens = engine.tokenize(item)
         else:
             tokens = list(item)  # type: ignore[call-overload]

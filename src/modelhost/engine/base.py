@@ -196,6 +196,14 @@ class Engine(Protocol):
         self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None
     ) -> str: ...
 
+    def tokenize_chat(
+        self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None
+    ) -> list[int]:
+        """The conversation rendered by the model's template and tokenized so that only the
+        template's own text makes control tokens: client text is always text (`chat_prompt`).
+        Raises `ChatTemplateError` when the template rejects the messages."""
+        ...
+
     @property
     def template_supports_tools(self) -> bool:
         """Whether the model's own chat template renders `tools` (else a documented fallback is used)."""

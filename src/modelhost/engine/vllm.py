@@ -266,13 +266,18 @@ class VllmEngine:
             )
         )
 
+    def tokenize_chat(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> list[int]:
         """The conversation as prompt tokens: special tokens only where the template wrote them (chat_prompt)."""
         tok = self._tokenizer
 
+        def render(msgs: Sequence[Mapping[str, object]], tls: Sequence[Mapping[str, object]] | None) -> str:
+            try:
+                return self.render_chat(msgs, tls)  # type: ignore[arg-type]
             except TemplateError as exc:
                 raise ChatTemplateError(f"The model's chat template rejected the messages: {exc}") from exc
 
         rendered = chat_prompt.render(render, messages, tools, self._controls)
+        return chat_prompt.tokenize(
             rendered,
             self._controls,
             whole=self.tokenize,
