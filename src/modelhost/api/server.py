@@ -16,11 +16,18 @@ plain text. `GuardedProtocol` adds the three limits and OpenAI's envelope:
 - every answer uvicorn makes itself is JSON in OpenAI's error envelope (`api/wire_errors.py`): the
   parser's 400 (a NUL byte in a header, a malformed request line), the 503 beyond
   `limit_concurrency`, the 500 for an app that ended without a response. WebSocket upgrades are off
-  (``ws="none"``): modelhost serves none, so an upgrade request is an ordinary HTTP request to the app.
+  (``ws="none"``): modelhost serves none, so an upgrade request is an ordinary HTTP request to the app;
+- a client address may hold at most `max_unauthenticated_per_address` connections on which no
+  request has authenticated yet (`api/connections.py`); beyond that its new connections are closed
+  at once;
+- a response sent before its request's body arrived (a 401 from the key check, a 404) leaves the
+  rest of the body to be discarded: it and the next request head must come within
+  `header_timeout`, else the connection is closed (uvicorn would discard body bytes forever).
 
 On SIGTERM (or SIGINT) the server stops accepting, gives running requests
 `shutdown_grace_seconds` (see `InFlightRequests`), lets the lifespan settle and stop the engine,
-and the process exits 0.
+and the process exits 0. If it has not exited `shutdown_settle_seconds` after the grace period (a
+thread that never returns), `ShutdownDeadline` ends it with status 70.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelhost.api import wire_errors
+from modelhost.api.connections import AUTHENTICATED, UnauthenticatedConnections
 from modelhost.api.inflight import InFlightRequests
+from modelhost.api.shutdown_deadline import ShutdownDeadline
 from modelhost.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ class GuardedProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 1024
     send_timeout = 30.0
     send_buffer_bytes = 256 * 1024
+    unauthenticated: UnauthenticatedConnections | None = None  # one per server (`configured`); None: no cap
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -59,6 +69,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._discard_timer: asyncio.TimerHandle | None = None
+        self._unauthenticated_address: str | None = None  # set while this connection counts against its address
 
     @classmethod
     def configured(cls, settings: Settings) -> type[GuardedProtocol]:
@@ -74,6 +86,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 "max_header_bytes": settings.max_header_bytes,
                 "send_timeout": settings.send_timeout_seconds,
                 "send_buffer_bytes": settings.send_buffer_bytes,
+                "unauthenticated": UnauthenticatedConnections(settings.max_unauthenticated_per_address),
             },
         )
 
@@ -102,12 +115,48 @@ class GuardedProtocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+        address = self.client[0] if self.client else None
+        if self.unauthenticated is not None and address is not None:
+            if not self.unauthenticated.admit(address):
+                transport.close()  # nothing read, nothing written: this address has enough unauthenticated connections
+                return
+            self._unauthenticated_address = address
         self._start_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._cancel_discard()
+        if self._unauthenticated_address is not None:
+            self.scope.setdefault("extensions", {})[AUTHENTICATED] = self._authenticated  # type: ignore[typeddict-item]
         if not self._in_head:
             self._start_head()
+
+    # -- unauthenticated connections -------------------------------------------------------
+    def _authenticated(self) -> None:
+        """A request on this connection presented a valid key: it no longer counts against its address."""
+        if self._unauthenticated_address is not None and self.unauthenticated is not None:
+            self.unauthenticated.release(self._unauthenticated_address)
+        self._unauthenticated_address = None
+
+    # -- a body answered before it arrived -------------------------------------------------
+    def on_response_complete(self) -> None:
+        # With requests queued behind it (pipelining), the answered request's body was complete.
+        answered_early = not self.pipeline and self.cycle is not None and self.cycle.more_body
+        super().on_response_complete()
+        if answered_early and not self.transport.is_closing():
+            self._cancel_discard()
+            self._discard_timer = self.loop.call_later(self.header_timeout, self._discard_expired)
+
+    def _cancel_discard(self) -> None:
+        if self._discard_timer is not None:
+            self._discard_timer.cancel()
+            self._discard_timer = None
+
+    def _discard_expired(self) -> None:
+        self._discard_timer = None
+        if not self.transport.is_closing():
+            logger.info("closing a connection whose answered request's body and next head did not come in %.0f s", self.header_timeout)
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._end_head()
@@ -156,20 +205,29 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._stall_timer):
+        for timer in (self._head_timer, self._stall_timer, self._discard_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._stall_timer = None
+        self._head_timer = self._stall_timer = self._discard_timer = None
+        self._authenticated()  # closed: it no longer counts either
         super().connection_lost(exc)
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose shutdown first gives running requests a deadline."""
+    """A uvicorn server whose shutdown first gives running requests a deadline, and the process a hard one."""
 
-    def __init__(self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, inflight: InFlightRequests, grace: float, deadline: ShutdownDeadline | None = None
+    ) -> None:
         super().__init__(config)
         self._inflight = inflight
         self._grace = grace
+        self._deadline = deadline
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._deadline is not None:
+            self._deadline.arm()  # first, so that nothing the shutdown then waits for can keep the process alive
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if len(self._inflight):
@@ -196,15 +254,19 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         server_header=False,
         timeout_keep_alive=5,
         limit_concurrency=settings.max_connections,
-        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left.
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds + 15,
+        # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left
+        # (before ShutdownDeadline ends the process at grace + settle).
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds + min(15.0, settings.shutdown_settle_seconds / 2),
     )
 
 
 def run_server(app: FastAPI, settings: Settings) -> None:
     """Serve `app` on ``settings.host:settings.port`` until SIGTERM/SIGINT, then drain and return."""
     inflight: InFlightRequests = app.state.inflight
-    server = DrainingServer(uvicorn_config(app, settings), inflight=inflight, grace=settings.shutdown_grace_seconds)
+    deadline = ShutdownDeadline(settings.shutdown_grace_seconds + settings.shutdown_settle_seconds)
+    server = DrainingServer(
+        uvicorn_config(app, settings), inflight=inflight, grace=settings.shutdown_grace_seconds, deadline=deadline
+    )
     signal.signal(signal.SIGTERM, _after_shutdown)
     signal.signal(signal.SIGINT, _after_shutdown)
     server.run()
