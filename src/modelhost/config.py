@@ -200,6 +200,23 @@ class Settings(BaseSettings):
             "engines. Past grace + this the process exits with status 70 even if a thread is stuck, logging which."
         ),
     )
+    ledger_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How often a replica says it is alive and checkpoints its running requests' completion tokens in the "
+            "ledger. A replica silent for 3 heartbeats is presumed dead: other replicas settle its pending rows."
+        ),
+    )
+    ledger_settle_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How long a request retries writing its usage when the database fails before the write is left to the "
+            "background (a stream then ends with an error event instead of [DONE]). Keep it well under "
+            "shutdown_settle_seconds, so that a shutdown during an outage still spools what it could not write."
+        ),
+    )
 
     # -- embeddings (README "Embeddings") -------------------------------------------------------
     embedding_model_enabled: bool = Field(

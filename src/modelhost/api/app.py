@@ -26,6 +26,7 @@ from modelhost.engine import ModelRegistry, ServedModel
 from modelhost.engine.grammar_compiler import close_default_compiler
 from modelhost.observability import Observability
 from modelhost.pipeline import GenerationPipeline
+from modelhost.pipeline.ledger_writer import LedgerWriter
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,14 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
                 first.user_email,
             )
         ledger = UsageLedger(sessions)
+        ledger_writer = LedgerWriter(
+            ledger,
+            heartbeat=settings.ledger_heartbeat_seconds,
+            settle_wait=settings.ledger_settle_wait_seconds,
+            # Longer than any request may live, however its replica fares: past it a pending row is swept.
+            max_request_seconds=settings.request_timeout_seconds + settings.shutdown_grace_seconds + 300,
+            spool_dir=settings.home / "ledger-spool",
+        )
         catalog: ModelCatalog | None = None
         if settings.models_file is not None and registry_factory is default_registry:
             catalog = ModelCatalog(settings, install=lambda new: setattr(app.state.modelhost, "registry", new))
@@ -134,11 +143,13 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             sessions=sessions,
             authenticator=authenticator,
             ledger=ledger,
+            ledger_writer=ledger_writer,
             registry=registry,
-            pipeline=GenerationPipeline(ledger, observability, limiter=limiter),
+            pipeline=GenerationPipeline(ledger_writer, observability, limiter=limiter),
             limiter=limiter,
             observability=observability,
         )
+        await ledger_writer.start()  # also settles rows left pending by crashed replicas
         flusher = asyncio.create_task(_flush_key_use(authenticator, settings.last_used_flush_seconds))
         hangup = _reload_on_sighup(catalog)
         try:
@@ -153,6 +164,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
                 await registry.stop()
             await run_in_threadpool(_flush_quietly, authenticator)
             await limiter.close()
+            await ledger_writer.close()  # after the registry stopped: every run has settled
             close_default_compiler()  # schema-compile workers die with the server
             database.dispose()
 

@@ -324,6 +324,9 @@ async def _stream(
                     if parsers[event.index].calls:
                         reason = "function_call" if tools is not None and tools.legacy else "tool_calls"
                 yield chunk([choice(event.index, {}, reason)])
+        if (unrecorded := await gen.settle_before_done([run])) is not None:
+            yield unrecorded
+            return
         if include_usage:
             yield chunk([], usage=gen.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens))
         yield gen.SSE_DONE

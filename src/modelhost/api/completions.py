@@ -279,6 +279,9 @@ async def _stream(
                 yield chunk([{"text": event.text, "index": index, "logprobs": logprobs, "finish_reason": None}])
             elif isinstance(event, ChoiceFinished):
                 yield chunk([{"text": "", "index": i * n + event.index, "logprobs": None, "finish_reason": event.reason}])
+        if (unrecorded := await gen.settle_before_done(runs)) is not None:
+            yield unrecorded
+            return
         if include_usage:
             prompt_tokens = sum(r.prompt_tokens for r in runs)
             completion_tokens = sum(r.completion_tokens for r in runs)

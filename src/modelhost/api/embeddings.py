@@ -137,7 +137,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, who: Princ
     sequences = await run_in_threadpool(_sequences, embedder, body, state.settings)
     plan = EmbeddingPlan(principal=who, model=served, request_id=new_id("embd-"), sequences=sequences)
     try:
-        result = await gen.until_disconnect(request, EmbeddingPipeline(state.ledger, state.limiter).run(plan))
+        result = await gen.until_disconnect(request, EmbeddingPipeline(state.ledger_writer, state.limiter).run(plan))
     except gen.ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; the ledger has the row
     return JSONResponse(_render(plan, result.vectors, body.encoding_format), headers=result.rate_limit_headers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from modelhost.engine import ChoiceFinished, TextDelta
 from modelhost.engine.base import EngineEvent, PromptLogprobs, TokenLogprob, ToolCallDelta
 from modelhost.engine.registry import ServedModel
-from modelhost.errors import ContextLengthExceeded, InvalidRequest
+from modelhost.errors import ContextLengthExceeded, InvalidRequest, ServerError
 from modelhost.pipeline import GenerationRun
 
 T = TypeVar("T")
@@ -158,6 +158,22 @@ def sse(payload: dict[str, object]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+async def settle_before_done(runs: Sequence[GenerationRun]) -> bytes | None:
+    """Settle a finished stream's runs before its usage chunk and ``[DONE]``: None once every ledger
+    row is durable, else the error event to end the stream with (the rows are written later)."""
+    for run in runs:
+        await run.settle()
+    if all(run.recorded for run in runs):
+        return None
+    return sse(
+        ServerError(
+            "The response is complete, but its usage could not be recorded yet; it will be recorded when the "
+            "database is back.",
+            code="usage_not_recorded",
+        ).body()
+    )
 
 
 class SettledStreamingResponse(StreamingResponse):

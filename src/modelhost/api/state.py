@@ -13,6 +13,7 @@ from modelhost.engine import ModelRegistry
 from modelhost.limits import Limiter
 from modelhost.observability import Observability
 from modelhost.pipeline import GenerationPipeline
+from modelhost.pipeline.ledger_writer import LedgerWriter
 from modelhost.store import UsageLedger
 
 
@@ -23,6 +24,7 @@ class AppState:
     sessions: sessionmaker[Session]
     authenticator: Authenticator
     ledger: UsageLedger
+    ledger_writer: LedgerWriter  # the request path's writes to `ledger`: pending rows, retried settlement
     registry: ModelRegistry
     pipeline: GenerationPipeline
     limiter: Limiter

@@ -2,8 +2,10 @@
 
 Time is cut into buckets of `bucket_width` counted from `start_time`; the last one ends at
 `end_time` (default: the end of the current second). A page holds `limit` buckets, empty ones
-included, and `next_page` names the first bucket of the next page. Every ledger row counts
-(completed, cancelled or failed generations all used the tokens they report). The ledger records
+included, and `next_page` names the first bucket of the next page. Every settled ledger row counts
+(completed, cancelled or failed generations all used the tokens they report, and `interrupted` ones,
+left by a replica that died, the tokens known when it did); a row still `pending` (in flight)
+counts once it is settled, so no request is counted twice. The ledger records
 synchronous requests only (there is no Batch API yet), so `batch` is false and `service_tier` is
 "default".
 """

@@ -1,8 +1,9 @@
 """The embeddings path: reserve limits → run the model on the embedder's worker → settle the limits
 and record the usage, exactly once.
 
-Like `GenerationRun.settle`, the ledger row is written whether the request completed, failed or
-was cancelled by a disconnect, and the write is shielded from that cancellation.
+Like `GenerationRun`, the ledger row is written pending before the model runs and settled
+whether the request completed, failed or was cancelled by a disconnect, shielded from that
+cancellation and retried by `LedgerWriter` until it is durable.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from modelhost.engine.embedding.base import EmbedderFailed, EmbedderOverloaded
 from modelhost.engine.registry import ServedModel
 from modelhost.errors import ServerError, ServiceUnavailable
 from modelhost.limits import Limiter, Reservation
-from modelhost.store import UsageEntry, UsageLedger
+from modelhost.pipeline.ledger_writer import LedgerWriter
+from modelhost.store import UsageEntry
+from modelhost.store.ledger import PENDING
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,9 @@ class EmbeddingResult:
 
 
 class EmbeddingPipeline:
-    """``result = await EmbeddingPipeline(ledger, limiter).run(plan)``."""
+    """``result = await EmbeddingPipeline(ledger_writer, limiter).run(plan)``."""
 
-    def __init__(self, ledger: UsageLedger, limiter: Limiter) -> None:
+    def __init__(self, ledger: LedgerWriter, limiter: Limiter) -> None:
         self._ledger = ledger
         self._limiter = limiter
 
@@ -65,6 +68,11 @@ class EmbeddingPipeline:
                 max_tokens=0,
                 n=1,
             )
+            try:  # the pending row exists before the model runs: a crash cannot lose it
+                await self._ledger.admit(_entry(plan, PENDING))
+            except BaseException:
+                await self._limiter.release(reservation)
+                raise
         outcome = "cancelled"
         try:
             vectors = await embedder.embed(plan.sequences)
@@ -89,28 +97,26 @@ class EmbeddingPipeline:
 
     async def _settle(self, plan: EmbeddingPlan, reservation: Reservation, outcome: str) -> None:
         if not outcome:
+            await self._ledger.discard(plan.request_id)
             await self._limiter.release(reservation)
             return
         await self._limiter.settle(reservation, prompt_tokens=plan.prompt_tokens, completion_tokens=0)
-        entry = UsageEntry(
-            request_id=plan.request_id,
-            created_at=datetime.now(timezone.utc),
-            organization_id=plan.principal.organization_id,
-            project_id=plan.principal.project_id,
-            user_id=plan.principal.user_id,
-            api_key_id=plan.principal.key_id,
-            model=plan.model.id,
-            operation=plan.operation,
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=0,
-            outcome=outcome,
-        )
-        try:
-            await anyio.to_thread.run_sync(self._ledger.record, entry)
-        except Exception:
-            logger.exception(
-                "could not record usage of %s (org %s, %d tokens)",
-                entry.request_id,
-                entry.organization_id,
-                entry.prompt_tokens,
-            )
+        # Retried until durable; past the wait it is kept and written in the background. The JSON
+        # answer is sent either way: withholding it would only make the SDK run and bill it again.
+        await self._ledger.settle(_entry(plan, outcome))
+
+
+def _entry(plan: EmbeddingPlan, outcome: str) -> UsageEntry:
+    return UsageEntry(
+        request_id=plan.request_id,
+        created_at=datetime.now(timezone.utc),
+        organization_id=plan.principal.organization_id,
+        project_id=plan.principal.project_id,
+        user_id=plan.principal.user_id,
+        api_key_id=plan.principal.key_id,
+        model=plan.model.id,
+        operation=plan.operation,
+        prompt_tokens=plan.prompt_tokens,
+        completion_tokens=0,
+        outcome=outcome,
+    )

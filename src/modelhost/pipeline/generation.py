@@ -1,9 +1,10 @@
-"""The one generation path: reserve limits, submit to the engine, stream events, and settle the
-limits and the ledger exactly once.
+"""The one generation path: reserve limits, admit to the ledger, submit to the engine, stream
+events, and settle the limits and the ledger exactly once.
 
-Chat and (later) legacy completions both come through `GenerationPipeline.run`; the order
-reserve → generate → settle limits → record is written only here, and the settling happens on
-success, error and disconnect.
+Chat and legacy completions both come through `GenerationPipeline.run`; the order
+reserve → admit (pending ledger row) → generate → settle limits → settle the row is written only
+here, and the settling happens on success, error and disconnect (`ledger_writer.py` says what a
+crash or a database error in between leaves).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from modelhost.engine.registry import ServedModel
 from modelhost.errors import ServerError, ServiceUnavailable
 from modelhost.limits import Limiter, Reservation
 from modelhost.observability import GenerationObserver, GenerationReport
-from modelhost.store import UsageEntry, UsageLedger
+from modelhost.pipeline.ledger_writer import LedgerWriter
+from modelhost.store import UsageEntry
+from modelhost.store.ledger import PENDING
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class GenerationRun:
     """``async with pipeline.run(plan) as run: async for event in run.events(): ...``"""
 
     def __init__(
-        self, plan: GenerationPlan, ledger: UsageLedger, observer: GenerationObserver | None = None, *, limiter: Limiter
+        self, plan: GenerationPlan, ledger: LedgerWriter, observer: GenerationObserver | None = None, *, limiter: Limiter
     ) -> None:
         self.plan = plan
         self._ledger = ledger
@@ -70,6 +73,7 @@ class GenerationRun:
         self._reported: UsageReported | None = None  # the model server's own counts, preferred over ours
         self._failed = False
         self._settled = False
+        self.recorded = False  # the ledger row is durable with its final usage
 
     async def __aenter__(self) -> GenerationRun:
         request = GenerationRequest(
@@ -91,11 +95,18 @@ class GenerationRun:
                 n=self.plan.n,
                 counts_request=self.plan.part == 0,
             )
+            try:  # the pending row (prompt tokens) exists before any engine work: a crash cannot lose it
+                await self._ledger.admit(self._entry(PENDING))
+            except BaseException:
+                await self._limiter.release(self._reservation)
+                raise
         try:
             self._generation = self.plan.model.engine.submit(request)
             self._submitted = time.perf_counter()
+            self._ledger.track(self.plan.request_id, lambda: self.completion_tokens)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                await self._ledger.discard(self.plan.request_id)
                 await self._limiter.release(self._reservation)
             if isinstance(exc, EngineOverloaded):
                 raise ServiceUnavailable(
@@ -164,7 +175,23 @@ class GenerationRun:
             outcome = "cancelled"
         if self._observer is not None:
             self._observe(outcome)
-        entry = UsageEntry(
+        entry = self._entry(outcome)
+        # Shielded: a disconnect cancels the request's task, but its usage must still be written.
+        with anyio.CancelScope(shield=True):
+            if self._reservation is not None:
+                try:
+                    await self._limiter.settle(
+                        self._reservation, prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens
+                    )
+                except Exception:
+                    # The ledger row below is the record of truth (counters are rebuilt from it);
+                    # a limit store that failed to settle must not cost us that row.
+                    logger.exception("could not settle the limits of %s", entry.request_id)
+            # Retried until durable (or kept for the background to write): a stream's [DONE] waits on this.
+            self.recorded = await self._ledger.settle(entry)
+
+    def _entry(self, outcome: str) -> UsageEntry:
+        return UsageEntry(
             request_id=self.plan.request_id,
             created_at=datetime.now(timezone.utc),
             organization_id=self.plan.principal.organization_id,
@@ -177,27 +204,6 @@ class GenerationRun:
             completion_tokens=self.completion_tokens,
             outcome=outcome,
         )
-        # Shielded: a disconnect cancels the request's task, but its usage must still be written.
-        with anyio.CancelScope(shield=True):
-            if self._reservation is not None:
-                try:
-                    await self._limiter.settle(
-                        self._reservation, prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens
-                    )
-                except Exception:
-                    # The ledger row below is the record of truth (counters are rebuilt from it);
-                    # a limit store that failed to settle must not cost us that row.
-                    logger.exception("could not settle the limits of %s", entry.request_id)
-            try:
-                await anyio.to_thread.run_sync(self._ledger.record, entry)
-            except Exception:
-                logger.exception(
-                    "could not record usage of %s (org %s, %d+%d tokens)",
-                    entry.request_id,
-                    entry.organization_id,
-                    entry.prompt_tokens,
-                    entry.completion_tokens,
-                )
 
     def _observe(self, outcome: str) -> None:
         assert self._observer is not None
@@ -218,7 +224,7 @@ class GenerationRun:
 
 
 class GenerationPipeline:
-    def __init__(self, ledger: UsageLedger, observer: GenerationObserver | None = None, *, limiter: Limiter) -> None:
+    def __init__(self, ledger: LedgerWriter, observer: GenerationObserver | None = None, *, limiter: Limiter) -> None:
         self._ledger = ledger
         self._observer = observer
         self._limiter = limiter

@@ -1,16 +1,33 @@
-"""The usage ledger: one row per generation, written once, summed for reports."""
+"""The usage ledger: one row per generation, written once, summed for reports.
+
+A generation's row is written twice, never duplicated (its `request_id` is unique):
+
+1. `admit`, when its limits are reserved and before any engine work: outcome ``pending``, the
+   prompt tokens it was admitted with, the replica (process) that admitted it;
+2. `settle`, when it ends: its final usage and outcome (completed, cancelled, failed).
+
+A replica that dies in between leaves its rows ``pending``; a live replica's `sweep` marks them
+``interrupted`` once the dead one's heartbeat (`heartbeat`, table ``ledger_replicas``) is stale,
+keeping the prompt tokens and the completion tokens last checkpointed by `progress`. `settle` still
+overwrites an interrupted row (a replica cut off from the database, presumed dead, that lived), and
+never a settled one, so retries are harmless. Reports (`totals`, `bucketed`, `entries`) leave out
+pending rows: their numbers are not final.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, ColumnElement, Integer, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, Integer, and_, bindparam, cast, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from modelhost.store.schema import UsageRecord
+from modelhost.store.schema import LedgerReplica, UsageRecord
+
+PENDING = "pending"  # admitted, not settled yet
+INTERRUPTED = "interrupted"  # admitted by a replica that died before settling it
 
 
 @dataclass(frozen=True)
@@ -68,10 +85,10 @@ class UsageLedger:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def record(self, entry: UsageEntry) -> bool:
+    def record(self, entry: UsageEntry, *, replica_id: str | None = None) -> bool:
         """Insert the row; returns False if this request id was already recorded."""
         with self._sessions() as session:
-            session.add(UsageRecord(**entry.__dict__))
+            session.add(UsageRecord(**entry.__dict__, replica_id=replica_id))
             try:
                 session.commit()
             except IntegrityError:
@@ -79,11 +96,103 @@ class UsageLedger:
                 return False
         return True
 
-    def entries(self, *, organization_id: str | None = None) -> list[UsageEntry]:
+    def admit(self, entry: UsageEntry, *, replica_id: str) -> bool:
+        """Insert the ``pending`` row of a request about to run; False if its id was already recorded."""
+        assert entry.outcome == PENDING, "admit writes pending rows; settle writes final ones"
+        return self.record(entry, replica_id=replica_id)
+
+    def settle(self, entry: UsageEntry) -> bool:
+        """Write a request's final usage onto its row; False if it was already settled (a retry).
+
+        Idempotent, so a write whose commit landed but whose answer was lost can be repeated. A
+        request with no row at all (admitted by an older version) gets one inserted.
+        """
+        assert entry.outcome not in (PENDING, INTERRUPTED), "settle writes final outcomes"
+        with self._sessions() as session:
+            written = session.execute(
+                update(UsageRecord)
+                .where(UsageRecord.request_id == entry.request_id, UsageRecord.outcome.in_((PENDING, INTERRUPTED)))
+                .values(
+                    created_at=entry.created_at,
+                    prompt_tokens=entry.prompt_tokens,
+                    completion_tokens=entry.completion_tokens,
+                    outcome=entry.outcome,
+                )
+                .execution_options(synchronize_session=False)  # nothing is loaded in this session
+            ).rowcount
+            session.commit()
+        return bool(written) or self.record(entry)
+
+    def discard(self, request_id: str) -> None:
+        """Delete a pending row whose request never ran (the engine refused it)."""
+        with self._sessions() as session:
+            session.execute(
+                delete(UsageRecord).where(UsageRecord.request_id == request_id, UsageRecord.outcome == PENDING)
+            )
+            session.commit()
+
+    def progress(self, completion_tokens: Mapping[str, int]) -> None:
+        """Checkpoint the completion tokens of pending rows (request id → tokens so far)."""
+        if not completion_tokens:
+            return
+        statement = (
+            update(UsageRecord)
+            .where(UsageRecord.request_id == bindparam("rid"), UsageRecord.outcome == PENDING)
+            .values(completion_tokens=bindparam("tokens"))
+        )
+        with self._sessions() as session:
+            session.connection().execute(statement, [{"rid": r, "tokens": t} for r, t in completion_tokens.items()])
+            session.commit()
+
+    def heartbeat(self, replica_id: str, now: datetime) -> None:
+        """Say that `replica_id` is alive at `now` (its pending rows are its own to settle)."""
+        with self._sessions() as session:
+            beat = update(LedgerReplica).where(LedgerReplica.replica_id == replica_id).values(heartbeat_at=now)
+            if not session.execute(beat).rowcount:
+                session.add(LedgerReplica(replica_id=replica_id, started_at=now, heartbeat_at=now))
+            session.commit()
+
+    def retire(self, replica_id: str) -> None:
+        """`replica_id` is stopping: whatever it leaves pending may be swept at once."""
+        with self._sessions() as session:
+            session.execute(delete(LedgerReplica).where(LedgerReplica.replica_id == replica_id))
+            session.commit()
+
+    def sweep(self, *, replica_id: str, stale_before: datetime, admitted_before: datetime) -> list[str]:
+        """Mark ``interrupted`` the pending rows no live replica will settle; returns their request ids.
+
+        Those are rows of replicas other than `replica_id` with no heartbeat since `stale_before`
+        (or none at all), and rows admitted before `admitted_before` whoever holds them (longer than
+        any request may run: a replica that lost track of them).
+        """
+        live = select(LedgerReplica.replica_id).where(LedgerReplica.heartbeat_at >= stale_before)
+        orphaned = (
+            UsageRecord.outcome == PENDING,
+            or_(
+                UsageRecord.created_at < admitted_before,
+                UsageRecord.replica_id.is_(None),
+                and_(UsageRecord.replica_id != replica_id, UsageRecord.replica_id.not_in(live)),
+            ),
+        )
+        with self._sessions() as session:
+            ids = list(session.scalars(select(UsageRecord.request_id).where(*orphaned)))
+            if ids:
+                session.execute(
+                    update(UsageRecord)
+                    .where(UsageRecord.request_id.in_(ids), UsageRecord.outcome == PENDING)
+                    .values(outcome=INTERRUPTED)
+                )
+                session.commit()
+            return ids
+
+    def entries(self, *, organization_id: str | None = None, include_pending: bool = False) -> list[UsageEntry]:
+        """Rows in the order they were admitted; pending ones only if asked for."""
         with self._sessions() as session:
             query = select(UsageRecord).order_by(UsageRecord.id)
             if organization_id is not None:
                 query = query.where(UsageRecord.organization_id == organization_id)
+            if not include_pending:
+                query = query.where(UsageRecord.outcome != PENDING)
             return [_entry(row) for row in session.scalars(query)]
 
     def totals(
@@ -93,7 +202,7 @@ class UsageLedger:
         until: datetime | None = None,
         organization_id: str | None = None,
     ) -> list[UsageTotal]:
-        """Sums by organization, project and model over ``since <= created_at < until``."""
+        """Sums by organization, project and model over ``since <= created_at < until`` (settled rows)."""
         query = select(
             UsageRecord.organization_id,
             UsageRecord.project_id,
@@ -102,6 +211,7 @@ class UsageLedger:
             func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
             func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
         ).group_by(UsageRecord.organization_id, UsageRecord.project_id, UsageRecord.model)
+        query = query.where(UsageRecord.outcome != PENDING)
         if since is not None:
             query = query.where(UsageRecord.created_at >= since)
         if until is not None:
@@ -138,6 +248,7 @@ class UsageLedger:
             UsageRecord.organization_id == organization_id,
             UsageRecord.created_at >= datetime.fromtimestamp(start, timezone.utc),
             UsageRecord.created_at < datetime.fromtimestamp(end, timezone.utc),
+            UsageRecord.outcome != PENDING,
         )
         if operations is not None:
             query = query.where(UsageRecord.operation.in_(operations))

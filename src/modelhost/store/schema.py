@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -150,6 +150,13 @@ class UsageRecord(Base):
     __table_args__ = (
         Index("ix_usage_org_time", "organization_id", "created_at"),
         Index("ix_usage_project_time", "project_id", "created_at"),
+        # Only the few rows still in flight: the sweep reads them on every heartbeat.
+        Index(
+            "ix_usage_pending",
+            "replica_id",
+            postgresql_where=text("outcome = 'pending'"),
+            sqlite_where=text("outcome = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
@@ -163,7 +170,20 @@ class UsageRecord(Base):
     operation: Mapped[str] = mapped_column(String(64))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
-    outcome: Mapped[str] = mapped_column(String(16))  # completed, cancelled, failed
+    # pending (written at admission, before any engine work), then completed, cancelled or failed;
+    # interrupted: the process that admitted it died, the row keeps what was known (store/ledger.py).
+    outcome: Mapped[str] = mapped_column(String(16))
+    replica_id: Mapped[str | None] = mapped_column(String(64))  # the process that admitted it
+
+
+class LedgerReplica(Base):
+    """A live server process that may hold pending ledger rows, and when it last said so."""
+
+    __tablename__ = "ledger_replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class RateLimitSetting(Base):

@@ -19,11 +19,13 @@ TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     _model_permissions()
+    _pending_ledger_rows()
     _rate_limit_setters()
 
 
 def downgrade() -> None:
     _drop_rate_limit_setters()
+    _drop_pending_ledger_rows()
     _drop_model_permissions()
 
 
@@ -43,6 +45,34 @@ def _model_permissions() -> None:
 def _drop_model_permissions() -> None:
     op.drop_index("ix_model_permissions_organization_id", "model_permissions")
     op.drop_table("model_permissions")
+
+
+def _pending_ledger_rows() -> None:
+    """Item 11: ledger rows written at admission (`pending`, by a replica) and the replicas' heartbeats."""
+    with op.batch_alter_table("usage_records") as table:
+        table.add_column(sa.Column("replica_id", sa.String(64), nullable=True))
+    op.create_index(
+        "ix_usage_pending",
+        "usage_records",
+        ["replica_id"],
+        postgresql_where=sa.text("outcome = 'pending'"),
+        sqlite_where=sa.text("outcome = 'pending'"),
+    )
+    op.create_table(
+        "ledger_replicas",
+        sa.Column("replica_id", sa.String(64), primary_key=True),
+        sa.Column("started_at", TS, nullable=False),
+        sa.Column("heartbeat_at", TS, nullable=False),
+    )
+
+
+def _drop_pending_ledger_rows() -> None:
+    op.drop_table("ledger_replicas")
+    op.drop_index("ix_usage_pending", "usage_records")
+    # A row still pending has its prompt tokens: keep it, as what the sweep would have made of it.
+    op.execute("UPDATE usage_records SET outcome = 'interrupted' WHERE outcome = 'pending'")
+    with op.batch_alter_table("usage_records") as table:
+        table.drop_column("replica_id")
 
 
 # The unique constraint 0003 created without a name, as each database names it (SQLite: through
