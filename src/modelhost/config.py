@@ -64,6 +64,19 @@ class Settings(BaseSettings):
         ),
     )
     max_queued: int = Field(default=256, ge=1, description="Requests that may wait for a slot before 503s.")
+    max_queued_per_organization: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Places of that queue one organization may hold; past them its requests get 503s while other "
+            "organizations still find room. Unset: a quarter of max_queued (at least 1)."
+        ),
+    )
+    max_queued_per_project: int | None = Field(
+        default=None,
+        ge=1,
+        description="Places of that queue one project may hold. Unset: half its organization's share (at least 1).",
+    )
     prefix_reuse: bool = Field(default=True, description="Reuse the KV of a prompt prefix left by an earlier request.")
     share_prefix_across_organizations: bool = Field(
         default=False, description="Let prefix reuse cross organization boundaries (off: tenants never share KV)."
@@ -128,7 +141,9 @@ class Settings(BaseSettings):
         description="Requests per day per organization (all its projects together) and model, unless set in the store; 0: no limit.",
     )
     rate_limit_concurrent_requests_per_key: int = Field(
-        default=0, ge=0, description="Requests one key may have running at once, unless set in the store; 0: no limit."
+        default=64,
+        ge=0,
+        description="Requests one key may have running or waiting at once, unless set in the store; 0: no limit.",
     )
     limits_cache_seconds: float = Field(
         default=5.0, ge=0, description="How long limits and quotas read from the store are trusted; changes apply within it."

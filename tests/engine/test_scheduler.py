@@ -214,7 +214,7 @@ def test_full_queue_is_overloaded() -> None:
     async def main() -> None:
         model = FakeModel()
         model.gate = threading.Event()  # decode blocks until released
-        engine = make_engine(model, slots=1, max_queued=2)
+        engine = make_engine(model, slots=1, max_queued=2, max_queued_per_organization=2, max_queued_per_project=2)
         await engine.start()
         gens = [engine.submit(request([1], max_tokens=2, rid=f"r{i}")) for i in range(2)]
         await asyncio.sleep(0.05)
@@ -244,6 +244,55 @@ def test_later_parts_of_a_request_join_its_first_part_in_a_full_queue() -> None:
         model.gate.set()
         for part in parts:
             assert (await drain(part))[1] == {0: "length"}
+        await engine.stop()
+
+    run(main())
+
+
+def test_an_organization_past_its_share_of_the_queue_leaves_room_for_others() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()  # decode blocks until released: nothing leaves the queue
+        engine = make_engine(model, slots=1, max_queued=8)  # shares: 2 per organization, 1 per project
+        await engine.start()
+        flood = [engine.submit(request([1], max_tokens=2, scope="org-a", rid="a-running"))]
+        await asyncio.sleep(0.05)  # admitted: it holds the slot, not a queue place
+        flood.append(engine.submit(GenerationRequest("a-p1", [1], SamplingParams(max_tokens=2, temperature=0), cache_scope="org-a", project="p1")))
+        with pytest.raises(EngineOverloaded, match="project"):
+            engine.submit(GenerationRequest("a-p1-2", [1], SamplingParams(max_tokens=2, temperature=0), cache_scope="org-a", project="p1"))
+        flood.append(engine.submit(GenerationRequest("a-p2", [1], SamplingParams(max_tokens=2, temperature=0), cache_scope="org-a", project="p2")))
+        with pytest.raises(EngineOverloaded, match="organization"):
+            engine.submit(GenerationRequest("a-p3", [1], SamplingParams(max_tokens=2, temperature=0), cache_scope="org-a", project="p3"))
+        other = engine.submit(request([1], max_tokens=2, scope="org-b", rid="b"))  # the queue has room for org B
+        assert engine.state()["queue_depth"] == 3
+        model.gate.set()
+        for g in [*flood, other]:
+            assert (await drain(g))[1] == {0: "length"}
+        assert engine.state()["queue_depth"] == 0
+        engine.submit(GenerationRequest("a-again", [1], SamplingParams(max_tokens=2, temperature=0), cache_scope="org-a", project="p1"))
+        await engine.stop()
+
+    run(main())
+
+
+def test_admission_goes_round_robin_between_the_projects_of_an_organization() -> None:
+    async def main() -> None:
+        model = FakeModel(step_seconds=0.003)
+        engine = make_engine(model, slots=1, max_queued=64)
+        await engine.start()
+        order: list[str] = []
+
+        async def tracked(rid: str, project: str) -> None:
+            gen = engine.submit(GenerationRequest(rid, [1], SamplingParams(max_tokens=3, temperature=0), cache_scope="org-a", project=project))
+            async for event in gen:
+                if isinstance(event, TextDelta) and rid not in order:
+                    order.append(rid)
+
+        tasks = [asyncio.ensure_future(tracked(f"p1-{i}", "p1")) for i in range(4)]
+        await asyncio.sleep(0.001)
+        tasks.append(asyncio.ensure_future(tracked("p2-0", "p2")))
+        await asyncio.gather(*tasks)
+        assert order.index("p2-0") <= 2, order  # project p2 does not wait behind all of p1's queue
         await engine.stop()
 
     run(main())

@@ -51,6 +51,8 @@ def default_registry(settings: Settings) -> ModelRegistry:
         flash_attention=settings.flash_attention,
         kv_unified=settings.kv_unified,
         max_queued=settings.max_queued,
+        max_queued_per_organization=settings.max_queued_per_organization,
+        max_queued_per_project=settings.max_queued_per_project,
         prefix_reuse=settings.prefix_reuse,
         share_prefix_across_scopes=settings.share_prefix_across_organizations,
     )

@@ -32,7 +32,9 @@ from modelhost.catalog.schema import (
     upstream_key,
 )
 from modelhost.config import Settings
+from modelhost.engine.base import Engine
 from modelhost.engine.cache_salt import CacheSalts
+from modelhost.engine.fair_share import FairShareEngine, ShareLimits
 from modelhost.engine.registry import EMBEDDINGS, ModelAccess, ModelRegistry, ServedModel
 
 DEFAULT_CONTEXT = 2048
@@ -191,20 +193,29 @@ def _build(path: Path, index: int, spec: ModelSpec, settings: Settings, api_key:
             cache_salts=_cache_salts(settings),
             salt_requests=backend.cache_salt,
         )
-        return BuiltModel(key, DrainableEngine(engine), None, int(time.time()), _fingerprint("openai", key))
+        return BuiltModel(key, DrainableEngine(_fair(engine, backend)), None, int(time.time()), _fingerprint("openai", key))
     if isinstance(backend, VllmBackend):
         from modelhost.engine.vllm import VllmEngine, VllmOptions, VllmUnavailable
 
-        options = VllmOptions(**backend.model_dump(exclude={"type", "max_n"}))
+        options = VllmOptions(**backend.model_dump(exclude={"type", "max_n", *_IN_FLIGHT}))
         try:
             engine = VllmEngine(
                 model_id=spec.id, options=options, context_length=spec.context_length, max_n=backend.max_n, cache_salts=_cache_salts(settings)
             )
         except VllmUnavailable as exc:
             raise CatalogError(f"{where}, field `backend.type`: {exc}") from exc
-        return BuiltModel(key, DrainableEngine(engine), None, int(time.time()), _fingerprint("vllm", options))
+        return BuiltModel(key, DrainableEngine(_fair(engine, backend)), None, int(time.time()), _fingerprint("vllm", options))
     assert isinstance(backend, SentenceBackend)
     return _sentence(where, spec, backend, key)
+
+
+_IN_FLIGHT = ("max_in_flight", "max_in_flight_per_organization", "max_in_flight_per_project")
+
+
+def _fair(engine: Engine, backend: OpenAIBackend | VllmBackend) -> FairShareEngine:
+    """An upstream or vLLM queues what it is sent: its requests in flight are shared out per tenant."""
+    limits = ShareLimits.of(backend.max_in_flight, backend.max_in_flight_per_organization, backend.max_in_flight_per_project)
+    return FairShareEngine(engine, limits)
 
 
 def _cache_salts(settings: Settings) -> CacheSalts:
@@ -261,6 +272,8 @@ def _llamacpp(where: str, spec: ModelSpec, backend: LlamaCppBackend, settings: S
         flash_attention=backend.flash_attention,
         kv_unified=backend.kv_unified,
         max_queued=backend.max_queued,
+        max_queued_per_organization=backend.max_queued_per_organization,
+        max_queued_per_project=backend.max_queued_per_project,
         prefix_reuse=backend.prefix_reuse,
         share_prefix_across_scopes=settings.share_prefix_across_organizations,
     )

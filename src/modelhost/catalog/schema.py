@@ -69,6 +69,12 @@ class LlamaCppBackend(_Strict):
     flash_attention: bool = True
     kv_unified: bool = False
     max_queued: int = Field(default=256, ge=1)
+    max_queued_per_organization: int | None = Field(
+        default=None, ge=1, description="Places of the queue one organization may hold; default: a quarter of max_queued."
+    )
+    max_queued_per_project: int | None = Field(
+        default=None, ge=1, description="Places of the queue one project may hold; default: half its organization's."
+    )
     prefix_reuse: bool = True
 
 
@@ -80,6 +86,13 @@ class OpenAIBackend(_Strict):
     api_key_env: str | None = Field(default=None, pattern=_ENV_NAME, description="Environment variable holding the upstream key.")
     model: str | None = Field(default=None, min_length=1, max_length=256, description="The upstream's name for the model; default: `id`.")
     max_n: int = Field(default=8, ge=1, le=128, description="Most choices per request.")
+    max_in_flight: int = Field(default=1024, ge=1, description="Requests forwarded and not yet ended; past it 503s.")
+    max_in_flight_per_organization: int | None = Field(
+        default=None, ge=1, description="Of those, what one organization may have; default: a quarter of max_in_flight."
+    )
+    max_in_flight_per_project: int | None = Field(
+        default=None, ge=1, description="Of those, what one project may have; default: half its organization's."
+    )
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     read_timeout_seconds: float = Field(default=120.0, gt=0, description="Longest silence from the upstream, first byte included.")
     health_path: str = Field(
@@ -130,6 +143,13 @@ class VllmBackend(_Strict):
     enforce_eager: bool = False
     trust_remote_code: bool = False
     max_n: int = Field(default=8, ge=1, le=128)
+    max_in_flight: int = Field(default=1024, ge=1, description="Requests handed to vLLM and not yet ended; past it 503s.")
+    max_in_flight_per_organization: int | None = Field(
+        default=None, ge=1, description="Of those, what one organization may have; default: a quarter of max_in_flight."
+    )
+    max_in_flight_per_project: int | None = Field(
+        default=None, ge=1, description="Of those, what one project may have; default: half its organization's."
+    )
 
 
 class SentenceBackend(_Strict):

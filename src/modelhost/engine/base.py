@@ -60,6 +60,8 @@ class GenerationRequest:
     `part` is this prompt's index in a legacy completion with several prompts: the later parts
     belong to a request the engine already took, so they never meet its queue limit alone (one
     HTTP request is admitted or refused whole, not refused by its own first half).
+    `cache_scope` (the organization) and `project` also say whose share of an engine's queue the
+    request takes (`fair_share`).
     """
 
     request_id: str
@@ -69,6 +71,7 @@ class GenerationRequest:
     cache_scope: str = ""
     upstream: UpstreamInput | None = None
     part: int = 0
+    project: str = ""
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ Requests enter through a thread-safe inbox; each step of the decode thread build
 the next token of every generating sequence plus chunks of waiting prompts, decodes it, samples
 each sequence with its own sampler, and hands the step's text back to the event loop in one
 ``call_soon_threadsafe``. A request is admitted when it gets one slot (KV sequence) per choice;
-the others wait in a queue that is fair between organizations. Cancelled requests leave at the
-next step. A finished slot keeps its KV cache, so the next prompt of the same organization that
-starts with the same tokens (a system prompt, a continued conversation) skips recomputing them.
+the others wait in a queue that is fair between organizations, then between their projects: each
+holds at most its share of the queue (`fair_share`) and admission goes round robin. Cancelled
+requests leave at the next step. A finished slot keeps its KV cache, so the next prompt of the
+same organization that starts with the same tokens (a system prompt, a continued conversation)
+skips recomputing them.
 
 Why one thread: llama.cpp's OpenMP build keeps a thread team per calling thread; decoding from
 several threads was measured at a third of the speed.
@@ -29,7 +31,6 @@ from modelhost.engine.base import (
     ChoiceFinished,
     EngineEvent,
     EngineFailed,
-    EngineOverloaded,
     GenerationRequest,
     PromptLogprobs,
     TextDelta,
@@ -37,6 +38,7 @@ from modelhost.engine.base import (
 )
 from modelhost.engine import chat_prompt
 from modelhost.engine.chat_template import CHATML, ChatTemplate
+from modelhost.engine.fair_share import QueueShares, ShareLimits
 from modelhost.engine.grammar import GrammarConstraint, validate_grammar
 from modelhost.engine.llama_model import ContextOptions, LlamaContext, LlamaModel
 from modelhost.engine.sampling import TokenSampler, log_softmax_at
@@ -177,6 +179,8 @@ class LlamaCppEngine:
         flash_attention: bool,
         kv_unified: bool = False,
         max_queued: int = 256,
+        max_queued_per_organization: int | None = None,
+        max_queued_per_project: int | None = None,
         prefix_reuse: bool = True,
         share_prefix_across_scopes: bool = False,
     ) -> None:
@@ -202,15 +206,14 @@ class LlamaCppEngine:
         self._waiting: list[_Job] = []
         self._active: list[_Job] = []
         self._slots = [_Slot(seq) for seq in range(slots)]
-        self._max_queued = max_queued
-        self._queued = 0  # jobs submitted and not yet admitted (inbox + waiting)
-        self._lock = threading.Lock()
+        # Jobs submitted and not yet admitted (inbox + waiting), by organization and project.
+        self._queue = QueueShares(ShareLimits.of(max_queued, max_queued_per_organization, max_queued_per_project))
         self._thread: threading.Thread | None = None
         self._running = False
         self._tokens_window: collections.deque[tuple[float, int]] = collections.deque()
         self._reused_total = 0
         self._admissions = 0
-        self._admitted_at: dict[str, int] = {}  # scope → admission counter when it was last served
+        self._admitted_at: dict[object, int] = {}  # organization, (organization, project) → admission counter when last served
 
     # -- the public interface ---------------------------------------------------------------
     @property
@@ -264,13 +267,11 @@ class LlamaCppEngine:
 
         The later parts of a multi-prompt request join their first part instead of competing with
         it for the last queue place: at most `max_queued` requests wait, each of up to MAX_PROMPTS jobs.
+        An organization, and a project in it, may hold only its share of the queue (`fair_share`).
         """
         assert 1 <= request.n <= self._options.n_seq, "n is capped below the slot count by the API layer"
         assert request.prompt_tokens, "a prompt has at least one token"
-        with self._lock:
-            if request.part == 0 and self._queued >= self._max_queued:
-                raise EngineOverloaded("The engine's queue is full.")
-            self._queued += 1
+        self._queue.take(request.cache_scope, request.project, joins_admitted=request.part > 0)
         sampling = request.sampling
         choices = [
             _Choice(
@@ -302,7 +303,7 @@ class LlamaCppEngine:
             "model": self.model_id,
             "slots_total": len(self._slots),
             "slots_busy": sum(1 for s in self._slots if s.busy),
-            "queue_depth": self._queued,
+            "queue_depth": self._queue.held,
             "tokens_per_second": round(sum(n for _, n in window) / 10.0, 1),
             "prompt_tokens_reused": self._reused_total,
         }
@@ -363,14 +364,27 @@ class LlamaCppEngine:
         for job in [j for j in self._active if j.cancelled.is_set()]:
             self._finish(ctx, job, None)
 
-    def _next_fair(self) -> _Job:
-        """Round robin between tenants: the oldest waiting job of the scope with the fewest running
-        jobs, and among those the scope served least recently."""
-        running: dict[str, int] = collections.Counter(j.request.cache_scope for j in self._active)
+    @staticmethod
+    def _tenant(job: _Job) -> tuple[str, str]:
+        return job.request.cache_scope, job.request.project
 
-        def key(job: _Job) -> tuple[int, int]:
-            scope = job.request.cache_scope
-            return running.get(scope, 0), self._admitted_at.get(scope, -1)
+    def _next_fair(self) -> _Job:
+        """Round robin between organizations, then between their projects: the organization with the
+        fewest running jobs, among those the one served least recently; within it the project chosen
+        the same way; its oldest waiting job."""
+        running: collections.Counter[object] = collections.Counter()
+        for j in self._active:
+            running[j.request.cache_scope] += 1
+            running[self._tenant(j)] += 1
+
+        def key(job: _Job) -> tuple[int, int, int, int]:
+            organization, project = job.request.cache_scope, self._tenant(job)
+            return (
+                running[organization],
+                self._admitted_at.get(organization, -1),
+                running[project],
+                self._admitted_at.get(project, -1),
+            )
 
         return min(self._waiting, key=key)  # min is stable: FIFO among equals
 
@@ -381,10 +395,9 @@ class LlamaCppEngine:
             if len(free) < job.request.n:
                 return  # it waits for slots rather than being overtaken by smaller jobs forever
             self._waiting.remove(job)
-            with self._lock:
-                self._queued -= 1
+            self._queue.give_back(job.request.cache_scope, job.request.project)
             self._admissions += 1
-            self._admitted_at[job.request.cache_scope] = self._admissions
+            self._admitted_at[job.request.cache_scope] = self._admitted_at[self._tenant(job)] = self._admissions
             self._place(ctx, job, free)
             job.admitted = True
             self._active.append(job)
@@ -564,8 +577,7 @@ class LlamaCppEngine:
                 slot.last_used = now
                 choice.slot = None
         else:
-            with self._lock:
-                self._queued -= 1
+            self._queue.give_back(job.request.cache_scope, job.request.project)
         if error is not None:
             job.emit(error)
         job.emit(END)

@@ -84,6 +84,7 @@ class GenerationRun:
             cache_scope=self.plan.principal.organization_id,
             upstream=self.plan.upstream,
             part=self.plan.part,
+            project=self.plan.principal.project_id,
         )
         with anyio.CancelScope(shield=True):  # what the limit store took must come back to us
             self._reservation = await self._limiter.reserve(

@@ -1,0 +1,102 @@
+"""Issue #12 item 6 (checklist Z, second half): one key cannot make every other tenant's requests fail.
+
+The engine's queue is shared out: an organization holds at most a quarter of it, a project half
+of its organization's share (the defaults), and admission goes round robin between organizations,
+then projects. A real server with one slot and a queue of 8 (shares: 2 per organization, 1 per
+project): organization A floods from one project until refused, then from a second project until
+its organization's share is spent; organization B's request is still admitted and served first.
+A key's concurrent requests are capped by default too.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelhost.config import Settings
+from serverproc import MODEL, ServerProcess
+
+from .conftest import engine_state, long_chat, make_key, open_request, read_head, start_server, wait_until
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path_factory.mktemp("fair"), MODELHOST_SLOTS="1", MODELHOST_MAX_QUEUED="8")
+    yield proc
+    proc.stop()
+
+
+def stream_from(proc: ServerProcess, key: str, held: list[socket.socket]) -> int:
+    """Open a long streamed chat with `key`; the status it got (the socket is kept while it is 200)."""
+    sock = open_request(proc.port, long_chat(1500, stream=True), key)
+    status, _, body = read_head(sock)
+    if status == 200:
+        held.append(sock)
+    else:
+        assert b'"overloaded"' in body or status == 503, body
+        sock.close()
+    return status
+
+
+def test_R2_6_one_organization_cannot_fill_the_queue_for_everyone(small: ServerProcess) -> None:
+    proc = small
+    a1 = make_key(proc, "--name", "flood-1")["secret"]
+    organization = make_key(proc, "--name", "probe")["organization"]
+    a2 = make_key(proc, "--project", str(proc.cli("projects", "create", "Flood two", "--org", organization)["id"]))["secret"]
+    a3 = make_key(proc, "--project", str(proc.cli("projects", "create", "Flood three", "--org", organization)["id"]))["secret"]
+    other = str(proc.cli("orgs", "create", "Elsewhere")["id"])
+    b = make_key(proc, "--org", other, "--name", "victim")["secret"]
+    held: list[socket.socket] = []
+    try:
+        assert stream_from(proc, a1, held) == 200  # runs in the one slot
+        wait_until(lambda: engine_state(proc)["slots_busy"] == 1, 30)
+        assert stream_from(proc, a1, held) == 200  # waits: project 1's one place
+        assert stream_from(proc, a1, held) == 503  # project 1's share is spent
+        assert stream_from(proc, a2, held) == 200  # another project of A still finds a place
+        assert stream_from(proc, a3, held) == 503  # A's share (2 of 8) is spent, whatever the project
+        assert engine_state(proc)["queue_depth"] == 2
+
+        answer: list[httpx.Response] = []
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        victim = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(f"{proc.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {b}"}, timeout=120)
+            )
+        )
+        victim.start()
+        wait_until(lambda: engine_state(proc)["queue_depth"] == 3, 30)  # B waits instead of getting a 503
+        held.pop(0).close()  # A's running stream ends; B goes next, before A's waiting requests
+        victim.join(120)
+        assert answer and answer[0].status_code == 200, answer[0].text if answer else "no answer"
+        assert answer[0].json()["usage"]["completion_tokens"] >= 1
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: engine_state(proc)["slots_busy"] == 0 and engine_state(proc)["queue_depth"] == 0, 60)
+
+
+def test_R2_6_a_key_has_a_concurrency_cap_by_default(tmp_path: Path) -> None:
+    """64 requests of one key at once (running or waiting), by default; the 65th is a 429."""
+    assert Settings(home=tmp_path).rate_limit_concurrent_requests_per_key == 64
+    proc = start_server(tmp_path / "home", MODELHOST_SLOTS="1", MODELHOST_MAX_QUEUED="1024")  # shares: 256, 128
+    held: list[socket.socket] = []
+    try:
+        key = make_key(proc, "--name", "busy")["secret"]
+        for _ in range(64):
+            assert stream_from(proc, key, held) == 200
+        sock = open_request(proc.port, long_chat(5, stream=True), key)
+        status, headers, body = read_head(sock)
+        while len(body) < int(headers.get("content-length", 0)):
+            body += sock.recv(65536)
+        sock.close()
+        assert status == 429 and b"concurrent requests per key: Limit 64" in body, body
+        assert stream_from(proc, make_key(proc, "--name", "calm")["secret"], held) == 200  # another key of the project
+    finally:
+        for sock in held:
+            sock.close()
+        proc.stop()
