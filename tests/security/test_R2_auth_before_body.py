@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from serverproc import MODEL, ServerProcess
@@ -126,6 +127,14 @@ def test_R2_3_an_endless_chunked_body_is_refused_401_at_its_first_chunk_and_then
         except (BrokenPipeError, ConnectionResetError):
             pass
         assert trickled_for < 5, "the server kept reading a refused request's body"
+
+
+def test_R2_3_the_sdk_sending_a_large_body_with_a_wrong_key_gets_its_authentication_error(guarded: Guarded) -> None:
+    """The 401 comes before the upload ends; the server discards the rest and the SDK still reads the 401."""
+    client = openai.OpenAI(api_key=WRONG_KEY, base_url=guarded.proc.base_url, max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        client.embeddings.create(model=MODEL, input="lighthouse " * 90_000)  # ~1 MB, under the 1 MiB limit
+    assert refused.value.code == "invalid_api_key"
 
 
 def test_R2_3_a_valid_key_still_gets_the_body_limits_and_its_answer(guarded: Guarded) -> None:
