@@ -155,7 +155,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def _discard_expired(self) -> None:
         self._discard_timer = None
         if not self.transport.is_closing():
-            logger.info("closing a connection whose answered request's body and next head did not come in %.0f s", self.header_timeout)
+            logger.info(
+                "closing a connection whose answered request's body and next head did not come in %.0f s", self.header_timeout
+            )
             self.transport.close()
 
     def on_headers_complete(self) -> None:

@@ -11,8 +11,10 @@ threads before it exits. One such server ignored SIGTERM and kept two cores busy
 the log handlers and standard streams, and ends the process with ``os._exit(70)`` (EX_SOFTWARE:
 the shutdown did not complete). It never waits for a lock a stuck thread may hold: the last words
 get `LAST_WORDS_SECONDS`, then the exit happens regardless. A process that exits in time takes the
-daemon thread with it, so a clean shutdown still exits 0. What the exit leaves unsettled the ledger
-already holds as pending rows, settled by the next replica that starts (`pipeline/ledger_writer.py`).
+daemon thread with it, so a clean shutdown still exits 0. Requests still running when it fires have
+pending rows in the ledger, which another replica or the next to start settles as interrupted
+(`pipeline/ledger_writer.py`); usage writes waiting in memory for the database are spooled to disk
+only on the graceful path (`LedgerWriter.close`), which `SHUTDOWN_SETTLE_SECONDS` leaves time for.
 
 The signal handler runs on the main thread between bytecodes; a main thread blocked inside one C
 call (not a worker thread, whatever it does) delays arming until that call returns.
@@ -66,12 +68,12 @@ class ShutdownDeadline:
         frames = sys._current_frames()
         running = [t for t in threading.enumerate() if t.ident not in me and t.ident in frames]
         stacks = "\n".join(
-            f"thread {t.name!r}{' (daemon)' if t.daemon else ''}:\n{''.join(traceback.format_stack(frames[t.ident]))}"  # type: ignore[index]
+            f"thread {t.name!r}:\n{''.join(traceback.format_stack(frames[t.ident]))}"  # type: ignore[index]
             for t in running
         )
         logger.critical(
-            "the shutdown did not finish within %g s of the stop signal (SHUTDOWN_GRACE_SECONDS + SHUTDOWN_SETTLE_SECONDS); "
-            "exiting with status %d. Threads still running: %s\n%s",
+            "the shutdown did not finish within %g s of the stop signal (SHUTDOWN_GRACE_SECONDS + "
+            "SHUTDOWN_SETTLE_SECONDS); exiting with status %d. Threads still running: %s\n%s",
             self.seconds,
             EXIT_STATUS,
             ", ".join(t.name for t in running) or "none",
