@@ -6,7 +6,7 @@ Mistakes raise `InvalidRequest` (400) or `NotFound` (404) with a message for the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -47,13 +47,24 @@ class LimitScope:
     organization_id: str
 
 
-class LimitSettings:
-    """Rate limits and quotas as stored, plus what they resolve to for the `models` served."""
+#: The models a project may use, as ``usable(session, organization_id, project_id)`` → ids.
+UsableModels = Callable[[Session, str, str], Sequence[str]]
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings, models: Sequence[str]) -> None:
+
+class LimitSettings:
+    """Rate limits and quotas as stored, plus what they resolve to for the `models` served.
+
+    With `usable`, a project's limits are listed (and can be changed) only for the models the
+    project may use: the Administration API must not name a model the operator hides from it.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], settings: Settings, models: Sequence[str], *, usable: UsableModels | None = None
+    ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._models = tuple(models)
+        self._usable = usable
 
     # -- scopes -----------------------------------------------------------------------------------
     def scope(self, *, organization: str | None = None, project: str | None = None) -> LimitScope:
@@ -137,6 +148,8 @@ class LimitSettings:
             }
 
     def _models_of(self, session: Session, scope: LimitScope) -> list[str]:
+        if scope.kind == "project" and self._usable is not None:
+            return sorted(self._usable(session, scope.organization_id, scope.id))
         models = set(self._models)
         for row in stored.rate_limits_of(session, "organization", scope.organization_id):
             models.add(row.model)

@@ -12,10 +12,12 @@ Changes reach requests within the key cache time (`MODELHOST_KEY_CACHE_SECONDS`)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth.principal import ModelPolicy
 from modelhost.errors import InvalidRequest
 from modelhost.organization import audit, projects
 from modelhost.organization.common import Scope, transaction
@@ -34,6 +36,37 @@ class OperatorModels(Protocol):
     def permitted(self, name: str, *, organization_id: str, project_id: str) -> str | None: ...
 
     def operator_allows(self, organization_id: str, project_id: str) -> list[str] | None: ...
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class VisibleModels(Protocol):
+    """The served models a caller may use (`engine.ModelRegistry.visible` answers it)."""
+
+    def visible(self, caller: ProjectCaller) -> Sequence[_Identified]: ...
+
+
+@dataclass(frozen=True)
+class ProjectCaller:
+    """A project as the model registry sees a caller: its organization, and its own model permissions."""
+
+    organization_id: str
+    project_id: str
+    policy: ModelPolicy | None
+
+    def may_use(self, model_id: str) -> bool:
+        return self.policy is None or self.policy.allows(model_id)
+
+
+def usable(session: Session, organization_id: str, project_id: str, models: VisibleModels) -> list[str]:
+    """The ids of the models the project may use, as its keys' /v1/models lists them: the operator's
+    lists narrowed by the project's own permissions (the same rule `ModelRegistry` applies to requests)."""
+    row = stored.of_project(session, project_id)
+    policy = None if row is None else ModelPolicy(row.mode, frozenset(row.model_ids))
+    return [model.id for model in models.visible(ProjectCaller(organization_id, project_id, policy))]
 
 
 def _inherited(models: OperatorModels, project: Project) -> ProjectModelPermissions:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Depends, Request
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.api.admin.deps import ERRORS, admin_principal, admin_scope, parse_query, query_doc, sessions
 from modelhost.api.deps import app_state
 from modelhost.errors import InvalidRequest
 from modelhost.limits.service import LimitSettings
-from modelhost.organization import Scope
+from modelhost.organization import Scope, model_permissions
 from modelhost.protocol.rate_limits import (
     ProjectRateLimit,
     ProjectRateLimitList,
@@ -29,8 +30,14 @@ router = APIRouter(
 
 
 def _service(request: Request) -> LimitSettings:
+    """Limits of the models the project may use: a model hidden from it has no `rl-MODEL` here (404)."""
     state = app_state(request)
-    return LimitSettings(sessions(request), state.settings, [m.id for m in state.registry.all()])
+    registry = state.registry
+
+    def usable(session: Session, organization_id: str, project_id: str) -> list[str]:
+        return model_permissions.usable(session, organization_id, project_id, registry)
+
+    return LimitSettings(sessions(request), state.settings, [m.id for m in registry.all()], usable=usable)
 
 
 @router.get("", response_model=ProjectRateLimitList, openapi_extra=query_doc(ProjectRateLimitListQuery))
