@@ -1,4 +1,4 @@
-"""What the limiter costs a request: `Limiter.reserve` + `Limiter.settle`, one after another.
+"""What the limiter costs a request: `Limiter.admit` + `Limiter.reserve` + `Limiter.settle`, one after another.
 
     .venv/bin/python bench/limits_reserve.py [--requests 2000] [--redis redis://127.0.0.1:6379/0]
 
@@ -7,7 +7,8 @@ settings' RPM and TPM, plus a project token quota), and a project with its own t
 TPM (more buckets). Limits come from a SQLite store through the policy cache, as in a server;
 the ledger is read only when a quota counter is first seeded. Prints one JSON line per case with
 the mean and percentiles in microseconds. Only public `Limiter` calls are used, so the same
-script measures an older checkout (``PYTHONPATH=old/src``).
+script measures an older checkout (``PYTHONPATH=old/src``); one from before `admit` existed
+(issue #12, item 7) is timed as its single `reserve` + `settle`.
 """
 
 from __future__ import annotations
@@ -57,11 +58,17 @@ async def measure(backend_kind: str, shape: str, requests: int, redis_url: str, 
     defaults = RateLimits(10**9, 10**12, 0, 0)  # never refuses: every request runs the whole path
     limiter = Limiter(backend, LimitPolicy(sessions, defaults, cache_seconds=3600), UsageLedger(sessions), prices={},
                       key_prefix=prefix)
+    steps = "admit+reserve" if hasattr(limiter, "admit") else "reserve"
     took: list[float] = []
     try:
         for i in range(requests + 50):  # the first 50 warm up (seeding, script loading, caches)
             started = time.perf_counter()
-            held = await limiter.reserve(who, model=MODEL, request_id=f"r{i}", prompt_tokens=20, max_tokens=100, n=1)
+            if steps == "admit+reserve":  # the request is counted before its planning, its tokens after
+                admission = await limiter.admit(who, model=MODEL, request_id=f"r{i}")
+                held = await limiter.reserve(admission, request_id=f"r{i}", prompt_tokens=20, max_tokens=100, n=1)
+                await limiter.abandon(admission)  # what the server does as planning ends: a no-op here
+            else:
+                held = await limiter.reserve(who, model=MODEL, request_id=f"r{i}", prompt_tokens=20, max_tokens=100, n=1)
             await limiter.settle(held, prompt_tokens=20, completion_tokens=30)
             if i >= 50:
                 took.append((time.perf_counter() - started) * 1e6)
@@ -79,6 +86,7 @@ async def measure(backend_kind: str, shape: str, requests: int, redis_url: str, 
     return {
         "store": backend_kind,
         "shape": shape,
+        "steps": steps,
         "requests": requests,
         "mean_us": round(statistics.fmean(took), 1),
         "p50_us": round(took[len(took) // 2], 1),

@@ -1,4 +1,5 @@
-"""`Limiter`: reserve before generation, settle after, with OpenAI's errors and headers, on both stores."""
+"""`Limiter`: admit before planning, reserve before generation, settle after, with OpenAI's errors
+and headers, on both stores."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import redis
 from modelhost.auth import Principal
 from modelhost.config import ModelPrice
 from modelhost.limits import (
+    Admission,
     AppliedLimits,
     LimitPolicy,
     Limiter,
@@ -22,6 +24,7 @@ from modelhost.limits import (
     QuotaExceeded,
     RateLimitExceeded,
     RateLimits,
+    Reservation,
 )
 from modelhost.limits.base import LimitBackend
 from modelhost.limits.memory import MemoryBackend
@@ -81,11 +84,20 @@ class World:
                        "chat.completions", prompt, completion, "completed")
         )
 
-    async def reserve(self, prompt: int = 10, max_tokens: int = 5, n: int = 1, request_id: str = "r", counts_request: bool = True):  # type: ignore[no-untyped-def]
-        return await self.limiter.reserve(
-            self.who, model=MODEL, request_id=request_id, prompt_tokens=prompt, max_tokens=max_tokens, n=n,
-            counts_request=counts_request,
-        )
+    async def admit(self, request_id: str = "r", who: Principal | None = None) -> Admission:
+        return await self.limiter.admit(who or self.who, model=MODEL, request_id=request_id)
+
+    async def reserve(
+        self, prompt: int = 10, max_tokens: int = 5, n: int = 1, request_id: str = "r", who: Principal | None = None
+    ) -> Reservation:
+        """Admit and reserve one request, as the server does around its planning."""
+        admission = await self.admit(request_id, who)
+        try:
+            return await self.limiter.reserve(
+                admission, request_id=request_id, prompt_tokens=prompt, max_tokens=max_tokens, n=n
+            )
+        finally:
+            await self.limiter.abandon(admission)
 
 
 def test_reserve_takes_the_estimate_and_settle_corrects_it(tmp_path: Path, store: Store) -> None:
@@ -135,11 +147,12 @@ def test_later_prompts_of_one_request_take_tokens_but_not_requests(tmp_path: Pat
     world.limits(max_requests_per_1_minute=2, max_tokens_per_1_minute=1000, max_concurrent_requests=1)
 
     async def body() -> None:
-        first = await world.reserve(prompt=10, max_tokens=5, request_id="r-0")
-        later = await world.reserve(prompt=10, max_tokens=5, request_id="r-1", counts_request=False)
-        assert later.headers["x-ratelimit-remaining-requests"] == "1"  # still only r-0 counted
+        admission = await world.admit("r")
+        first = await world.limiter.reserve(admission, request_id="r-0", prompt_tokens=10, max_tokens=5, n=1)
+        later = await world.limiter.reserve(admission, request_id="r-1", prompt_tokens=10, max_tokens=5, n=1)
+        assert later.headers["x-ratelimit-remaining-requests"] == "1"  # still only r counted
         assert later.headers["x-ratelimit-remaining-tokens"] == "970"
-        with pytest.raises(RateLimitExceeded) as refused:  # the key's one concurrent request is r-0
+        with pytest.raises(RateLimitExceeded) as refused:  # the key's one concurrent request is r
             await world.reserve(request_id="other")
         assert "concurrent requests per key: Limit 1, Used 1" in refused.value.message
         await world.limiter.release(later)
@@ -231,11 +244,11 @@ def test_organization_limits_count_every_project_together(tmp_path: Path, store:
     async def body() -> None:
         remaining = []
         for i, who in enumerate((world.who, second, world.who)):
-            held = await world.limiter.reserve(who, model=MODEL, request_id=f"r{i}", prompt_tokens=1, max_tokens=1, n=1)
+            held = await world.reserve(prompt=1, max_tokens=1, request_id=f"r{i}", who=who)
             remaining.append(held.headers["x-ratelimit-remaining-requests"])
         assert remaining == ["2", "1", "0"]
         with pytest.raises(RateLimitExceeded) as refused:
-            await world.limiter.reserve(second, model=MODEL, request_id="r3", prompt_tokens=1, max_tokens=1, n=1)
+            await world.reserve(prompt=1, max_tokens=1, request_id="r3", who=second)
         assert f"in organization {world.org} on requests per min (RPM): Limit 3, Used 3" in refused.value.message
 
     store.run(body)
@@ -259,10 +272,10 @@ def test_a_project_below_its_organization_meets_both_limits(tmp_path: Path, stor
             await world.reserve(request_id="c")  # the project's own 2
         assert "Limit 2, Used 2" in refused.value.message
         for i in range(3):  # the organization's 5 has 3 left, for the other project
-            held = await world.limiter.reserve(second, model=MODEL, request_id=f"s{i}", prompt_tokens=1, max_tokens=1, n=1)
+            held = await world.reserve(prompt=1, max_tokens=1, request_id=f"s{i}", who=second)
         assert (held.headers["x-ratelimit-limit-requests"], held.headers["x-ratelimit-remaining-requests"]) == ("5", "0")
         with pytest.raises(RateLimitExceeded):
-            await world.limiter.reserve(second, model=MODEL, request_id="s3", prompt_tokens=1, max_tokens=1, n=1)
+            await world.reserve(prompt=1, max_tokens=1, request_id="s3", who=second)
 
     store.run(body)
 
@@ -345,16 +358,21 @@ def test_soft_limit_only_warns_once_when_crossed(tmp_path: Path, store: Store, c
     assert len(warnings) == 1 and "36 tokens of 30 tokens" in warnings[0]
 
 
-def test_release_gives_everything_back(tmp_path: Path, store: Store) -> None:
+def test_release_gives_back_all_but_the_request(tmp_path: Path, store: Store) -> None:
     world = World(tmp_path, store)
-    world.limits(max_requests_per_1_minute=1, max_tokens_per_1_minute=50, max_concurrent_requests=None)
+    world.limits(max_requests_per_1_minute=2, max_tokens_per_1_minute=50)
     world.quota(hard=50)
+    with world.sessions() as session:
+        stored.put_rate_limit(session, organization_id=world.org, scope="organization", scope_id=world.org,
+                              model="*", values={"max_concurrent_requests": 1})
+        session.commit()
 
     async def body() -> None:
         held = await world.reserve(prompt=20, max_tokens=30)
-        await world.limiter.release(held)  # e.g. the engine queue was full
+        await world.limiter.release(held)  # e.g. the engine queue was full: tokens, budget and lease come back
         again = await world.reserve(prompt=20, max_tokens=30, request_id="again")
-        assert again.headers["x-ratelimit-remaining-requests"] == "0"
+        assert again.headers["x-ratelimit-remaining-requests"] == "0"  # the released one was planned: it counts
+        assert again.headers["x-ratelimit-remaining-tokens"] == "0"
 
     store.run(body)
 
@@ -421,5 +439,5 @@ def test_an_unreachable_database_refuses_instead_of_allowing(tmp_path: Path) -> 
     limiter = Limiter(MemoryBackend(), LimitPolicy(sessions, NO_LIMITS), UsageLedger(sessions), prices={})
     who = Principal("org-x", "proj_x", "user-x", "key_x", "project")
     with pytest.raises(LimitsUnavailable) as refused:
-        asyncio.run(limiter.reserve(who, model=MODEL, request_id="r", prompt_tokens=1, max_tokens=1, n=1))
+        asyncio.run(limiter.admit(who, model=MODEL, request_id="r"))
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"

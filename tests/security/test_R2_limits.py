@@ -153,6 +153,8 @@ def test_the_configured_default_caps_each_organization_as_a_whole(limited: Limit
 
 def test_an_organization_quota_counts_all_its_projects_and_a_project_quota_stays_below_it(limited: Limited) -> None:
     org = new_organization(limited.proc, "Spender")
+    # Above the settings' 3: a request refused on its quota still counts as a request (item 7).
+    limited.proc.cli("limits", "set", "--org", org.id, "--rpm", "10")
     first_id, first = org.new_project("First")
     _, second = org.new_project("Second")
     usage = first.chat.completions.create(model=MODEL, messages=HI, **ONE_TOKEN).usage  # type: ignore[arg-type]

@@ -20,8 +20,9 @@ from modelhost.engine.chat_template import ChatTemplateError
 from modelhost.engine.grammar import GrammarError
 from modelhost.engine.registry import CHAT, JSON_SCHEMA, TOOLS, ServedModel
 from modelhost.errors import APIError, InvalidRequest
-from modelhost.ids import new_id
+from modelhost.limits import Admission
 from modelhost.pipeline import GenerationPlan, GenerationRun
+from modelhost.pipeline.admission import admitted
 from modelhost.protocol import convert
 from modelhost.protocol.chat import ChatCompletion, ChatCompletionRequest
 from modelhost.protocol.common import ErrorResponse
@@ -67,12 +68,14 @@ def _prepare(served: ServedModel, body: ChatCompletionRequest) -> tuple[list[int
     return prompt, plan, grammar, trigger
 
 
-async def plan_chat(request: Request, body: ChatCompletionRequest, who: Principal) -> ChatPlan:
-    """Validate what pydantic cannot (limits that depend on the model), tokenize, size the completion."""
+async def plan_chat(request: Request, body: ChatCompletionRequest, served: ServedModel, admission: Admission) -> ChatPlan:
+    """Validate what pydantic cannot (limits that depend on the model), tokenize, size the completion.
+
+    Runs only once the request was admitted (counted against its rate limits): everything here costs CPU.
+    """
     state = app_state(request)
     if body.ignored_fields():
         logger.info("chat.completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model, CHAT, caller=who)
     _check_features(served, body)
     n = body.n or 1
     gen.check_n(served, n, state.settings.max_n)
@@ -89,7 +92,7 @@ async def plan_chat(request: Request, body: ChatCompletionRequest, who: Principa
             code="invalid_value",
         )
     if served.engine.forwards_requests:
-        return _forwarded_plan(served, body, who, n)
+        return _forwarded_plan(served, body, admission, n)
     prompt, tool_plan, grammar, trigger = await run_in_threadpool(_prepare, served, body)
     max_tokens = gen.completion_budget(served, len(prompt), body.max_completion_tokens or body.max_tokens, param="messages")
     sampling = replace(
@@ -103,13 +106,14 @@ async def plan_chat(request: Request, body: ChatCompletionRequest, who: Principa
         grammar_trigger=trigger,
     )
     generation = GenerationPlan(
-        principal=who,
+        principal=admission.principal,
         model=served,
         operation="chat.completions",
-        request_id=new_id("chatcmpl-"),
+        request_id=admission.request_id,
         prompt_tokens=prompt,
         sampling=sampling,
         n=n,
+        admission=admission,
     )
     return ChatPlan(generation, tool_plan if tool_plan is not None and tool_plan.mode != "none" else None)
 
@@ -126,7 +130,7 @@ def _check_features(served: ServedModel, body: ChatCompletionRequest) -> None:
         )
 
 
-def _forwarded_plan(served: ServedModel, body: ChatCompletionRequest, who: Principal, n: int) -> ChatPlan:
+def _forwarded_plan(served: ServedModel, body: ChatCompletionRequest, admission: Admission, n: int) -> ChatPlan:
     """A plan for an engine that forwards to another OpenAI-compatible server: no local template or
     tokenizer; the upstream applies tools and response_format itself and checks its context window."""
     formats.check_forwarded_schemas(body)
@@ -138,13 +142,14 @@ def _forwarded_plan(served: ServedModel, body: ChatCompletionRequest, who: Princ
         body, max_tokens=reserve, n_vocab=convert.ANY_VOCAB, logprobs=(body.top_logprobs or 0) if body.logprobs else None
     )
     generation = GenerationPlan(
-        principal=who,
+        principal=admission.principal,
         model=served,
         operation="chat.completions",
-        request_id=new_id("chatcmpl-"),
+        request_id=admission.request_id,
         prompt_tokens=(),
         sampling=sampling,
         n=n,
+        admission=admission,
         upstream=upstream,
     )
     return ChatPlan(generation, None)
@@ -158,9 +163,12 @@ def _forwarded_plan(served: ServedModel, body: ChatCompletionRequest, who: Princ
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, who: Principal = Depends(principal)
 ) -> Response:
-    chat = await plan_chat(request, body, who)
-    run = app_state(request).pipeline.run(chat.generation)
-    await run.__aenter__()
+    state = app_state(request)
+    admission_of = admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="chatcmpl-")
+    async with admission_of as (served, admission):  # counted (429 here) before any planning work
+        chat = await plan_chat(request, body, served, admission)
+        run = state.pipeline.run(chat.generation)
+        await run.__aenter__()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # A forwarded request starts its response once the upstream answered: its errors keep their status.

@@ -23,8 +23,9 @@ from modelhost.engine import ChoiceFinished, TextDelta
 from modelhost.engine.base import EngineEvent, TokenLogprob
 from modelhost.engine.registry import COMPLETIONS, ServedModel
 from modelhost.errors import APIError, InvalidRequest
-from modelhost.ids import new_id
+from modelhost.limits import Admission
 from modelhost.pipeline import GenerationPlan, GenerationRun
+from modelhost.pipeline.admission import admitted
 from modelhost.protocol import convert
 from modelhost.protocol.common import ErrorResponse
 from modelhost.protocol.completions import Completion, CompletionRequest
@@ -83,16 +84,18 @@ def _validate(body: CompletionRequest) -> tuple[int, int]:
     return n, best_of
 
 
-async def plan_completions(request: Request, body: CompletionRequest, who: Principal) -> list[GenerationPlan]:
+async def plan_completions(
+    request: Request, body: CompletionRequest, served: ServedModel, admission: Admission
+) -> list[GenerationPlan]:
+    """One plan per prompt, all under the one admission: the request counts once, whatever its prompts."""
     state = app_state(request)
     if body.ignored_fields():
         logger.info("completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model, COMPLETIONS, caller=who)
     n, best_of = _validate(body)
     gen.check_n(served, best_of, state.settings.max_n, param="best_of" if best_of > n else "n")
-    response_id = new_id("cmpl-")
+    response_id, who = admission.request_id, admission.principal
     if served.engine.forwards_requests:
-        return _forwarded_plans(served, body, who, response_id, n, best_of)
+        return _forwarded_plans(served, body, admission, n, best_of)
     prompts = await run_in_threadpool(_prompts, served, body.prompt)
     plans = []
     for i, prompt in enumerate(prompts):
@@ -107,17 +110,20 @@ async def plan_completions(request: Request, body: CompletionRequest, who: Princ
             prompt_logprobs=bool(body.echo and body.logprobs is not None),
         )
         request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
-        plans.append(GenerationPlan(who, served, "completions", request_id, prompt, sampling, best_of, part=i))
+        plans.append(
+            GenerationPlan(who, served, "completions", request_id, prompt, sampling, best_of, admission=admission, part=i)
+        )
     return plans
 
 
 def _forwarded_plans(
-    served: ServedModel, body: CompletionRequest, who: Principal, response_id: str, n: int, best_of: int
+    served: ServedModel, body: CompletionRequest, admission: Admission, n: int, best_of: int
 ) -> list[GenerationPlan]:
     """One plan per prompt for an engine that forwards to an OpenAI-compatible server: no local tokenizer;
     `echo` is the upstream's, `best_of` is still ranked here from the logprobs it returns."""
     prompts = _raw_prompts(body.prompt)
     logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
+    response_id, who = admission.request_id, admission.principal
     plans = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, list) and any(t < 0 for t in prompt):
@@ -128,7 +134,11 @@ def _forwarded_plans(
         reserve = min(body.max_tokens, context) if body.max_tokens is not None else max(1, context - upstream.prompt_estimate)
         sampling = convert.sampling_params(body, max_tokens=reserve, n_vocab=convert.ANY_VOCAB, logprobs=logprobs)
         request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
-        plans.append(GenerationPlan(who, served, "completions", request_id, (), sampling, best_of, upstream=upstream, part=i))
+        plans.append(
+            GenerationPlan(
+                who, served, "completions", request_id, (), sampling, best_of, admission=admission, upstream=upstream, part=i
+            )
+        )
     return plans
 
 
@@ -138,15 +148,17 @@ def _forwarded_plans(
     responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
 )
 async def create_completion(body: CompletionRequest, request: Request, who: Principal = Depends(principal)) -> Response:
-    plans = await plan_completions(request, body, who)
-    pipeline = app_state(request).pipeline
+    state = app_state(request)
     runs: list[GenerationRun] = []
-    try:
-        for plan in plans:
-            runs.append(await pipeline.run(plan).__aenter__())
-    except BaseException:
-        await _settle_all(runs)
-        raise
+    admission_of = admitted(state.registry, state.limiter, who, body.model, COMPLETIONS, id_prefix="cmpl-")
+    async with admission_of as (served, admission):  # counted (429 here) before any prompt is tokenized
+        plans = await plan_completions(request, body, served, admission)
+        try:
+            for plan in plans:
+                runs.append(await state.pipeline.run(plan).__aenter__())
+        except BaseException:
+            await _settle_all(runs)
+            raise
     response_id = plans[0].request_id.rsplit("-", 1)[0] if len(plans) > 1 else plans[0].request_id
 
     async def settle() -> None:

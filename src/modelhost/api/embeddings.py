@@ -17,7 +17,7 @@ from modelhost.config import Settings
 from modelhost.engine.embedding import Embedder
 from modelhost.engine.registry import EMBEDDINGS
 from modelhost.errors import ContextLengthExceeded, InvalidRequest
-from modelhost.ids import new_id
+from modelhost.pipeline.admission import admitted
 from modelhost.pipeline.embeddings import EmbeddingPipeline, EmbeddingPlan
 from modelhost.protocol.common import ErrorResponse
 from modelhost.protocol.embeddings import EmbeddingList, EmbeddingRequest
@@ -130,14 +130,17 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, who: Princ
     state = app_state(request)
     if body.ignored_fields():
         logger.info("embeddings: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    served = state.registry.get(body.model, EMBEDDINGS, caller=who)
-    embedder = served.embedder
-    assert embedder is not None, "the registry returns only models that embed"
-    _check_dimensions(served.id, embedder, body.dimensions)
-    sequences = await run_in_threadpool(_sequences, embedder, body, state.settings)
-    plan = EmbeddingPlan(principal=who, model=served, request_id=new_id("embd-"), sequences=sequences)
-    try:
-        result = await gen.until_disconnect(request, EmbeddingPipeline(state.ledger_writer, state.limiter).run(plan))
-    except gen.ClientDisconnected:
-        return Response(status_code=499)  # nobody is listening; the ledger has the row
+    admission_of = admitted(state.registry, state.limiter, who, body.model, EMBEDDINGS, id_prefix="embd-")
+    async with admission_of as (served, admission):  # counted (429 here) before any input is tokenized
+        embedder = served.embedder
+        assert embedder is not None, "the registry returns only models that embed"
+        _check_dimensions(served.id, embedder, body.dimensions)
+        sequences = await run_in_threadpool(_sequences, embedder, body, state.settings)
+        plan = EmbeddingPlan(
+            principal=who, model=served, request_id=admission.request_id, sequences=sequences, admission=admission
+        )
+        try:
+            result = await gen.until_disconnect(request, EmbeddingPipeline(state.ledger_writer, state.limiter).run(plan))
+        except gen.ClientDisconnected:
+            return Response(status_code=499)  # nobody is listening; the ledger has the row
     return JSONResponse(_render(plan, result.vectors, body.encoding_format), headers=result.rate_limit_headers)

@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelhost.config import Settings
 from modelhost.limits.base import LimitBackend, LimiterUnavailable
 from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
-from modelhost.limits.limiter import Limiter, Reservation
+from modelhost.limits.limiter import Admission, Limiter, Reservation
 from modelhost.limits.memory import MemoryBackend
 from modelhost.limits.policy import AppliedLimits, LimitPolicy, Quota, RateLimits
 from modelhost.store import UsageLedger
 
 __all__ = [
+    "Admission",
     "AppliedLimits",
     "LimitBackend",
     "LimitPolicy",

@@ -1,12 +1,26 @@
-"""`Limiter`: a request's rate limits and quotas, reserved before it runs and settled after.
+"""`Limiter`: a request's rate limits and quotas, taken in two steps before it runs and settled after.
 
-``reserve`` takes, in one atomic step of the limit store, everything the request may cost: one
-request from the per-minute and per-day request buckets, its token estimate (prompt + max_tokens
-× n) from the per-minute token bucket, a concurrency lease of its key, and the estimate's cost
-from the organization's and the project's budgets. The request buckets are the organization's
-(shared by all its projects) and, where the project has tighter limits of its own, the
-project's too. ``settle`` corrects the estimate to what the ledger records. Every refusal is an
-OpenAI-shaped 429; a store that fails is a 503.
+``admit`` comes first, before any work on the request (template, tokenizer, schema compiler): in
+one atomic step of the limit store it takes one request from the per-minute and per-day request
+buckets and a concurrency lease of its key, so a request that then fails its planning (context
+length, schema, template) has still been counted and its planning never runs beside more than
+the key's concurrency cap. ``reserve`` then takes, in a second atomic step, what only the plan
+knows: its token estimate (prompt + max_tokens × n) from the per-minute token bucket and the
+estimate's cost from the organization's and the project's budgets; it takes no request again.
+The buckets are the organization's (shared by all its projects) and, where the project has
+tighter limits of its own, the project's too. ``settle`` corrects the estimate to what the
+ledger records. Every refusal is an OpenAI-shaped 429; a store that fails is a 503.
+
+Example, one chat request::
+
+    admission = await limiter.admit(who, model="m", request_id="chatcmpl-1")   # 429 here: no planning
+    try:
+        plan = ...                                                               # may fail: 400
+        held = await limiter.reserve(admission, request_id="chatcmpl-1", prompt_tokens=40, max_tokens=100, n=1)
+    finally:
+        await limiter.abandon(admission)   # frees the lease if no reservation took it over
+    ...
+    await limiter.settle(held, prompt_tokens=40, completion_tokens=31)          # releases the lease
 """
 
 from __future__ import annotations
@@ -51,11 +65,33 @@ ORGANIZATION_BUCKET = "organization"  # in a bucket's key where a project's id w
 
 @dataclass(frozen=True)
 class _Held:
-    """One charge of a reservation and what it stands for."""
+    """One charge of an admission or a reservation and what it stands for."""
 
     charge: Charge
     name: str  # "rpm", "tpm", "rpd", "concurrency" or "quota"
     quota: Quota | None = None
+
+
+@dataclass(eq=False)
+class Admission:
+    """A request let in before its planning: its request counted (RPM, RPD), its key's lease held.
+
+    Made by `Limiter.admit`. The first `Limiter.reserve` with it takes the lease over (that
+    reservation's settle or release frees it); until then `Limiter.abandon` frees it. Either
+    way the lease is freed exactly once; the request stays counted.
+    """
+
+    principal: Principal
+    model: str
+    request_id: str
+    applied: AppliedLimits  # the limits as `admit` read them; `reserve` applies the same
+    quotas: tuple[Quota, ...]
+    headers: dict[str, str]  # the x-ratelimit-*-requests response headers
+    _lease: _Held | None  # None once a reservation took it over or it was freed
+
+    def _take_lease(self) -> _Held | None:
+        lease, self._lease = self._lease, None
+        return lease
 
 
 @dataclass(frozen=True)
@@ -69,6 +105,7 @@ class Reservation:
     held: tuple[_Held, ...]
     headers: dict[str, str]  # the x-ratelimit-* response headers
     epochs: tuple[str, ...]  # per held charge: the generation of a budget's counter ("" otherwise)
+    lease: _Held | None = None  # the admission's concurrency lease, freed with this reservation
 
     def _costs(self, prompt_tokens: int, completion_tokens: int, prices: Mapping[str, ModelPrice]) -> list[int]:
         return [
@@ -107,27 +144,41 @@ class Limiter:
         # The organization in braces is the Redis Cluster hash tag: one request's keys share a slot.
         return ":".join((self._prefix, "{" + principal.organization_id + "}", *parts))
 
-    async def reserve(
-        self,
-        principal: Principal,
-        *,
-        model: str,
-        request_id: str,
-        prompt_tokens: int,
-        max_tokens: int,
-        n: int,
-        counts_request: bool = True,
-    ) -> Reservation:
-        """Take the request's share of every limit, or raise `RateLimitExceeded`,
-        `QuotaExceeded` or `LimitsUnavailable` having taken nothing.
-
-        `counts_request` is False for the later prompts of a multi-prompt completion: they take
-        tokens and budget, but the request itself was counted (RPM, RPD, concurrency) by the first.
+    async def admit(self, principal: Principal, *, model: str, request_id: str) -> Admission:
+        """Count the request (one from the per-minute and per-day request buckets) and take a lease
+        of its key's concurrency, before any work on it; or raise `RateLimitExceeded` or
+        `LimitsUnavailable` having taken nothing. `model` is the canonical id the buckets are per.
         """
         applied, quotas = await anyio.to_thread.run_sync(
             self.policy.lookup, principal.organization_id, principal.project_id, model
         )
         limits = applied.effective
+        held = self._request_charges(principal, model, request_id, applied, limits)
+        outcome = await self._acquire(principal, model, held)
+        headers = _headers(held, outcome)
+        if not outcome.allowed:
+            raise self._refusal(principal, model, limits, held, outcome, headers)
+        lease = next((h for h in held if h.name == "concurrency"), None)
+        return Admission(principal, model, request_id, applied, quotas, headers, lease)
+
+    async def abandon(self, admission: Admission) -> None:
+        """Free the admission's lease unless a reservation took it over (or it was freed already);
+        the request stays counted. Never raises."""
+        lease = admission._take_lease()
+        if lease is not None:
+            await self._settle(admission.request_id, [Adjustment(lease.charge)], (), [])
+
+    async def reserve(
+        self, admission: Admission, *, request_id: str, prompt_tokens: int, max_tokens: int, n: int
+    ) -> Reservation:
+        """Take the admitted request's tokens and budget, or raise `RateLimitExceeded`,
+        `QuotaExceeded` or `LimitsUnavailable` having taken nothing more.
+
+        Every prompt of a multi-prompt completion reserves with the one admission: the request
+        was counted once, by `admit`. The first reservation takes the admission's lease over.
+        """
+        principal, model = admission.principal, admission.model
+        limits = admission.applied.effective
         estimate = prompt_tokens + max_tokens * n
         tpm = limits.max_tokens_per_1_minute
         if tpm and estimate > tpm:
@@ -136,46 +187,52 @@ class Limiter:
                 f"(TPM): Limit {tpm}, Requested {estimate}. The input or output tokens must be reduced in order "
                 "to run successfully (lower max_tokens or n, or shorten the prompt).",
                 kind="tokens",
-                headers={"x-should-retry": "false"},
+                headers={**admission.headers, "x-should-retry": "false"},
             )
-        held = self._charges(
-            principal, model, request_id, applied, limits, quotas, estimate, prompt_tokens, max_tokens * n, int(counts_request)
+        held = self._token_charges(
+            principal, model, admission.applied, admission.quotas, estimate, prompt_tokens, max_tokens * n
         )
         outcome = await self._acquire(principal, model, held)
-        headers = _headers(held, outcome)
+        headers = {**admission.headers, **_headers(held, outcome)}
         if not outcome.allowed:
             raise self._refusal(principal, model, limits, held, outcome, headers)
         epochs = tuple(state.epoch for state in outcome.states)  # one per held charge
-        return Reservation(principal, model, request_id, estimate, held, headers, epochs)
+        lease = admission._take_lease()  # only now: a refused reservation leaves it to `abandon`
+        return Reservation(principal, model, request_id, estimate, held, headers, epochs, lease)
 
-    def _charges(
+    def _request_charges(
+        self, principal: Principal, model: str, request_id: str, applied: AppliedLimits, limits: RateLimits
+    ) -> tuple[_Held, ...]:
+        held = [*self._buckets(principal, model, applied, "rpm", 1), *self._buckets(principal, model, applied, "rpd", 1)]
+        concurrency = limits.max_concurrent_requests  # per key: the tighter of the two levels
+        if concurrency:
+            key = self._key(principal, "concurrent", principal.key_id)
+            held.append(_Held(Lease(key, concurrency, request_id, self._lease_seconds), "concurrency"))
+        return tuple(held)
+
+    def _buckets(self, principal: Principal, model: str, applied: AppliedLimits, name: str, amount: int) -> list[_Held]:
+        _, period, field = _BUCKETS[name]
+        shared, own = getattr(applied.organization, field), getattr(applied.project, field)
+        held: list[_Held] = []
+        if shared:  # every project's requests count here: the organization as a whole
+            key = self._key(principal, name, ORGANIZATION_BUCKET, model)
+            held.append(_Held(Bucket(key, shared, period, amount), name))
+        if own and (not shared or own < shared):  # one as large as the organization's adds nothing
+            key = self._key(principal, name, principal.project_id, model)
+            held.append(_Held(Bucket(key, own, period, amount), name))
+        return held
+
+    def _token_charges(
         self,
         principal: Principal,
         model: str,
-        request_id: str,
         applied: AppliedLimits,
-        limits: RateLimits,
         quotas: tuple[Quota, ...],
         estimate: int,
         prompt_tokens: int,
         completion_tokens: int,
-        requests: int,
     ) -> tuple[_Held, ...]:
-        held: list[_Held] = []
-        for name, amount in (("rpm", requests), ("tpm", estimate), ("rpd", requests)):
-            _, period, field = _BUCKETS[name]
-            shared, own = getattr(applied.organization, field), getattr(applied.project, field)
-            # A zero-amount bucket still reports its level for the x-ratelimit-* headers.
-            if shared:  # every project's requests count here: the organization as a whole
-                key = self._key(principal, name, ORGANIZATION_BUCKET, model)
-                held.append(_Held(Bucket(key, shared, period, amount), name))
-            if own and (not shared or own < shared):  # one as large as the organization's adds nothing
-                key = self._key(principal, name, principal.project_id, model)
-                held.append(_Held(Bucket(key, own, period, amount), name))
-        concurrency = limits.max_concurrent_requests  # per key: the tighter of the two levels
-        if concurrency and requests:
-            key = self._key(principal, "concurrent", principal.key_id)
-            held.append(_Held(Lease(key, concurrency, request_id, self._lease_seconds), "concurrency"))
+        held = self._buckets(principal, model, applied, "tpm", estimate)
         now = self._now()
         for quota in quotas:
             period = current_period(quota.period, now)
@@ -259,7 +316,8 @@ class Limiter:
         return RateLimitExceeded(message, kind="tokens" if h.name == "tpm" else "requests", headers={**headers, **retry})
 
     async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int) -> None:
-        """Correct the reservation to what the request used (the ledger's numbers); never raises.
+        """Correct the reservation to what the request used (the ledger's numbers) and free its
+        lease; never raises. The request stays counted.
 
         If the store fails here, the estimate stays taken: tokens until the bucket refills,
         budget until the period ends, a lease until it expires (`lease_seconds`).
@@ -270,38 +328,41 @@ class Limiter:
         for h, spent, epoch in zip(reservation.held, costs, reservation.epochs):
             if h.name == "tpm":
                 adjustments.append(Adjustment(h.charge, reservation.estimate_tokens - actual))
-            elif h.name == "concurrency":
-                adjustments.append(Adjustment(h.charge))
             elif h.name == "quota":
                 assert isinstance(h.charge, Budget)
                 adjustments.append(Adjustment(h.charge, spent - h.charge.amount, epoch))
-        await self._settle(reservation, adjustments, costs)
+        if reservation.lease is not None:
+            adjustments.append(Adjustment(reservation.lease.charge))
+        await self._settle(reservation.request_id, adjustments, reservation.held, costs)
 
     async def release(self, reservation: Reservation) -> None:
-        """Give everything back: the request was refused before it ran (e.g. the engine was full)."""
+        """Give back the tokens, the budget and the lease: the request was refused before it ran
+        (e.g. the engine was full). It stays counted as a request: its planning was done."""
         adjustments = [
             Adjustment(h.charge, -h.charge.amount, epoch)
             if isinstance(h.charge, Budget)
             else Adjustment(h.charge, getattr(h.charge, "amount", 0))
             for h, epoch in zip(reservation.held, reservation.epochs)
         ]
-        await self._settle(reservation, adjustments, [0] * len(reservation.held))
+        if reservation.lease is not None:
+            adjustments.append(Adjustment(reservation.lease.charge))
+        await self._settle(reservation.request_id, adjustments, reservation.held, [0] * len(reservation.held))
 
-    async def _settle(self, reservation: Reservation, adjustments: list[Adjustment], costs: list[int]) -> None:
+    async def _settle(
+        self, request_id: str, adjustments: list[Adjustment], held: tuple[_Held, ...], costs: list[int]
+    ) -> None:
         if not adjustments:
             return
         try:
             values = await self.backend.settle(adjustments)
         except LimiterUnavailable as exc:
-            logger.error(
-                "could not settle the limits of %s (%s); its estimate stays reserved", reservation.request_id, exc
-            )
+            logger.error("could not settle the limits of %s (%s); its estimate stays reserved", request_id, exc)
             return
         except Exception:  # the ledger row is written after this; a bug here must not lose it
-            logger.exception("settling the limits of %s failed; its estimate stays reserved", reservation.request_id)
+            logger.exception("settling the limits of %s failed; its estimate stays reserved", request_id)
             return
         by_key = dict(zip((a.charge.key for a in adjustments), values))
-        for h, spent in zip(reservation.held, costs):
+        for h, spent in zip(held, costs):
             used = by_key.get(h.charge.key)
             soft = h.quota.soft_limit if h.quota else None
             if h.quota and soft is not None and used is not None and used >= soft > used - spent:

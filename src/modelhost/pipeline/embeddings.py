@@ -20,7 +20,7 @@ from modelhost.auth import Principal
 from modelhost.engine.embedding.base import EmbedderFailed, EmbedderOverloaded
 from modelhost.engine.registry import ServedModel
 from modelhost.errors import ServerError, ServiceUnavailable
-from modelhost.limits import Limiter, Reservation
+from modelhost.limits import Admission, Limiter, Reservation
 from modelhost.pipeline.ledger_writer import LedgerWriter
 from modelhost.store import UsageEntry
 from modelhost.store.ledger import PENDING
@@ -36,6 +36,7 @@ class EmbeddingPlan:
     model: ServedModel
     request_id: str
     sequences: Sequence[Sequence[int]]
+    admission: Admission  # the request as counted before its inputs were tokenized (pipeline/admission.py)
     operation: str = "embeddings"
 
     @property
@@ -61,8 +62,7 @@ class EmbeddingPipeline:
         assert embedder is not None, "plan an embeddings run only for a model with an embedder"
         with anyio.CancelScope(shield=True):  # what the limit store took must come back to us
             reservation = await self._limiter.reserve(
-                plan.principal,
-                model=plan.model.id,
+                plan.admission,
                 request_id=plan.request_id,
                 prompt_tokens=plan.prompt_tokens,
                 max_tokens=0,

@@ -32,7 +32,7 @@ from modelhost.engine.base import (
 )
 from modelhost.engine.registry import ServedModel
 from modelhost.errors import ServerError, ServiceUnavailable
-from modelhost.limits import Limiter, Reservation
+from modelhost.limits import Admission, Limiter, Reservation
 from modelhost.observability import GenerationObserver, GenerationReport
 from modelhost.pipeline.ledger_writer import LedgerWriter
 from modelhost.store import UsageEntry
@@ -52,8 +52,14 @@ class GenerationPlan:
     prompt_tokens: Sequence[int]
     sampling: SamplingParams
     n: int
+    admission: Admission  # the request as counted before it was planned (pipeline/admission.py)
     upstream: UpstreamInput | None = None  # for an engine that forwards requests (prompt_tokens is empty)
-    part: int = 0  # this prompt's index in a multi-prompt completion; later parts ride on the first's admission
+    part: int = 0  # this prompt's index in a multi-prompt completion; every part shares the one admission
+
+    def __post_init__(self) -> None:
+        assert (self.admission.principal, self.admission.model) == (self.principal, self.model.id), (
+            "a plan runs under the admission of its own caller and model"
+        )
 
 
 class GenerationRun:
@@ -88,13 +94,11 @@ class GenerationRun:
         )
         with anyio.CancelScope(shield=True):  # what the limit store took must come back to us
             self._reservation = await self._limiter.reserve(
-                self.plan.principal,
-                model=self.plan.model.id,
+                self.plan.admission,
                 request_id=self.plan.request_id,
                 prompt_tokens=self.prompt_tokens,
                 max_tokens=self.plan.sampling.max_tokens,
                 n=self.plan.n,
-                counts_request=self.plan.part == 0,
             )
             try:  # the pending row (prompt tokens) exists before any engine work: a crash cannot lose it
                 await self._ledger.admit(self._entry(PENDING))
