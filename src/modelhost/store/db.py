@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,13 +55,23 @@ def migrate(engine: Engine) -> None:
     violation.) The lock is released with the transaction, also when the process dies. SQLite is
     one file on one host: its migrations are not run by several servers at once.
     """
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config = _alembic_config()
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection
         command.upgrade(config, "heads")
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def migration_heads() -> set[str]:
+    """The newest revision of every migration branch: what `alembic_version` holds once migrated."""
+    return set(ScriptDirectory.from_config(_alembic_config()).get_heads())
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
