@@ -33,7 +33,7 @@ def _param(loc: tuple[object, ...]) -> str | None:
         if isinstance(part, int):
             text += f"[{part}]"
         elif isinstance(part, str) and (
-            part.startswith("function-") or part in ("str", "list[...]") or (isinstance(previous, int) and part in _UNION_TAGS)
+            part.startswith("function-") or part == "str" or "[" in part or (isinstance(previous, int) and part in _UNION_TAGS)
         ):
             pass  # pydantic's union branch labels
         else:
@@ -46,7 +46,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     if not errors:
         return InvalidRequest("The request body is invalid.")
-    first = errors[0]
+    # Text that is not valid Unicode (`WireModel`) is named over a union's other branches' type errors.
+    first = next((e for e in errors if e.get("type") == "invalid_unicode"), errors[0])
     kind = str(first.get("type", ""))
     if kind == "json_invalid":
         return InvalidRequest(

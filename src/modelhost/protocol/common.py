@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic_core import PydanticCustomError
+
+
+def _opaque(value: object) -> None:
+    """`json.dumps`' fallback: nested wire models checked their own fields when they were validated."""
+    return None
 
 
 class WireModel(BaseModel):
-    """A request body: unknown fields are kept (new SDKs send new fields) and reported as ignored."""
+    """A request body: unknown fields are kept (new SDKs send new fields) and reported as ignored.
+
+    Every string in it is valid Unicode. JSON can spell an unpaired UTF-16 surrogate (``"\\ud800"``)
+    and Python's parser accepts it, but it has no UTF-8 form: the tokenizer failed on it with a 500,
+    and the store and the upstream clients encode text as UTF-8 too. So it is a 400 naming the field.
+    """
 
     model_config = ConfigDict(extra="allow")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: object) -> object:
+        if isinstance(value, str) and value.isascii() or value is None or isinstance(value, (int, float, BaseModel)):
+            return value
+        try:  # strings, and the strings (keys too) inside lists and dicts, at C speed
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, skipkeys=True, default=_opaque)
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "text must be valid Unicode, and this has an unpaired UTF-16 surrogate (\\u{code})",
+                {"code": f"{ord(exc.object[exc.start]):04x}"},
+            ) from None
+        return value
 
     def ignored_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
