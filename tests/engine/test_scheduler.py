@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import pytest
 
 from modelhost.engine.base import ChoiceFinished, EngineOverloaded, GenerationRequest, SamplingParams, TextDelta
+from modelhost.engine.grammar_errors import GrammarError
 from modelhost.engine.llamacpp import LlamaCppEngine
 
 from .fake_llama import EOG, FakeModel
@@ -300,3 +302,53 @@ def test_admission_goes_round_robin_between_the_projects_of_an_organization() ->
 
 def test_eog_token_is_never_emitted() -> None:
     assert FakeModel().piece(EOG) == b""
+
+
+class FailingConstraint:
+    """Stands in for `GrammarConstraint`: the first `succeed` are built, later ones fail as llama.cpp can."""
+
+    built: list[FailingConstraint] = []
+
+    def __init__(self, vocab: object, grammar: str, *, lazy_trigger: str | None = None, succeed: int = 0) -> None:
+        if len(FailingConstraint.built) >= succeed:
+            raise GrammarError("The grammar could not be parsed.")
+        self.closed = False
+        FailingConstraint.built.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_request_that_fails_after_taking_its_queue_place_gives_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    FailingConstraint.built = []
+
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()  # decode blocks: nothing leaves the queue by itself
+        engine = make_engine(model, slots=2, max_queued=2, max_queued_per_organization=2, max_queued_per_project=2)
+        await engine.start()
+        grammar = SamplingParams(max_tokens=2, temperature=0, grammar='root ::= "a"')
+        monkeypatch.setattr("modelhost.engine.llamacpp.GrammarConstraint", FailingConstraint)
+        for i in range(5):  # more failures than the queue has places
+            with pytest.raises(GrammarError):
+                engine.submit(GenerationRequest(f"bad-{i}", [1], grammar))
+        assert engine.state()["queue_depth"] == 0
+        # n = 2: the first choice's constraint is built, the second's fails; the first is closed.
+        FailingConstraint.built = []
+        monkeypatch.setattr("modelhost.engine.llamacpp.GrammarConstraint", functools.partial(FailingConstraint, succeed=1))
+        with pytest.raises(GrammarError):
+            engine.submit(GenerationRequest("bad-n2", [1], grammar, n=2))
+        assert [c.closed for c in FailingConstraint.built] == [True] and engine.state()["queue_depth"] == 0
+        # The queue still has all its room: the first request takes the slot, two more wait, a
+        # fourth finds the queue full.
+        gens = [engine.submit(request([1], max_tokens=2, rid="ok-0"))]
+        await asyncio.sleep(0.05)
+        gens += [engine.submit(request([1], max_tokens=2, rid=f"ok-{i}")) for i in (1, 2)]
+        with pytest.raises(EngineOverloaded):
+            engine.submit(request([1], max_tokens=2, rid="ok-3"))
+        model.gate.set()
+        for g in gens:
+            assert (await drain(g))[1] == {0: "length"}
+        await engine.stop()
+
+    run(main())

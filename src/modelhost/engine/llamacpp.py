@@ -272,21 +272,25 @@ class LlamaCppEngine:
         assert 1 <= request.n <= self._options.n_seq, "n is capped below the slot count by the API layer"
         assert request.prompt_tokens, "a prompt has at least one token"
         self._queue.take(request.cache_scope, request.project, joins_admitted=request.part > 0)
-        sampling = request.sampling
-        choices = [
-            _Choice(
-                i,
-                TokenSampler(sampling, self.model.n_vocab, i),
-                TextAssembler(sampling.stop),
-                constraint=(
-                    GrammarConstraint(self.model.vocab, sampling.grammar, lazy_trigger=sampling.grammar_trigger)
-                    if sampling.grammar
-                    else None
-                ),
-            )
-            for i in range(request.n)
-        ]
-        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices, self._outbox)
+        # Until the job is in the inbox its place is this call's to give back: once there, the
+        # decode thread gives it back (at admission or at the end). Any failure in between (a grammar
+        # llama.cpp will not build, no running loop) would otherwise hold the place forever.
+        constraints: list[GrammarConstraint] = []
+        try:
+            sampling = request.sampling
+            choices: list[_Choice] = []
+            for i in range(request.n):
+                constraint = None
+                if sampling.grammar:
+                    constraint = GrammarConstraint(self.model.vocab, sampling.grammar, lazy_trigger=sampling.grammar_trigger)
+                    constraints.append(constraint)
+                choices.append(_Choice(i, TokenSampler(sampling, self.model.n_vocab, i), TextAssembler(sampling.stop), constraint=constraint))
+            job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices, self._outbox)
+        except BaseException:
+            for constraint in constraints:
+                constraint.close()  # never seen by the decode thread
+            self._queue.give_back(request.cache_scope, request.project)
+            raise
         self._inbox.put(job)
         self._wake.set()
         return Generation(job, self._wake)
