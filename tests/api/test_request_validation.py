@@ -36,6 +36,16 @@ def _post(server: ServerProcess, key: str, body: object) -> httpx.Response:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0]"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
+        # Field names that are also union tags (`function`, `json_schema`) are kept; the tags are not.
+        ({"tools": [{"type": "function", "function": {"name": "no spaces allowed"}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+        (
+            {"messages": [*HI, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}]}]},
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].name"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "no spaces"}}}, "response_format.json_schema.name"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
     ],
 )
 def test_invalid_parameters_are_400_with_param(server: ServerProcess, project_key, model: str, patch: dict, param: str) -> None:  # type: ignore[no-untyped-def,type-arg]

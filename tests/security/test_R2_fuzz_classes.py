@@ -596,7 +596,7 @@ def _valid_unicode(body: object) -> bool:
                 {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"q": "\ud83d"}'}}]},
                 {"role": "tool", "tool_call_id": "c1", "content": "ok"},
             ]},
-            "messages[1].tool_calls[0]",  # (then "arguments": the param leaves out "function", taken for a role tag)
+            "messages[1].tool_calls[0].function.arguments",
         ),
         ("/chat/completions", {"messages": [{"role": "tool", "tool_call_id": "c\udfff", "content": "x"}]}, "messages[0].tool_call_id"),
         ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]}, "stop"),

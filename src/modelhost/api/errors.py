@@ -22,22 +22,47 @@ def error_response(exc: APIError) -> JSONResponse:
 # Tags of our discriminated unions (message roles, content part types): pydantic puts the tag in
 # the error location (`messages.0.user.content`); OpenAI's `param` does not.
 _UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "function", "text", "image_url", "input_audio", "file", "refusal"}
+_UNKNOWN = object()  # where the body has nothing at a location (or there is no body to look in)
 
 
-def _param(loc: tuple[object, ...]) -> str | None:
-    """``("body", "messages", 0, "user", "content")`` → ``"messages[0].content"`` (OpenAI's notation)."""
-    parts = [p for p in loc if p != "body"]
+def _is_label(part: str, node: object, last: bool) -> bool:
+    """Whether `part` of an error location is pydantic's branch label rather than a field name.
+
+    Pydantic writes a union's branch into the location: a tagged union's tag (`messages.0.user`,
+    `response_format.json_schema.json_schema`), a plain union's type (`content.str`,
+    `tool_choice.NamedToolChoice`). A tag can also be a real field's name (`tools.0.function.name`,
+    `tool_calls.0.function.arguments`), so the body decides: a name is a field when the object at
+    that point has it, or when it ends the location (a missing field).
+    """
+    if part.startswith("function-") or part == "str" or "[" in part:
+        return True  # validator and type labels (`list[tagged-union[...]]`) are never field names
+    if isinstance(node, dict):
+        return part not in node and not last
+    if node is _UNKNOWN:
+        return False
+    return True  # below a string, number or list only a branch label can follow
+
+
+def _param(loc: tuple[object, ...], body: object = _UNKNOWN) -> str | None:
+    """``("body", "messages", 0, "user", "content")`` → ``"messages[0].content"`` (OpenAI's notation).
+
+    `body` is the parsed request body the location points into; without it (or outside the body)
+    a name after an index that is one of our union tags is taken for a tag.
+    """
+    in_body = bool(loc) and loc[0] == "body"
+    parts = loc[1:] if in_body else loc
+    node = body if in_body else _UNKNOWN
     text = ""
     previous: object = None
-    for part in parts:
+    for i, part in enumerate(parts):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif isinstance(part, str) and (
-            part.startswith("function-") or part == "str" or "[" in part or (isinstance(previous, int) and part in _UNION_TAGS)
-        ):
-            pass  # pydantic's union branch labels
-        else:
-            text += f".{part}" if text else str(part)
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else _UNKNOWN
+        elif isinstance(part, str):
+            unknown_tag = node is _UNKNOWN and isinstance(previous, int) and part in _UNION_TAGS
+            if not (unknown_tag or _is_label(part, node, last=i == len(parts) - 1)):
+                text += f".{part}" if text else part
+                node = node[part] if isinstance(node, dict) and part in node else _UNKNOWN
         previous = part
     return text or None
 
@@ -55,7 +80,7 @@ def validation_error(exc: RequestValidationError) -> APIError:
             "check that the body is valid JSON and the Content-Type is application/json."
         )
     loc = tuple(first.get("loc", ()))
-    param = _param(loc)
+    param = _param(loc, exc.body)
     if kind == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if kind in ("model_attributes_type", "dict_type") and param is None:
