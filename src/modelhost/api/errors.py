@@ -51,7 +51,7 @@ def _param(loc: tuple[object, ...], body: object = _UNKNOWN) -> str | None:
     """
     in_body = bool(loc) and loc[0] == "body"
     parts = loc[1:] if in_body else loc
-    node = body if in_body else _UNKNOWN
+    node = body if in_body and isinstance(body, dict) else _UNKNOWN  # a body that is no object has no fields to find
     text = ""
     previous: object = None
     for i, part in enumerate(parts):
