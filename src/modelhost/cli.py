@@ -16,12 +16,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost import accounts
 from modelhost.config import Settings
 from modelhost.errors import APIError, InvalidRequest
 from modelhost.limits.service import LimitSettings
+from modelhost.protocol.common import stored_text
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
 
 if TYPE_CHECKING:
@@ -467,15 +469,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unstorable_argument(args: argparse.Namespace) -> str | None:
+    """Why an argument the store would keep or look up cannot be stored as given, or None.
+
+    Bytes that are not UTF-8 reach Python as unpaired surrogates (``\\udcff``), which no store can
+    encode, and PostgreSQL cannot hold NUL: both were tracebacks. `serve` and `models` take paths
+    and addresses, which may be any bytes.
+    """
+    if args.command in ("serve", "models"):
+        return None
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str):
+                continue
+            try:
+                stored_text(item)
+            except PydanticCustomError as exc:
+                why = "is not valid UTF-8" if exc.type == "invalid_unicode" else "cannot hold a NUL character"
+                return f"argument {name} {why}: {item!r}"
+    return None
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"message": message}}))
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    unstorable = _unstorable_argument(args)
+    if unstorable is not None:
+        return _fail(args, unstorable)
     settings = Settings()
     try:
         return int(args.func(args, settings))
     except (accounts.AccountError, APIError) as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": {"message": str(exc)}}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc))

@@ -11,11 +11,13 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import StrictBool, BaseModel, ConfigDict, Field
 
-from modelhost.protocol.common import WireModel
+from modelhost.protocol.common import StoredStr, WireModel
 
-Name = Annotated[str, Field(min_length=1, max_length=256)]
-Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+# Every string a client sends here is stored or looked up: `StoredStr` (no NUL, valid Unicode).
+Name = Annotated[StoredStr, Field(min_length=1, max_length=256)]
+Email = Annotated[StoredStr, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+Id = Annotated[StoredStr, Field(min_length=1, max_length=128)]
+ModelId = Annotated[StoredStr, Field(min_length=1, max_length=256)]
 IdList = Annotated[list[Id], Field(max_length=100)]
 UNIX_MAX = 253402300798  # 9999-12-31 less a second, so any bound + 1 s is still a date
 Unix = Annotated[int, Field(ge=0, le=UNIX_MAX)]
@@ -97,7 +99,7 @@ class _UsageQueryBase(QueryModel):
     project_ids: IdList = Field(default_factory=list)
     api_key_ids: IdList = Field(default_factory=list)
     limit: int | None = Field(default=None, description="Buckets per page; the default and maximum depend on bucket_width.")
-    page: Annotated[str, Field(max_length=128)] | None = Field(default=None, description="The previous page's next_page.")
+    page: Annotated[StoredStr, Field(max_length=128)] | None = Field(default=None, description="The previous page's next_page.")
 
 
 class CompletionsUsageQuery(_UsageQueryBase):
@@ -364,7 +366,7 @@ class ProjectModelPermissions(BaseModel):
 
 class ProjectModelPermissionsUpdateRequest(WireModel):
     mode: Literal["allow_list", "deny_list"]
-    model_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4096)]
+    model_ids: Annotated[list[ModelId], Field(max_length=4096)]
 
 
 class ProjectModelPermissionsDeleted(BaseModel):

@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
+
+
+def _invalid_unicode(exc: UnicodeEncodeError) -> PydanticCustomError:
+    return PydanticCustomError(
+        "invalid_unicode",
+        "text must be valid Unicode, and this has an unpaired UTF-16 surrogate (\\u{code})",
+        {"code": f"{ord(exc.object[exc.start]):04x}"},
+    )
+
+
+def stored_text(value: str) -> str:
+    """`value`, if the store can keep it as sent on SQLite and PostgreSQL alike; else a pydantic error.
+
+    PostgreSQL's text cannot hold U+0000 (SQLite's can), and neither store takes an unpaired
+    surrogate (no UTF-8 form). A name, id or email holding either was a 500 on PostgreSQL when
+    stored or looked up; refused here, it is the same 400 naming the field on both. Every other
+    character, control characters included, is kept as sent.
+    """
+    if "\x00" in value:
+        raise PydanticCustomError(
+"nul_character", "text that is stored cannot hold a NUL character (\\u0000)")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _invalid_unicode(exc) from None
+    return value
+
+
+# A string the server stores or looks records up by: a name, an id, an email, a model id. Used in
+# request bodies (also nested and in lists) and query parameters; path parameters and CLI
+# arguments go through `stored_text` too (`api/admin/deps.py`, `cli.py`).
+StoredStr = Annotated[str, AfterValidator(stored_text)]
 
 
 def _opaque(value: object) -> None:
@@ -20,6 +53,7 @@ class WireModel(BaseModel):
     Every string in it is valid Unicode. JSON can spell an unpaired UTF-16 surrogate (``"\\ud800"``)
     and Python's parser accepts it, but it has no UTF-8 form: the tokenizer failed on it with a 500,
     and the store and the upstream clients encode text as UTF-8 too. So it is a 400 naming the field.
+    Fields the server stores or looks records up by are `StoredStr`: no NUL character either.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -33,11 +67,7 @@ class WireModel(BaseModel):
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, skipkeys=True, default=_opaque)
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise PydanticCustomError(
-                "invalid_unicode",
-                "text must be valid Unicode, and this has an unpaired UTF-16 surrogate (\\u{code})",
-                {"code": f"{ord(exc.object[exc.start]):04x}"},
-            ) from None
+            raise _invalid_unicode(exc) from None
         return value
 
     def ignored_fields(self) -> list[str]:

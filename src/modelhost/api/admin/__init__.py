@@ -1,6 +1,6 @@
 """The Administration and Usage APIs (`/v1/organization/…`), one router per resource, admin keys only."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from modelhost.api.admin import (
     admin_api_keys,
@@ -15,8 +15,9 @@ from modelhost.api.admin import (
     usage,
     users,
 )
+from modelhost.api.admin.deps import stored_path_params
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(stored_path_params)])  # the key is checked before, by the middleware
 for _module in (
     admin_api_keys,
     users,

@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.api.deps import app_state, header_check, in_thread
 from modelhost.auth import Principal
 from modelhost.errors import InvalidRequest
 from modelhost.organization import Scope
-from modelhost.protocol.common import ErrorResponse
+from modelhost.protocol.common import ErrorResponse, stored_text
 
 Q = TypeVar("Q", bound=BaseModel)
 _NESTED = re.compile(r"^([A-Za-z_]+)\[([A-Za-z_]+)\]$")
@@ -43,6 +44,18 @@ async def admin_principal(request: Request) -> Principal:
 
 async def admin_scope(who: Principal = Depends(admin_principal)) -> Scope:
     return Scope.of(who)
+
+
+def stored_path_params(request: Request) -> None:
+    """Every path parameter (an id the store is asked for) is text the store can hold: else a 400 naming it.
+
+    Bodies and query parameters get the same rule from their models (`StoredStr`).
+    """
+    for name, value in request.path_params.items():
+        try:
+            stored_text(value)
+        except PydanticCustomError as exc:
+            raise InvalidRequest(f"Invalid value for '{name}': {exc.message()}.", param=name, code="invalid_value") from None
 
 
 def sessions(request: Request) -> sessionmaker[Session]:
