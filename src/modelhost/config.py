@@ -190,16 +190,23 @@ class Settings(BaseSettings):
         default=256 * 1024, ge=4096, description="Kernel send buffer of each connection (bounds what a non-reading client holds)."
     )
     max_connections: int = Field(
-        default=1024, ge=1, description="Open connections and requests beyond which new ones get 503 at once."
+        default=1024,
+        ge=1,
+        description=(
+            "Open connections and requests beyond which new ones get 503 at once. At most half of them may be "
+            "connections that presented no valid key (see max_unauthenticated_per_address)."
+        ),
     )
     max_unauthenticated_per_address: int = Field(
         default=128,
         ge=0,
         description=(
-            "Open connections one client address may hold before any request on them presented a valid key (a "
-            "connection stops counting once one has). Beyond it, new connections from that address are closed at "
-            "once, so no single address can take the server's connections with requests it will never authenticate. "
-            "0: no cap."
+            "Open connections one client (an IPv4 address, an IPv6 /64) may hold whose latest key check did not pass "
+            "(none yet, or a wrong key). Beyond it, new connections from that client are closed at once, and one whose "
+            "request failed its key check is closed after that answer, so no client can take the server's connections "
+            "with requests it will never authenticate. All clients together may hold at most half of max_connections "
+            "such connections, whatever this is. 0: no cap per client (behind a reverse proxy, where every client "
+            "shares the proxy's address)."
         ),
     )
     shutdown_grace_seconds: float = Field(

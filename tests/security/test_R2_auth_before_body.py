@@ -1,5 +1,6 @@
-"""R2-3 (issue 12): the key is checked from the headers before the body is read, and a client address
-can hold only so many connections that never authenticated.
+"""R2-3 (issue 12): the key is checked from the headers before the body is read, and a client can
+hold only so many connections that did not authenticate, all clients together at most half of
+the server's connections.
 
 An unauthenticated client used to make the server wait for, buffer and ``json.loads`` a body of up
 to `MAX_BODY_BYTES` (trickled for `BODY_TIMEOUT_SECONDS`) before its 401. Now the 401 comes as soon
@@ -7,6 +8,11 @@ as the head is in: these tests declare bodies they never send (or send one chunk
 chunked body) and get the 401 at once, where waiting for the body would be a 408 after the 2 s body
 deadline of the `guarded` server. Authenticated clients keep their 413 and 408
 (`test_H_slow_clients.py`).
+
+The caps on unauthenticated connections are tested on a server of their own (`capped`): 4 per
+client, 12 (half of its 24 connections) for all clients together. Clients on other addresses are
+127.0.0.x, all loopback; grouping IPv6 clients by /64 is tested in
+`tests/api/test_unauthenticated_connections.py`.
 """
 
 from __future__ import annotations
@@ -157,6 +163,7 @@ def test_R2_3_a_valid_key_still_gets_the_body_limits_and_its_answer(guarded: Gua
 # -- unauthenticated connections per address --------------------------------------------------
 
 CAP = 4
+MAX_CONNECTIONS = 24  # so at most 12 unauthenticated connections, whatever their addresses
 
 
 @pytest.fixture
@@ -164,6 +171,7 @@ def capped(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
     proc = start_server(
         tmp_path / "capped",
         MODELHOST_MAX_UNAUTHENTICATED_PER_ADDRESS=str(CAP),
+        MODELHOST_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
         MODELHOST_HEADER_TIMEOUT_SECONDS="6",
         MODELHOST_EMBEDDING_MODEL_ENABLED="false",
         MODELHOST_CHAT_MODEL_EMBEDDINGS="false",
@@ -174,23 +182,23 @@ def capped(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
         proc.stop()
 
 
-def _connect(proc: ServerProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+def _connect(proc: ServerProcess, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", proc.port), timeout=5, source_address=(source, 0))
 
 
-def _idle(proc: ServerProcess, count: int) -> list[socket.socket]:
+def _idle(proc: ServerProcess, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
     """`count` connections that send nothing (yet), each accepted by the server before the next opens."""
     opened = []
     for _ in range(count):
-        sock = _connect(proc)
+        sock = _connect(proc, source)
         assert _is_open(sock, 0.2), "the server refused a connection within the cap"
         opened.append(sock)
     return opened
 
 
-def _admitted(proc: ServerProcess) -> socket.socket | None:
+def _admitted(proc: ServerProcess, source: str = "127.0.0.1") -> socket.socket | None:
     """A new connection if the server keeps it open, else None."""
-    sock = _connect(proc)
+    sock = _connect(proc, source)
     if _is_open(sock, 0.2):
         return sock
     sock.close()
@@ -198,9 +206,14 @@ def _admitted(proc: ServerProcess) -> socket.socket | None:
 
 
 def _authenticated_request(sock: socket.socket, key: str) -> int:
+    return _keyed_request(sock, key)[0]
+
+
+def _keyed_request(sock: socket.socket, key: str) -> tuple[int, dict[str, str]]:
+    """A keep-alive GET /v1/models with `key` on `sock`: its status and headers."""
     sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
-    status, _, _ = _read_response(sock)
-    return status
+    status, headers, _ = _read_response(sock)
+    return status, headers
 
 
 def test_R2_3_unauthenticated_connections_are_capped_per_client_address(capped: tuple[ServerProcess, str]) -> None:
@@ -250,3 +263,78 @@ def test_R2_3_unauthenticated_connections_are_capped_per_client_address(capped: 
     time.sleep(0.3)
     for sock in _idle(proc, CAP):
         sock.close()
+
+
+def test_R2_3_a_connection_that_authenticated_once_counts_again_after_a_wrong_key(capped: tuple[ServerProcess, str]) -> None:
+    """A valid key on a connection's first request does not make it free to hold with wrong keys after."""
+    proc, key = capped
+    held = _idle(proc, CAP)
+    try:
+        for sock in held:  # each authenticates: none counts any more
+            assert _keyed_request(sock, key)[0] == 200
+        spare = _idle(proc, 1)[0]  # so a new one is admitted
+        spare.close()
+        time.sleep(0.3)
+        for sock in held:  # each now fails its key check: each counts again, and stays open (there is room)
+            status, headers = _keyed_request(sock, WRONG_KEY)
+            assert status == 401 and headers.get("connection") != "close"
+            assert _is_open(sock, 0.2)
+        with _connect(proc) as beyond:  # the address is full again: a new connection is closed at once
+            assert _closed_within(beyond, 3) < 1.0
+        # A counted connection whose wrong key comes again stays (it takes no new place) ...
+        assert _keyed_request(held[0], WRONG_KEY)[0] == 401 and _is_open(held[0], 0.2)
+        # ... and a valid key frees its place at once.
+        assert _keyed_request(held[0], key)[0] == 200
+        fresh = wait_until(lambda: _admitted(proc), 5)
+        held.append(fresh)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_R2_3_a_wrong_key_on_an_authenticated_connection_with_no_room_left_closes_it(capped: tuple[ServerProcess, str]) -> None:
+    proc, key = capped
+    authed = _connect(proc)
+    held: list[socket.socket] = [authed]
+    try:
+        assert _keyed_request(authed, key)[0] == 200
+        held.extend(_idle(proc, CAP))  # the address's unauthenticated places are all taken
+        status, headers = _keyed_request(authed, WRONG_KEY)
+        assert status == 401 and headers.get("connection") == "close"  # told, then closed after the answer
+        assert _closed_within(authed, 3) < 1.0
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_R2_3_unauthenticated_connections_of_all_clients_hold_at_most_half_of_the_server(capped: tuple[ServerProcess, str]) -> None:
+    """Many addresses, each within its own cap, hold at most half of MAX_CONNECTIONS: a new connection
+    beyond closes the oldest of theirs, so clients with keys still get in and the rest stays free."""
+    proc, key = capped
+    half = MAX_CONNECTIONS // 2
+    sources = [f"127.0.0.{10 + i}" for i in range(half // CAP)]
+    held: list[socket.socket] = []
+    try:
+        for source in sources:
+            held.extend(_idle(proc, CAP, source))
+        assert len(held) == half
+        # A client with a key, on new connections, is served; each of its connections closed the oldest idle one.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.98"), timeout=10) as client:
+            for _ in range(2):
+                assert client.get(f"{proc.base_url}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert _closed_within(held[0], 3) < 1.0
+        # Three from new addresses: the first takes the place the served client's connection left when
+        # it authenticated, the next two each close the oldest; never more than half in all.
+        newcomers = [_connect(proc, f"127.0.0.{50 + i}") for i in range(3)]
+        held.extend(newcomers)
+        assert all(_is_open(sock, 0.2) for sock in newcomers)
+        assert _closed_within(held[1], 3) < 1.0 and _closed_within(held[2], 3) < 1.0
+        assert all(_is_open(sock, 0.1) for sock in held[4:])  # the rest, and the newest, are kept
+        # A connection that authenticated is never closed for a newcomer.
+        authed = held[5]
+        assert _keyed_request(authed, key)[0] == 200
+        held.extend(_connect(proc, f"127.0.0.{60 + i}") for i in range(half))  # a whole new half
+        assert _is_open(authed, 0.3) and _keyed_request(authed, key)[0] == 200
+    finally:
+        for sock in held:
+            sock.close()

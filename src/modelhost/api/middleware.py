@@ -11,8 +11,9 @@ Each request gets, in order:
   generation is settled by the route's own ``finally`` (shielded), so the ledger is right either way;
 - its key checked from the headers alone, before a byte of the body is read (`api/keygate.py`
   knows the route's checks): a refused client gets its 401/403 in the envelope the route would
-  have given, and its body is never read, buffered or parsed. A passed check tells the connection
-  (`api/connections.py`) that it is no longer unauthenticated;
+  have given, and its body is never read, buffered or parsed. Either way the connection is told
+  (`api/connections.py`): a passed check makes it stop counting as unauthenticated, a failed one
+  makes it count again, and its refusal says ``connection: close`` when its client has no room left;
 - its body read here, before the app sees it: over `max_body_bytes` → 413 as soon as the limit is
   passed (declared or chunked, never buffered further); not complete within `body_timeout` → 408.
   A route that takes no key (``/health``, ``/metrics``, an unknown URL or method) reads no body,
@@ -32,7 +33,7 @@ import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelhost.api.connections import AUTHENTICATED
+from modelhost.api.connections import KEY_CHECKED
 from modelhost.api.deps import PASSED_CHECKS, HeaderCheck
 from modelhost.api.errors import error_response
 from modelhost.api.inflight import InFlightRequests
@@ -158,12 +159,16 @@ class RequestContextMiddleware:
             for check in checks:
                 passed[check] = await check(request)
         except APIError as refused:
-            await error_response(refused)(scope, _no_body, response.send)
+            answer = error_response(refused)
+            key_checked = scope.get("extensions", {}).get(KEY_CHECKED)
+            if key_checked is not None and not key_checked(False):
+                answer.headers["connection"] = "close"  # uvicorn closes the connection once this is sent
+            await answer(scope, _no_body, response.send)
             return False
         scope.setdefault("state", {})[PASSED_CHECKS] = passed
-        authenticated = scope.get("extensions", {}).get(AUTHENTICATED)
-        if authenticated is not None:
-            authenticated()
+        key_checked = scope.get("extensions", {}).get(KEY_CHECKED)
+        if key_checked is not None:
+            key_checked(True)
         return True
 
     async def _read_body(self, receive: Receive, response: _ResponseTracker) -> bytes | None:

@@ -17,9 +17,11 @@ plain text. `GuardedProtocol` adds the three limits and OpenAI's envelope:
   parser's 400 (a NUL byte in a header, a malformed request line), the 503 beyond
   `limit_concurrency`, the 500 for an app that ended without a response. WebSocket upgrades are off
   (``ws="none"``): modelhost serves none, so an upgrade request is an ordinary HTTP request to the app;
-- a client address may hold at most `max_unauthenticated_per_address` connections on which no
-  request has authenticated yet (`api/connections.py`); beyond that its new connections are closed
-  at once;
+- a client (an IPv4 address, an IPv6 /64) may hold at most `max_unauthenticated_per_address`
+  connections whose latest key check did not pass (none yet, or a wrong key): beyond, its new
+  connections are closed at once, and one whose request just failed its key check is closed after
+  that answer. All clients together hold at most half of `max_connections` such connections: a
+  new one beyond that closes the oldest (`api/connections.py`);
 - a response sent before its request's body arrived (a 401 from the key check, a 404) leaves the
   rest of the body to be discarded: it and the next request head must come within
   `header_timeout`, else the connection is closed (uvicorn would discard body bytes forever).
@@ -45,7 +47,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelhost.api import wire_errors
-from modelhost.api.connections import AUTHENTICATED, UnauthenticatedConnections
+from modelhost.api.connections import KEY_CHECKED, UnauthenticatedConnections
 from modelhost.api.inflight import InFlightRequests
 from modelhost.api.shutdown_deadline import ShutdownDeadline
 from modelhost.config import Settings
@@ -70,7 +72,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._discard_timer: asyncio.TimerHandle | None = None
-        self._unauthenticated_address: str | None = None  # set while this connection counts against its address
+        self._peer: str | None = None  # the client's address when unauthenticated connections are capped
+        self._counted = False  # whether this connection counts as unauthenticated now
+        self._lost = False
 
     @classmethod
     def configured(cls, settings: Settings) -> type[GuardedProtocol]:
@@ -86,7 +90,10 @@ class GuardedProtocol(HttpToolsProtocol):
                 "max_header_bytes": settings.max_header_bytes,
                 "send_timeout": settings.send_timeout_seconds,
                 "send_buffer_bytes": settings.send_buffer_bytes,
-                "unauthenticated": UnauthenticatedConnections(settings.max_unauthenticated_per_address),
+                # Half of the connections are kept for clients with keys, however many addresses the rest come from.
+                "unauthenticated": UnauthenticatedConnections(
+                    settings.max_unauthenticated_per_address, total=max(1, settings.max_connections // 2)
+                ),
             },
         )
 
@@ -117,26 +124,49 @@ class GuardedProtocol(HttpToolsProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
         address = self.client[0] if self.client else None
         if self.unauthenticated is not None and address is not None:
-            if not self.unauthenticated.admit(address):
-                transport.close()  # nothing read, nothing written: this address has enough unauthenticated connections
+            if not self.unauthenticated.admit(address, self, self._evict):
+                transport.close()  # nothing read, nothing written: its client has enough unauthenticated connections
                 return
-            self._unauthenticated_address = address
+            self._peer = address
+            self._counted = True
         self._start_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._cancel_discard()
-        if self._unauthenticated_address is not None:
-            self.scope.setdefault("extensions", {})[AUTHENTICATED] = self._authenticated  # type: ignore[typeddict-item]
+        if self._peer is not None:
+            self.scope.setdefault("extensions", {})[KEY_CHECKED] = self._key_checked  # type: ignore[typeddict-item]
         if not self._in_head:
             self._start_head()
 
     # -- unauthenticated connections -------------------------------------------------------
-    def _authenticated(self) -> None:
-        """A request on this connection presented a valid key: it no longer counts against its address."""
-        if self._unauthenticated_address is not None and self.unauthenticated is not None:
-            self.unauthenticated.release(self._unauthenticated_address)
-        self._unauthenticated_address = None
+    def _key_checked(self, passed: bool) -> bool:
+        """The middleware checked the key of a request on this connection; False: close it after this answer.
+
+        Passed: the connection stops counting as unauthenticated. Failed: it counts again (a key
+        that worked once must not make a connection free to hold with wrong keys), and when its
+        client has no room left for it, it is closed once this answer is sent.
+        """
+        assert self._peer is not None and self.unauthenticated is not None, "set only where connections are capped"
+        if self._lost or self.transport.is_closing():
+            return False  # closed or closing: it must not be counted again, nothing would release it
+        if passed:
+            self._uncount()
+            return True
+        if not self._counted:
+            self._counted = self.unauthenticated.admit(self._peer, self, self._evict)
+        return self._counted
+
+    def _uncount(self) -> None:
+        if self._counted and self.unauthenticated is not None:
+            self.unauthenticated.release(self)
+        self._counted = False
+
+    def _evict(self) -> None:
+        """The oldest unauthenticated connection when all clients together are at their cap: closed for a newer one."""
+        self._counted = False  # already released by the caller
+        if not self.transport.is_closing():
+            self.transport.close()
 
     # -- a body answered before it arrived -------------------------------------------------
     def on_response_complete(self) -> None:
@@ -211,7 +241,8 @@ class GuardedProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._stall_timer = self._discard_timer = None
-        self._authenticated()  # closed: it no longer counts either
+        self._lost = True
+        self._uncount()  # closed: it no longer counts
         super().connection_lost(exc)
 
 
