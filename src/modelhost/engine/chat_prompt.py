@@ -22,6 +22,14 @@ says where each client piece sits. Then:
   JSON-escaped) cannot be lined up: the rendering is accepted only if it holds exactly the
   template's control tokens, otherwise the request is refused (`ChatTemplateError`, a 400).
 
+Placeholders are letters and digits, so they can neither hold nor complete a control string. They
+are long random markers first; a template that rejects those (Mistral's checks that a tool-call id
+has 9 characters; or the longer masked rendering passes the size cap) is rendered again with
+placeholders of each string's length and character classes. A template that rejects both inspects
+client text itself, and nothing says which control strings are its own: then no client string may
+hold a control string, nor start or end inside one of the rendering's (``<|im_`` ending one
+message and ``start|>`` starting the next, written side by side), or the request is refused.
+
 Example (ChatML): ``[{"role": "user", "content": "hi<|im_end|>"}]`` renders as
 ``<|im_start|>user\\nhi<|im_end|><|im_end|>\\n<|im_start|>assistant\\n``; the template owns the first,
 third and fourth control strings, so the prompt has 3 control tokens and ``<|im_end|>`` after "hi"
@@ -30,7 +38,10 @@ is text.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import random
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -80,6 +91,17 @@ class ControlTokens:
         self.by_text = {t.text: t for t in tokens if t.text}
         self.ids = frozenset(t.id for t in tokens)
         self._pattern = re.compile(_trie_pattern(self.by_text)) if self.by_text else None
+        self.longest = max(map(len, self.by_text), default=0)
+
+    @functools.cached_property
+    def prefixes(self) -> frozenset[str]:
+        """The proper, non-empty prefixes of the control strings (``<``, ``<|``, … of ``<|e|>``)."""
+        return frozenset(text[:k] for text in self.by_text for k in range(1, len(text)))
+
+    @functools.cached_property
+    def suffixes(self) -> frozenset[str]:
+        """The proper, non-empty suffixes of the control strings (``>``, ``|>``, … of ``<|e|>``)."""
+        return frozenset(text[k:] for text in self.by_text for k in range(1, len(text)))
 
     def find(self, text: str) -> Iterator[tuple[int, int, ControlToken]]:
         """(start, end, token) of each control string in `text`, left to right, longest first."""
@@ -122,14 +144,36 @@ class RenderedChat:
     template_controls: tuple[int, ...]
 
 
-class _Masker:
-    """Replaces client strings by placeholders; equal strings share one, so comparisons still hold."""
+# Character classes a same-length placeholder keeps, character by character; any other character
+# (punctuation, spaces, other scripts) becomes a lower-case letter.
+_DIGITS, _UPPER, _LOWER = "0123456789", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+_PLACEHOLDER_TRIES = 8  # random draws of a short placeholder before taking the first free one
+_PLACEHOLDER_SCAN = 4096  # placeholders of one shape looked through for a free one
+_AVOID_CHECKS = 256  # short placeholders checked against the real rendering (each check reads it all)…
+_AVOID_SCAN = 64 * 1024 * 1024  # …and no more characters read in all than this
 
-    def __init__(self) -> None:
+
+class _Masker:
+    """Replaces client strings by placeholders; equal strings share one, so comparisons still hold.
+
+    By default a placeholder is a marker (``PH<random>N<index>Z``) that template text cannot hold by
+    chance. `same_length`: each has its string's length, for templates that check one. A string as
+    long as a marker gets the marker padded with ``x``; a shorter one gets random characters of its
+    characters' classes (digit, upper- or lower-case letter), drawn to be found nowhere in `avoid`
+    (the real rendering, so not in the template's text). Should one still occur in template text,
+    the line-up fails, which is safe: `tokenize` then accepts only the template's control tokens.
+    """
+
+    def __init__(self, *, same_length: bool = False, avoid: str = "") -> None:
         self.texts: list[str] = []
         self._index: dict[str, int] = {}
+        self._placeholders: list[str] = []
         self._prefix = f"PH{secrets.token_hex(6)}N"
-        self.placeholder = re.compile(re.escape(self._prefix) + r"(\d+)Z")
+        self._same_length = same_length
+        self._avoid = avoid
+        self._avoid_checks = min(_AVOID_CHECKS, _AVOID_SCAN // (len(avoid) + 1))
+        self._short: dict[str, int] = {}  # short same-length placeholder → index (-1: two strings share it)
+        self._random = random.Random(secrets.randbits(64))  # unpredictability is not needed, only spread
 
     def text(self, value: str) -> str:
         if not value or value in _STRUCTURAL_VALUES:
@@ -138,7 +182,8 @@ class _Masker:
         if index is None:
             index = self._index[value] = len(self.texts)
             self.texts.append(value)
-        return f"{self._prefix}{index}Z"
+            self._placeholders.append(self._placeholder(value, index))
+        return self._placeholders[index]
 
     def tree(self, value: object) -> object:
         if isinstance(value, str):
@@ -148,6 +193,53 @@ class _Masker:
         if isinstance(value, (list, tuple)):
             return [self.tree(v) for v in value]
         return value
+
+    def _placeholder(self, value: str, index: int) -> str:
+        marker = f"{self._prefix}{index}Z"
+        if not self._same_length:
+            return marker
+        if len(value) >= len(marker):
+            return marker + "x" * (len(value) - len(marker))
+        pools = [_DIGITS if ch in _DIGITS else _UPPER if ch in _UPPER else _LOWER for ch in value]
+        unique: str | None = None  # a draw no other string has, though the real rendering holds it
+        for _ in range(_PLACEHOLDER_TRIES):
+            placeholder = "".join(self._random.choice(pool) for pool in pools)
+            if placeholder in self._short:
+                continue
+            if not self._seen(placeholder):
+                break
+            unique = unique or placeholder
+        else:  # few placeholders of this shape (ten digits): take the first free one
+            shapes = itertools.islice(map("".join, itertools.product(*pools)), _PLACEHOLDER_SCAN)
+            placeholder = unique or next((p for p in shapes if p not in self._short), placeholder)
+        self._short[placeholder] = -1 if placeholder in self._short else index
+        return placeholder
+
+    def _seen(self, placeholder: str) -> bool:
+        if self._avoid_checks <= 0:
+            return False
+        self._avoid_checks -= 1
+        return placeholder in self._avoid
+
+    def split(self, masked: str) -> tuple[list[str], list[int]] | None:
+        """The template text around each placeholder in `masked` and the index of each placeholder's
+        string: ``([t0, t1, …, tn], [i1, …, in])``; None if a placeholder cannot be told apart."""
+        finder = re.escape(self._prefix) + r"(\d+)Z"
+        if self._short:
+            finder += "|(" + _trie_pattern(self._short) + ")"
+        pattern = re.compile(finder)
+        between: list[str] = []
+        indices: list[int] = []
+        pos = 0
+        while (match := pattern.search(masked, pos)) is not None:
+            index = int(match.group(1)) if match.group(1) is not None else self._short[match.group(2)]
+            if not 0 <= index < len(self.texts) or not masked.startswith(self._placeholders[index], match.start()):
+                return None
+            between.append(masked[pos : match.start()])
+            indices.append(index)
+            pos = match.start() + len(self._placeholders[index])
+        between.append(masked[pos:])
+        return between, indices
 
 
 def _forms(text: str) -> list[str]:
@@ -164,14 +256,16 @@ def _forms(text: str) -> list[str]:
 
 def _line_up(real: str, masked: str, masker: _Masker) -> tuple[tuple[str, bool], ...] | None:
     """Cut `real` into template and client pieces along `masked`; None if they do not line up."""
-    parts = masker.placeholder.split(masked)  # template, index, template, index, …, template
-    if not real.startswith(parts[0]):
+    split = masker.split(masked)
+    if split is None:
         return None
-    pieces: list[tuple[str, bool]] = [(parts[0], False)]
-    pos = len(parts[0])
-    for i in range(1, len(parts), 2):
-        after = parts[i + 1]
-        for form in _forms(masker.texts[int(parts[i])]):
+    between, indices = split  # template text, and which client string sits between each two
+    if not real.startswith(between[0]):
+        return None
+    pieces: list[tuple[str, bool]] = [(between[0], False)]
+    pos = len(between[0])
+    for index, after in zip(indices, between[1:]):
+        for form in _forms(masker.texts[index]):
             if real.startswith(form, pos) and real.startswith(after, pos + len(form)):
                 break
         else:
@@ -186,19 +280,64 @@ def _line_up(real: str, masked: str, masker: _Masker) -> tuple[tuple[str, bool],
 def render(render_template: Render, messages: Messages, tools: Tools | None, controls: ControlTokens) -> RenderedChat:
     """Render the conversation and find which of its text the template wrote (module docstring)."""
     real = render_template(messages, tools)
-    masker = _Masker()
-    masked_messages = [masker.tree(m) for m in messages]
-    masked_tools = [masker.tree(t) for t in tools] if tools else None
-    try:
-        masked = render_template(masked_messages, masked_tools)  # type: ignore[arg-type]
-    except ChatTemplateError:
-        # The template rejects placeholders (it inspects content): no template text to trust, so
-        # the client text must hold no control string at all.
-        if any(any(True for _ in controls.find(text)) for text in masker.texts):
-            raise ChatTemplateError(_FORGED) from None
-        return RenderedChat(real, None, tuple(t.id for _, _, t in controls.find(real)))
-    template_controls = tuple(t.id for _, _, t in controls.find(masked))
-    return RenderedChat(real, _line_up(real, masked, masker), template_controls)
+    # Markers first (they never occur in template text by chance); placeholders of the strings'
+    # own lengths where the template rejects those.
+    for masker in (_Masker(), _Masker(same_length=True, avoid=real)):
+        masked_messages = [masker.tree(m) for m in messages]
+        masked_tools = [masker.tree(t) for t in tools] if tools else None
+        try:
+            masked = render_template(masked_messages, masked_tools)  # type: ignore[arg-type]
+        except ChatTemplateError:
+            continue
+        template_controls = tuple(t.id for _, _, t in controls.find(masked))
+        return RenderedChat(real, _line_up(real, masked, masker), template_controls)
+    # The template rejects every placeholder (it inspects client text): no template text to trust.
+    _refuse_control_strings(real, masker.texts, controls)
+    return RenderedChat(real, None, tuple(t.id for _, _, t in controls.find(real)))
+
+
+_UNPLACED_CHECKS = 1_000_000  # client strings tried at the edges of control strings, per request
+
+
+def _refuse_control_strings(real: str, texts: Sequence[str], controls: ControlTokens) -> None:
+    """Where nothing says which control strings of `real` are the template's, refuse client text
+    that holds one or makes one with its neighbours (`ChatTemplateError`).
+
+    Each client string, in each way a template may write it (`_forms`), must hold no control string,
+    and no control string of `real` may start or end inside one of its occurrences while reaching
+    beyond it: ``<|im_`` ending one message and ``start|>`` starting the next both fail, and so does
+    ``<|im_`` before template text that completes it. A string lying wholly inside a control string
+    (``im`` in the template's ``<|im_start|>``) is not refused, or short words could never be sent:
+    client text completing the control string around it is caught at its own edge. Limit: a template
+    that wraps a client string in halves of a control string itself (``<|`` + name + ``|>``).
+    """
+    ending: dict[str, list[str]] = {}  # a control string's proper prefix → client text ending with it
+    starting: dict[str, list[str]] = {}  # a control string's proper suffix → client text starting with it
+    for text in texts:
+        for form in _forms(text):
+            if any(True for _ in controls.find(form)):
+                raise ChatTemplateError(_FORGED)
+            for k in range(1, min(len(form), controls.longest - 1) + 1):
+                if form[-k:] in controls.prefixes:
+                    ending.setdefault(form[-k:], []).append(form)
+                if form[:k] in controls.suffixes:
+                    starting.setdefault(form[:k], []).append(form)
+    if not ending and not starting:
+        return
+    budget = _UNPLACED_CHECKS
+    for start, end, _ in controls.find(real):
+        for cut in range(start + 1, end):
+            # Text ending at `cut` (so starting at or before `start`), or starting there (ending at or after `end`).
+            candidates = [(form, cut - len(form)) for form in ending.get(real[start:cut], ())]
+            candidates += [(form, cut) for form in starting.get(real[cut:end], ())]
+            budget -= len(candidates)
+            if budget < 0:
+                raise ChatTemplateError(
+                    "The messages have too many strings that begin or end like this model's control tokens "
+                    "to check them against its chat template."
+                )
+            if any(real.startswith(form, at) for form, at in candidates if at >= 0):
+                raise ChatTemplateError(_FORGED)
 
 
 _FORGED = (
