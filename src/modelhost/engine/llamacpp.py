@@ -284,7 +284,8 @@ class LlamaCppEngine:
                 if sampling.grammar:
                     constraint = GrammarConstraint(self.model.vocab, sampling.grammar, lazy_trigger=sampling.grammar_trigger)
                     constraints.append(constraint)
-                choices.append(_Choice(i, TokenSampler(sampling, self.model.n_vocab, i), TextAssembler(sampling.stop), constraint=constraint))
+                sampler = TokenSampler(sampling, self.model.n_vocab, i)
+                choices.append(_Choice(i, sampler, TextAssembler(sampling.stop), constraint=constraint))
             job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices, self._outbox)
         except BaseException:
             for constraint in constraints:
