@@ -352,3 +352,42 @@ def test_a_request_that_fails_after_taking_its_queue_place_gives_it_back(monkeyp
         await engine.stop()
 
     run(main())
+
+
+class SlowConstraint:
+    """Stands in for `GrammarConstraint`: allows every token, and each step costs 0.05 s of the decode thread."""
+
+    def __init__(self, vocab: object, grammar: str, *, lazy_trigger: str | None = None) -> None:
+        self.spent = 0.0
+
+    def allows(self, token: int) -> bool:
+        self.spent += 0.05
+        return True
+
+    def mask(self, scores: object) -> None:
+        self.spent += 0.05
+
+    def accept(self, token: int) -> None:
+        self.spent += 0.05
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_choice_whose_grammar_exceeds_its_decode_thread_budget_ends_with_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grammar that costs the shared decode thread too much is stopped (issue #12 item 1): its
+    choice ends with `length`, while a request without a grammar runs to its own end."""
+    monkeypatch.setattr("modelhost.engine.llamacpp.GrammarConstraint", SlowConstraint)
+    monkeypatch.setattr("modelhost.engine.llamacpp.GRAMMAR_SECONDS_PER_CHOICE", 0.25)
+
+    async def main() -> None:
+        engine = make_engine(FakeModel())
+        await engine.start()
+        costly = GenerationRequest("costly", [0, 1, 2], SamplingParams(max_tokens=40, temperature=0, grammar='root ::= "a"'))
+        texts, reasons = await drain(engine.submit(costly))
+        assert reasons == {0: "length"} and 1 <= len(texts[0]) < 5  # 0.1 s a token: cut after 3
+        texts, reasons = await drain(engine.submit(request([0, 1, 2], max_tokens=8, rid="free")))
+        assert reasons == {0: "length"} and len(texts[0]) == 8
+        await engine.stop()
+
+    run(main())

@@ -15,6 +15,26 @@ def nested(depth: int, leaf: dict[str, object], name: str = "x" * 200) -> dict[s
     return node
 
 
+def alternatives_nested(width: int, depth: int) -> dict[str, object]:
+    """`depth` levels of an anyOf of `width` arrays, each holding the next level: readings multiply."""
+    definitions: dict[str, object] = {}
+    for level in range(depth, 0, -1):
+        inner = {"$ref": f"#/$defs/L{level + 1}"} if level < depth else {"type": "integer"}
+        definitions[f"L{level}"] = {"anyOf": [{"type": "array", "prefixItems": [inner]} for _ in range(width)]}
+    return {"$ref": "#/$defs/L1", "$defs": definitions}
+
+
+def refs_reexpanded(depth: int) -> dict[str, object]:
+    """References whose targets the converter cached under a reserved name ('root'): re-expanded at
+    every reference, 2**depth times, before references were hoisted."""
+    definitions: dict[str, object] = {}
+    for level in range(depth):
+        nxt = {"$ref": f"#/$defs/d{level + 1}/properties/root"}
+        definitions[f"d{level}"] = {"properties": {"root": {"type": "object", "properties": {"a": nxt, "b": nxt}, "required": ["a", "b"]}}}
+    definitions[f"d{depth}"] = {"properties": {"root": {"type": "integer"}}}
+    return {"type": "object", "properties": {"x": {"$ref": "#/$defs/d0/properties/root"}}, "required": ["x"], "$defs": definitions}
+
+
 # Each class of costly schema, with the words the 400 must contain.
 HOSTILE = {
     "huge pattern repetition": (string(pattern="^x{0,200000000}$"), "{0,200000000}"),
@@ -52,6 +72,22 @@ HOSTILE = {
     "huge enum": ({"enum": list(range(5000))}, "enum"),
     "long names": ({"type": "object", "properties": {"n" * 5000: {"type": "integer"}}}, "name longer"),
     "not JSON": (string(maxLength=float("nan")), "not plain JSON"),
+    "nested counted repetition": (string(pattern="^(((a{0,10}){0,10}){0,10}){0,10}$"), "count '{0,10}'"),
+    "counted alternation": (string(pattern="^(a|aa){5}$"), "different lengths"),
+    "nested same-type alternatives": (alternatives_nested(128, 4), "readings"),
+    "self-multiplying recursion": (
+        {"$defs": {"L": {"anyOf": [{"type": "array", "items": {"$ref": "#/$defs/L"}}] * 2}}, "$ref": "#/$defs/L"},
+        "refers back to itself",
+    ),
+    "allOf merging many properties": (
+        {
+            "$defs": {"A": {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(250)}, "required": [f"p{i}" for i in range(250)]}},
+            "allOf": [{"anyOf": [{"$ref": "#/$defs/A"}] * 15}],
+        },
+        "'allOf' merges",
+    ),
+    "format that is not a string": (string(format=["date"]), "format"),
+    "reference that does not resolve": ({"$ref": "#/$defs/missing"}, "does not resolve"),
 }
 
 # The worst shapes within the bounds: each must compile in under a second and 64 MB.
@@ -68,5 +104,12 @@ WITHIN = {
     "1000-value enum": {"enum": [f"value-{i}" * 5 for i in range(1000)]},
     "100 alternatives": {"anyOf": [{"type": "object", "properties": {f"p{i}": string(maxLength=50)}, "required": [f"p{i}"]} for i in range(100)]},
     "deep but short names": nested(30, string(maxLength=200), name="n"),
+    "nested alternatives at the width bound": alternatives_nested(32, 2),
+    "references a converter re-expanded": refs_reexpanded(30),
+    "recursive tree": {"type": "object", "properties": {"v": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#"}}}, "required": ["v"]},
+    "optional recursive node": {
+        "$defs": {"Node": {"type": "object", "properties": {"a": string(), "next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}},
+        "$ref": "#/$defs/Node",
+    },
     "nested unbounded repetition": string(pattern="^((a*)*(b|bb)*)*[a-z]{0,50}$"),
 }

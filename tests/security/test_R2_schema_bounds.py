@@ -62,7 +62,7 @@ def _peak_rss_kib(pid: int) -> int:
 
 def test_a_runaway_compile_is_killed_in_its_worker_and_the_next_compile_works(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the bounds were ever wrong, the worker (not the server) pays: capped memory, a deadline."""
-    monkeypatch.setattr("modelhost.engine.grammar_compiler.check_schema", lambda schema: None)
+    monkeypatch.setattr("modelhost.engine.grammar_compiler.check_schema", lambda schema: schema)
     compiler = GrammarCompiler(workers=1, compile_seconds=3.0, memory_bytes=128 * 1024 * 1024)
     own_before = _peak_rss_kib(_self_pid())
     try:
@@ -91,7 +91,7 @@ def test_compile_schema_checks_the_bounds_before_the_worker() -> None:
 
 def test_the_documented_bounds_are_the_ones_enforced() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
-    for bound in ("MAX_REPEAT", "MAX_SCHEMA_DEPTH", "MAX_PROPERTIES", "MAX_OPTIONAL_PROPERTIES", "MAX_GRAMMAR_BYTES"):
+    for bound in ("MAX_REPEAT", "MAX_SCHEMA_DEPTH", "MAX_PROPERTIES", "MAX_OPTIONAL_PROPERTIES", "MAX_GRAMMAR_BYTES", "MAX_GRAMMAR_WIDTH"):
         assert f"{getattr(schema_bounds, bound)}" in doc, bound
 
 
@@ -121,3 +121,99 @@ def test_the_200_byte_schema_that_took_the_server_to_4_7_gb_is_a_quick_400(guard
     assert _server_rss_kib(guarded) - before < 32 * 1024
     healthy = httpx.get(f"{guarded.proc.root_url}/health", timeout=5)
     assert healthy.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def vocab():  # type: ignore[no-untyped-def]
+    from modelhost.engine.llama_model import LlamaModel, bundled_model_path
+
+    model = LlamaModel(bundled_model_path())
+    yield model
+    model.close()
+
+
+@pytest.mark.parametrize("name", sorted(WITHIN))
+def test_grammars_within_the_bounds_cost_the_decode_thread_a_bounded_time_per_token(vocab, name: str) -> None:  # type: ignore[no-untyped-def]
+    """What a grammar costs on every token runs on the decode thread that every tenant shares: the
+    reviewer's nested alternatives cost minutes per token; within the bounds a step stays bounded.
+    The model's own sampling is replaced by random scores, so the walk goes wherever the grammar
+    lets it (bench/schema_bounds.py measures the real figures)."""
+    import numpy as np
+
+    from modelhost.engine.grammar import GrammarConstraint
+
+    grammar = compile_schema(WITHIN[name])
+    constraint = GrammarConstraint(vocab.vocab, grammar)
+    random = np.random.default_rng(7)
+    worst = 0.0
+    try:
+        for _ in range(40):
+            scores = random.random(49152, dtype=np.float32)
+            started = time.perf_counter()
+            constraint.mask(scores)
+            if not np.isfinite(scores).any():
+                break
+            token = int(np.argmax(scores))
+            constraint.accept(token)
+            worst = max(worst, time.perf_counter() - started)
+    finally:
+        constraint.close()
+    assert worst < 3.0, f"{name}: {worst * 1000:.0f} ms for one token"  # the attack: seconds, growing with every token
+
+
+def test_tool_parameters_resolve_their_own_defs_and_two_tools_never_share_a_rule() -> None:
+    """Each function's parameters are their own document: pydantic's `$defs` resolve (they used to
+    fail with the converter's internals in the message), and two tools whose definitions share a
+    name each get their own rule (the converter named rules after a reference's last segment)."""
+    from modelhost.protocol.chat import FunctionDefinition
+    from modelhost.structured.tools import ToolPlan, call_grammar
+
+    def tool(name: str, item: dict[str, object]) -> FunctionDefinition:
+        return FunctionDefinition(
+            name=name,
+            parameters={"type": "object", "properties": {"x": {"$ref": "#/$defs/Item"}}, "required": ["x"], "$defs": {"Item": item}},
+        )
+
+    plan = ToolPlan("required", (tool("f", {"type": "integer"}), tool("g", {"type": "boolean"})), parallel=False, legacy=False)
+    grammar = call_grammar(plan)
+    assert "tool-call" in grammar and "AssertionError" not in grammar
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
+    assert rules["alternative-0-arguments-x"] == "integer" and rules["alternative-1-arguments-x"] == "boolean", grammar
+
+
+def test_one_organization_cannot_keep_the_compile_workers_from_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An organization has one compile running and one waiting; a third is a 503 `overloaded` at once
+    (Retry-After: the server's load, not the schema's fault), while another organization compiles."""
+    import threading
+
+    from modelhost.errors import ServiceUnavailable
+
+    compiler = GrammarCompiler(workers=2)
+    release = threading.Event()
+    real = compiler._compile_line
+
+    def slow(line: str) -> str:
+        if '"slow"' in line:
+            release.wait(10)
+        return real(line)
+
+    monkeypatch.setattr(compiler, "_compile_line", slow)
+    slow_schema = {"type": "string", "description": "slow"}
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(compiler.compile(slow_schema, tenant="org-a"))) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        started = time.perf_counter()
+        with pytest.raises(ServiceUnavailable) as busy:
+            compiler.compile(slow_schema, tenant="org-a")
+        assert time.perf_counter() - started < 1.0
+        assert busy.value.status == 503 and busy.value.code == "overloaded" and busy.value.headers.get("Retry-After") == "1"
+        assert "root ::=" in compiler.compile(_string(maxLength=3), tenant="org-b")
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        compiler.close()
+    assert len(results) == 2

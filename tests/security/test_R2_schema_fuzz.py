@@ -2,7 +2,8 @@
 
 Hypothesis builds schemas from the keywords that cost (patterns with quantifiers, groups and
 alternation; length and item bounds; optional properties; long names; nesting; enums and
-alternatives), with counts from small to absurd. Whatever it builds, the bounds answer in
+alternatives; allOf; references used many times or recursively; keyword values of the wrong
+type), with counts from small to absurd. Whatever it builds, the bounds answer in
 milliseconds, and whatever they accept compiles in under a second in the worker, or is refused
 there as a `GrammarError` — never another exception, never a hang. The time limits here are
 loose (this machine is shared and noisy); `bench/schema_bounds.py` measures the real figures.
@@ -55,6 +56,9 @@ def _leaf() -> st.SearchStrategy[dict[str, object]]:
         PATTERNS.map(lambda p: {"type": "string", "pattern": p}),
         st.lists(st.text(max_size=20), min_size=1, max_size=30).map(lambda vs: {"enum": vs}),
         st.just({"type": "string", "format": "date-time"}),
+        # keyword values of the wrong JSON type (a list where a string belongs …): 400, never a 500
+        st.builds(lambda key, v: {"type": "string", key: v}, st.sampled_from(["format", "pattern", "maxLength", "type", "required"]),
+                  st.one_of(st.lists(st.text(max_size=5), max_size=3), st.integers(-5, 5), st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))),
     )
 
 
@@ -67,6 +71,10 @@ def _extend(children: st.SearchStrategy[dict[str, object]]) -> st.SearchStrategy
         st.builds(obj, st.dictionaries(NAMES, children, max_size=12), st.floats(0, 1)),
         st.builds(lambda item, n: {"type": "array", "items": item, "maxItems": n}, children, COUNTS),
         st.lists(children, min_size=1, max_size=6).map(lambda alts: {"anyOf": alts}),
+        st.lists(children, min_size=1, max_size=6).map(lambda parts: {"allOf": parts}),
+        # references: a definition used from several places, and definitions that refer to each other
+        st.builds(lambda child, n: {"$defs": {"a": child}, "anyOf": [{"$ref": "#/$defs/a"}] * n}, children, st.integers(1, 40)),
+        st.builds(lambda child, n: {"type": "array", "items": {"anyOf": [{"$ref": "#"}] * n + [child]}}, children, st.integers(1, 3)),
     )
 
 

@@ -39,23 +39,27 @@ class ChatPlan:
     tools: tools_mod.ToolPlan | None  # None, or mode "none": the text is all content
 
 
-def _prepare(served: ServedModel, body: ChatCompletionRequest) -> tuple[list[int], tools_mod.ToolPlan | None, str | None, str | None]:
-    """Render and tokenize the conversation and build its grammar (runs in a worker thread)."""
+def _prepare(
+    served: ServedModel, body: ChatCompletionRequest, organization: str
+) -> tuple[list[int], tools_mod.ToolPlan | None, str | None, str | None]:
+    """Render and tokenize the conversation and build its grammar (runs in a worker thread).
+
+    Schema compiles take turns per `organization` (engine/grammar_compiler.py)."""
     plan = tools_mod.resolve(body)
     engine = served.engine
     native_tools = plan is not None and plan.mode != "none" and engine.template_supports_tools
     messages = convert.chat_messages(body, structured_tool_calls=native_tools)
     if plan is not None and plan.mode != "none" and not native_tools:
         messages = [{"role": "system", "content": tools_mod.fallback_system_prompt(plan)}, *messages]
-    response = formats.response_grammar(body, messages)
+    response = formats.response_grammar(body, messages, tenant=organization)
     grammar, trigger = response, None
     if plan is not None and plan.mode == "required":
-        grammar = tools_mod.call_grammar(plan)
+        grammar = tools_mod.call_grammar(plan, tenant=organization)
     elif plan is not None and plan.mode == "auto":
         if response is not None:
-            grammar = tools_mod.call_grammar(plan, alternative=response)
+            grammar = tools_mod.call_grammar(plan, alternative=response, tenant=organization)
         else:
-            grammar, trigger = tools_mod.call_grammar(plan), tools_mod.OPEN
+            grammar, trigger = tools_mod.call_grammar(plan, tenant=organization), tools_mod.OPEN
     if grammar is not None:
         try:
             engine.check_grammar(grammar)
@@ -93,7 +97,7 @@ async def plan_chat(request: Request, body: ChatCompletionRequest, served: Serve
         )
     if served.engine.forwards_requests:
         return _forwarded_plan(served, body, admission, n)
-    prompt, tool_plan, grammar, trigger = await run_in_threadpool(_prepare, served, body)
+    prompt, tool_plan, grammar, trigger = await run_in_threadpool(_prepare, served, body, admission.principal.organization_id)
     max_tokens = gen.completion_budget(served, len(prompt), body.max_completion_tokens or body.max_tokens, param="messages")
     sampling = replace(
         convert.sampling_params(

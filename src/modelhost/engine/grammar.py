@@ -10,48 +10,35 @@ from __future__ import annotations
 
 import ctypes
 import re
+import time
 
 import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF
 
 from modelhost.engine.grammar_compiler import default_compiler
-from modelhost.engine.schema_bounds import GrammarError, check_schema
+from modelhost.engine.grammar_errors import GrammarError
 
 __all__ = ["JSON_OBJECT_GRAMMAR", "GrammarConstraint", "GrammarError", "compile_schema", "rename_root", "validate_grammar"]
 
 MASK_CANDIDATES = 256
+# What one choice's grammar may cost the decode thread, which every tenant's sequences share, in all.
+# Within the schema bounds a step costs milliseconds, and up to ~2 s in the worst accepted shapes
+# when no well-scored token fits and the whole vocabulary is checked (bench/schema_bounds.py); past
+# this budget the choice ends with finish_reason "length".
+GRAMMAR_SECONDS_PER_CHOICE = 5.0
 
 JSON_OBJECT_GRAMMAR = JSON_GBNF  # its root is `object`, which is what json_object mode promises
 
 
-def _inline_root_ref(schema: object) -> object:
-    """Replace a root-level local `$ref` by what it points to (keeping `$defs` beside it).
-
-    The converter does not look inside a node that has a `$ref`, so references nested in the
-    root's own `$defs` (pydantic's recursive models) would otherwise stay unresolved.
-    """
-    for _ in range(8):
-        if not isinstance(schema, dict) or not isinstance(schema.get("$ref"), str) or not schema["$ref"].startswith("#/"):
-            return schema
-        target: object = schema
-        for part in schema["$ref"][2:].split("/"):
-            if not isinstance(target, dict) or part not in target:
-                raise GrammarError(f"#/$ref: '{schema['$ref']}' does not resolve")
-            target = target[part]
-        rest = {k: v for k, v in schema.items() if k != "$ref"}
-        schema = {**rest, **target} if isinstance(target, dict) else target
-    raise GrammarError("#/$ref: the root reference chain is too long")
-
-
-def compile_schema(schema: object, *, prop_order: list[str] | None = None) -> str:
+def compile_schema(schema: object, *, prop_order: list[str] | None = None, tenant: str | None = None) -> str:
     """GBNF for values matching `schema` (root rule `root`); blocking, so call it off the event loop.
 
     The schema's costs are bounded before anything is built (`schema_bounds`), and the converter
-    runs in a capped, killable worker process (`grammar_compiler`).
+    runs in a capped, killable worker process (`grammar_compiler`), taking turns per `tenant`
+    (the organization) so that one cannot keep the workers from the others.
     """
-    check_schema(schema)
-    grammar = default_compiler().compile(_inline_root_ref(schema), prop_order)
+    grammar = default_compiler().compile(schema, prop_order, tenant=tenant)
     # The converter's string characters admit raw control characters, which JSON forbids.
     return _without_control_chars(grammar)
 
@@ -87,9 +74,17 @@ class GrammarConstraint:
         if not self._sampler:
             raise GrammarError("The grammar could not be parsed.")
         self._one = (llama_cpp.llama_token_data * 1)()
+        self.spent = 0.0  # seconds this constraint has held the decode thread (see GRAMMAR_SECONDS_PER_CHOICE)
 
     def allows(self, token: int) -> bool:
         """Whether the grammar accepts `token` next (cheap: checks one token)."""
+        started = time.perf_counter()
+        try:
+            return self._allows(token)
+        finally:
+            self.spent += time.perf_counter() - started
+
+    def _allows(self, token: int) -> bool:
         self._one[0].id = token
         self._one[0].logit = 0.0
         self._one[0].p = 0.0
@@ -98,6 +93,13 @@ class GrammarConstraint:
         return bool(np.isfinite(self._one[0].logit))
 
     def mask(self, scores: np.ndarray) -> None:
+        started = time.perf_counter()
+        try:
+            self._mask(scores)
+        finally:
+            self.spent += time.perf_counter() - started
+
+    def _mask(self, scores: np.ndarray) -> None:
         """Set the score of every token the grammar forbids next to -inf (in place).
 
         Checking a token against the grammar costs microseconds, and the vocabulary has tens of
@@ -123,7 +125,9 @@ class GrammarConstraint:
         return cells["logit"].copy()
 
     def accept(self, token: int) -> None:
+        started = time.perf_counter()
         llama_cpp.llama_sampler_accept(self._sampler, token)
+        self.spent += time.perf_counter() - started
 
     def close(self) -> None:
         if self._sampler:

@@ -9,6 +9,7 @@ memory, its SIGTERM handling) never notices. Workers are reused between requests
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,16 +17,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from modelhost.engine.schema_bounds import GrammarError, check_schema
+from modelhost.engine.grammar_errors import GrammarError
+from modelhost.errors import ServiceUnavailable
+from modelhost.engine.schema_bounds import check_schema
+from modelhost.engine.schema_refs import inline_root_ref
 
 COMPILE_SECONDS = 5.0  # a worker's deadline for one schema (within bounds: < 1 s, measured)
-WAIT_SECONDS = 10.0  # how long a request waits for a free worker before it is told to retry
+WAIT_SECONDS = 5.0  # how long a request waits for a free worker before it is told to retry (503)
 WORKER_MEMORY_BYTES = 256 * 1024 * 1024  # added address space a worker may use for one compile
 MAX_GRAMMAR_BYTES = 256 * 1024
 MAX_ERROR_CHARS = 300
+TENANT_QUEUE = 2  # compiles one organization may have running or waiting; the next is a 503
 _WORKER_SCRIPT = Path(__file__).with_name("grammar_worker.py")
+
+
+def _busy(message: str) -> ServiceUnavailable:
+    return ServiceUnavailable(message, code="overloaded", headers={"Retry-After": "1"})
 
 
 def _converter_path() -> str:
@@ -109,13 +119,48 @@ class GrammarCompiler:
         self._lock = threading.Lock()
         self._closed = False
         self._converter: str | None = None
+        self._by_tenant: dict[str, int] = {}  # compiles running or waiting, per organization
+        self._tenant_locks: dict[str, threading.Lock] = {}
 
-    def compile(self, schema: object, prop_order: list[str] | None = None) -> str:
-        """GBNF for values matching `schema` (root rule `root`), or `GrammarError` naming the problem."""
-        check_schema(schema)
-        line = json.dumps({"schema": schema, "prop_order": prop_order})
+    def compile(self, schema: object, prop_order: list[str] | None = None, *, tenant: str | None = None) -> str:
+        """GBNF for values matching `schema` (root rule `root`), or `GrammarError` naming the problem.
+
+        `tenant` (an organization id) may have one compile running and one waiting; more, or no
+        worker free within the wait, is a 503 `overloaded` with Retry-After: the server's load, not
+        the schema's fault, and a waiting request holds one of the server's few worker threads.
+        """
+        document = inline_root_ref(check_schema(schema))  # references hoisted: each target one rule
+        line = json.dumps({"schema": document, "prop_order": prop_order, "cpu_seconds": self._compile_seconds})
+        with self._tenant_turn(tenant):
+            return self._compile_line(line)
+
+    @contextlib.contextmanager
+    def _tenant_turn(self, tenant: str | None) -> Iterator[None]:
+        if tenant is None:
+            yield
+            return
+        with self._lock:
+            if self._by_tenant.get(tenant, 0) >= TENANT_QUEUE:
+                raise _busy("Too many schemas of this organization are being compiled at once; retry shortly.")
+            self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
+            turn = self._tenant_locks.setdefault(tenant, threading.Lock())
+        try:
+            if not turn.acquire(timeout=self._wait_seconds):
+                raise _busy("Too many schemas of this organization are being compiled at once; retry shortly.")
+            try:
+                yield
+            finally:
+                turn.release()
+        finally:
+            with self._lock:
+                self._by_tenant[tenant] -= 1
+                if not self._by_tenant[tenant]:
+                    del self._by_tenant[tenant]
+                    self._tenant_locks.pop(tenant, None)
+
+    def _compile_line(self, line: str) -> str:
         if not self._slots.acquire(timeout=self._wait_seconds):
-            raise GrammarError("The server is compiling too many schemas at once; try again.")
+            raise _busy("The server is compiling too many schemas at once; retry shortly.")
         try:
             worker = self._take()
             answer = worker.ask(line, time.monotonic() + self._compile_seconds)

@@ -36,10 +36,18 @@ def main() -> None:
     limit = current + memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.setrecursionlimit(4000)  # the converter recurses once per repetition of an array item
+    cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     out = sys.stdout
     for line in sys.stdin:
         try:
             request = json.loads(line)
+            # The parent kills a compile at its deadline; if the parent itself is gone (kill -9, the
+            # shutdown deadline's exit), the CPU limit still ends a runaway here (SIGXCPU), and an idle
+            # worker ends when its stdin closes. (Not PR_SET_PDEATHSIG: Linux sends that when the
+            # *thread* that started the worker exits, and the server's pool threads come and go.)
+            used = resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            budget = int(used + float(request.get("cpu_seconds", 5)) + 2)
+            resource.setrlimit(resource.RLIMIT_CPU, (budget, cpu_hard))  # soft only: it may rise again next time
             grammar = convert(json.dumps(request["schema"]), request.get("prop_order"))
             answer = {"grammar": grammar}
         except MemoryError:

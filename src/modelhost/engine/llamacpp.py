@@ -39,7 +39,7 @@ from modelhost.engine.base import (
 from modelhost.engine import chat_prompt
 from modelhost.engine.chat_template import CHATML, ChatTemplate
 from modelhost.engine.fair_share import QueueShares, ShareLimits
-from modelhost.engine.grammar import GrammarConstraint, validate_grammar
+from modelhost.engine.grammar import GRAMMAR_SECONDS_PER_CHOICE, GrammarConstraint, validate_grammar
 from modelhost.engine.llama_model import ContextOptions, LlamaContext, LlamaModel
 from modelhost.engine.sampling import TokenSampler, log_softmax_at
 from modelhost.engine.stops import TextAssembler
@@ -545,6 +545,10 @@ class LlamaCppEngine:
         if choice.assembler.stopped:
             self._end_choice(job, choice, "stop")
         elif choice.generated >= job.request.sampling.max_tokens or len(slot.cached) >= self.context_length:
+            self._end_choice(job, choice, "length")
+        elif choice.constraint is not None and choice.constraint.spent > GRAMMAR_SECONDS_PER_CHOICE:
+            # Its grammar has held the decode thread that every tenant shares long enough.
+            logger.warning("request %s: its grammar used %.1f s of the decode thread; the choice ends", job.request.request_id, choice.constraint.spent)
             self._end_choice(job, choice, "length")
         else:
             choice.next_token = token  # decoded at the next step

@@ -16,8 +16,12 @@ from modelhost.protocol.chat import (
 _MENTIONS_JSON = re.compile("json", re.IGNORECASE)
 
 
-def response_grammar(request: ChatCompletionRequest, rendered_messages: list[dict[str, object]]) -> str | None:
-    """The GBNF for the requested format, or None for free text; 400 when it cannot be honoured."""
+def response_grammar(
+    request: ChatCompletionRequest, rendered_messages: list[dict[str, object]], *, tenant: str | None = None
+) -> str | None:
+    """The GBNF for the requested format, or None for free text; 400 when it cannot be honoured.
+
+    `tenant`: the organization whose turn the compile takes (engine/grammar_compiler.py)."""
     fmt = request.response_format
     if isinstance(fmt, ResponseFormatJsonObject):
         if not any(_MENTIONS_JSON.search(str(m.get("content", ""))) for m in rendered_messages):
@@ -36,7 +40,7 @@ def response_grammar(request: ChatCompletionRequest, rendered_messages: list[dic
                 code="missing_required_parameter",
             )
         try:
-            return compile_schema(schema)
+            return compile_schema(schema, tenant=tenant)
         except GrammarError as exc:
             raise InvalidRequest(
                 f"Invalid schema for response_format '{fmt.json_schema.name}': {exc}",

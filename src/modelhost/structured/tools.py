@@ -11,10 +11,12 @@ grammar switches on lazily when the model starts a call.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
 from modelhost.engine.grammar import GrammarError, compile_schema, rename_root
+from modelhost.engine.schema_refs import hoist_refs
 from modelhost.errors import InvalidRequest
 from modelhost.ids import new_id
 from modelhost.protocol.chat import ChatCompletionRequest, FunctionDefinition, NamedFunction, NamedToolChoice
@@ -84,20 +86,31 @@ def render_call(name: str, arguments: str) -> str:
     return f"{OPEN}{json.dumps({'name': name, 'arguments': args})}{CLOSE}"
 
 
-def call_grammar(plan: ToolPlan, alternative: str | None = None) -> str:
-    """GBNF for one call (or several, when parallel) to the plan's functions; optionally `| alternative`."""
-    variants = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": f.name}, "arguments": f.parameters or {"type": "object"}},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for f in plan.functions
-    ]
-    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+def call_grammar(plan: ToolPlan, alternative: str | None = None, *, tenant: str | None = None) -> str:
+    """GBNF for one call (or several, when parallel) to the plan's functions; optionally `| alternative`.
+
+    Each function's parameters are their own JSON-schema document: their `#/$defs/…` references are
+    resolved against them and hoisted, under names of their own, to the root of the combined schema.
+    """
+    definitions: dict[str, object] = {}
+    variants = []
+    tag = secrets.token_hex(4)
     try:
-        body = rename_root(compile_schema(schema, prop_order=["name", "arguments"]), "tool-json")
+        for i, f in enumerate(plan.functions):
+            parameters, defs = hoist_refs(f.parameters or {"type": "object"}, prefix=f"t{tag}-{i}")
+            definitions.update(defs)
+            variants.append(
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": f.name}, "arguments": parameters},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+            )
+        schema: dict[str, object] = variants[0] if len(variants) == 1 else {"anyOf": variants}
+        if definitions:
+            schema = {**schema, "$defs": definitions}
+        body = rename_root(compile_schema(schema, prop_order=["name", "arguments"], tenant=tenant), "tool-json")
     except GrammarError as exc:
         raise InvalidRequest(f"Invalid function parameters schema: {exc}", param="tools", code="invalid_value") from exc
     calls = 'tool-call ("\\n" tool-call)*' if plan.parallel else "tool-call"
