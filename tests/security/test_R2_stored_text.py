@@ -142,11 +142,20 @@ def test_R2_16_other_control_characters_are_stored_as_sent_on_both_stores(served
     assert key.status_code == 200, key.text
     assert served.send("GET", f"/organization/admin_api_keys/{key.json()['id']}").json()["name"] == text
 
-    if not any(c.isspace() for c in text):  # an email has no white space (its pattern)
-        email = f"{text}@x.org"
-        invite = served.send("POST", "/organization/invites", {"email": email, "role": "reader"})
+    # An email has no white space or control characters (its pattern): refused naming it, else kept as sent.
+    email = f"{text}@x.org"
+    invite = served.send("POST", "/organization/invites", {"email": email, "role": "reader"})
+    if any(c.isspace() or c < " " or c == "\x7f" for c in text):
+        assert invite.status_code == 400 and invite.json()["error"]["param"] == "email", invite.text
+    else:
         assert invite.status_code == 200, invite.text
         assert served.send("GET", f"/organization/invites/{invite.json()['id']}").json()["email"] == email
+
+
+def test_R2_16_an_email_is_kept_as_sent_not_stripped(served: AdminServer) -> None:
+    """Invites stripped what Python counts as white space, the pattern does not: \x1c-\x1f went silently."""
+    refused = served.send("POST", "/organization/invites", {"email": "\x1fstripped@x.org", "role": "reader"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "email", refused.text
 
 
 def test_R2_16_cli_arguments_the_store_cannot_hold_are_an_error_not_a_traceback(

@@ -15,7 +15,8 @@ from modelhost.protocol.common import StoredStr, WireModel
 
 # Every string a client sends here is stored or looked up: `StoredStr` (no NUL, valid Unicode).
 Name = Annotated[StoredStr, Field(min_length=1, max_length=256)]
-Email = Annotated[StoredStr, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+# No white space or control characters (invites stripped what Python counts as space, \x1c-\x1f too).
+Email = Annotated[StoredStr, Field(min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")]
 Id = Annotated[StoredStr, Field(min_length=1, max_length=128)]
 ModelId = Annotated[StoredStr, Field(min_length=1, max_length=256)]
 IdList = Annotated[list[Id], Field(max_length=100)]
