@@ -22,6 +22,11 @@ generations one token long; time limits are loose (this machine is shared and no
   all client text tokenized as text (how `test_R2_control_tokens.py` counts a forged turn by hand). Comparing with the same body
   where the control strings are replaced by letters is not a sound invariant: BPE merges with
   the neighbouring text differ, so "never fewer tokens" can fail for correct tokenization.
+- R2-16, on a server of its own on PostgreSQL (whose text cannot hold U+0000): text drawn from NUL,
+  the other C0 and C1 controls, DEL, lone surrogates and any other character as a project name or
+  rename, a service account's or admin key's name, an invite's email, a path id and a list cursor:
+  never a 5xx; a NUL or lone surrogate is a 400 `invalid_value` naming the field; what is accepted
+  reads back exactly as sent.
 - R2-11, after the runs above: no ledger row stays pending once the server is idle, request ids
   are unique, and every answered generation has its settled row with the usage it reported.
 """
@@ -33,6 +38,7 @@ import json
 import re
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -50,6 +56,7 @@ from modelhost.structured import tools as tools_mod
 from serverproc import MODEL, ledger_of
 
 from .conftest import GUARDED_ENV, Guarded, app_routes
+from .test_R2_stored_text import AdminServer, admin_server
 
 
 def fuzz(examples: int) -> settings:
@@ -616,6 +623,98 @@ def test_R2_4_a_surrogate_pair_is_one_character_and_fine(guarded: Guarded) -> No
     wire = json.dumps({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "smile \ud83d\ude00"}]}).encode()
     reply = httpx.post(f"{guarded.proc.base_url}/chat/completions", content=wire, headers=JSON | guarded.auth, timeout=60)
     assert reply.status_code == 200, reply.text
+
+
+# -- R2-16: NUL and other control characters in Administration API text, on PostgreSQL ------------------
+@pytest.fixture(scope="module")
+def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminServer]:
+    """A server of its own on a fresh PostgreSQL schema (whose text cannot hold NUL), with an admin key."""
+    with admin_server("postgresql", tmp_path_factory.mktemp("r2-16")) as server:
+        yield server
+
+
+_ODD_TEXT = st.text(
+    st.one_of(
+        st.characters(min_codepoint=0x01, max_codepoint=0x1F),  # the C0 controls but NUL
+        st.sampled_from(["\x7f", "@", " ", ".", "-"]),
+        st.characters(min_codepoint=0x80, max_codepoint=0x9F),  # C1 controls
+        st.characters(codec="utf-8"),  # anything else, letters and emoji
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@st.composite
+def _admin_text(draw: st.DrawFn) -> str:
+    """Control characters and the like; in half the examples a NUL or a lone surrogate (JSON spells one) put in."""
+    text = draw(_ODD_TEXT)
+    extra = draw(st.sampled_from(["", "", "\x00", "surrogate"]))
+    if extra == "surrogate":  # Hypothesis' characters() never draws one
+        extra = chr(draw(st.integers(0xD800, 0xDFFF)))
+    at = draw(st.integers(0, len(text)))
+    return text[:at] + extra + text[at:]
+
+
+ADMIN_TEXT = _admin_text()
+# Where the text goes: (field as the 400 names it, method, path, body maker); None for the body: a path id or query.
+ADMIN_TARGETS = ["project name", "project rename", "service account name", "admin key name", "invite email", "path id", "query cursor"]
+_invites = iter(range(10**9))
+
+
+def _storable(text: str) -> bool:
+    return "\x00" not in text and _valid_unicode(text)
+
+
+@fuzz(60)
+@given(target=st.sampled_from(ADMIN_TARGETS), text=ADMIN_TEXT)
+def test_fuzz_R2_16_admin_text_with_nul_or_control_characters_is_stored_as_sent_or_a_400_naming_it(
+    postgres_admin: AdminServer, target: str, text: str
+) -> None:
+    """Never a 5xx: text with a NUL or a lone surrogate is a 400 `invalid_value` naming its field,
+    anything else is either refused naming the field (an email's pattern) or read back exactly as sent."""
+    server, project = postgres_admin, postgres_admin.project
+    read_back: tuple[str, str] | None = None  # (path template with {id}, field) to read the stored value
+    if target == "project name":
+        param, reply, read_back = "name", server.send("POST", "/organization/projects", {"name": text}), ("/organization/projects/{id}", "name")
+    elif target == "project rename":
+        param, reply = "name", server.send("POST", f"/organization/projects/{project}", {"name": text})
+        read_back = (f"/organization/projects/{project}", "name")
+    elif target == "service account name":
+        path = f"/organization/projects/{project}/service_accounts"
+        param, reply, read_back = "name", server.send("POST", path, {"name": text, "create_service_account_only": True}), (path + "/{id}", "name")
+    elif target == "admin key name":
+        param, reply, read_back = "name", server.send("POST", "/organization/admin_api_keys", {"name": text}), ("/organization/admin_api_keys/{id}", "name")
+    elif target == "invite email":
+        text = f"{text}{next(_invites)}@x.org"
+        param, reply = "email", server.send("POST", "/organization/invites", {"email": text, "role": "reader"})
+        read_back = ("/organization/invites/{id}", "email")
+    elif target == "path id":
+        encoded = urllib.parse.quote(text.encode("utf-8", "surrogatepass"), safe="")
+        param, reply = "project_id", server.send("GET", f"/organization/projects/{encoded}")
+    else:
+        encoded = urllib.parse.quote(text.encode("utf-8", "surrogatepass"), safe="")
+        param, reply = "after", server.send("GET", f"/organization/projects?after={encoded}")
+    answer = Answer(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, reply.content)
+    assert_openai_answer(answer, (target, text))
+    assert reply.status_code < 500, (target, text, reply.text)
+    message = reply.json()["error"]["message"] if reply.status_code >= 400 else ""
+    event(f"{target}: {reply.status_code} {next((w for w in ('NUL', 'surrogate', 'pattern') if w in message), '')}")
+    if reply.status_code == 400:
+        error = reply.json()["error"]
+        assert (error["param"], error["code"]) == (param, "invalid_value"), (target, text, error)
+    if "\x00" in text:  # a NUL reaches the server in every target (a URL's %00 too)
+        assert reply.status_code == 400 and "NUL" in reply.json()["error"]["message"], (target, text, reply.text)
+    if read_back is None:
+        assert reply.status_code in (200, 400, 404), (target, text, reply.text)
+        return
+    if not _storable(text):
+        assert reply.status_code == 400, (target, text, reply.text)
+        return
+    assert reply.status_code in (200, 400), (target, text, reply.text)
+    if reply.status_code == 200:
+        stored = server.send("GET", read_back[0].format(id=reply.json().get("id")))
+        assert stored.status_code == 200 and stored.json()[read_back[1]] == text, (target, text, stored.text)
 
 
 # -- R2-11: the ledger after all of the above ---------------------------------------------------------
