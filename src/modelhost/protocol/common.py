@@ -26,8 +26,7 @@ def stored_text(value: str) -> str:
     character, control characters included, is kept as sent.
     """
     if "\x00" in value:
-        raise PydanticCustomError(
-"nul_character", "text that is stored cannot hold a NUL character (\\u0000)")
+        raise PydanticCustomError("nul_character", "text that is stored cannot hold a NUL character (\\u0000)")
     if not value.isascii():
         try:
             value.encode("utf-8")
