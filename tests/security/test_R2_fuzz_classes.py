@@ -657,7 +657,7 @@ def _admin_text(draw: st.DrawFn) -> str:
 
 
 ADMIN_TEXT = _admin_text()
-# Where the text goes: (field as the 400 names it, method, path, body maker); None for the body: a path id or query.
+# Where the text goes: stored (names, the email: read back after a 200) or only looked up (a path id, a list cursor).
 ADMIN_TARGETS = ["project name", "project rename", "service account name", "admin key name", "invite email", "path id", "query cursor"]
 _invites = iter(range(10**9))
 
