@@ -19,6 +19,7 @@ from modelhost.catalog.schema import CatalogError, load_catalog
 from modelhost.config import Settings
 from modelhost.engine.base import ChoiceFinished, GenerationRequest, SamplingParams, TextDelta
 from modelhost.engine.cache_salt import CacheSalts
+from modelhost.engine.fair_share import InFlightLimits
 from modelhost.engine.vllm import VllmEngine, VllmOptions, VllmUnavailable
 
 VLLM_MODELS = """
@@ -100,10 +101,13 @@ class FakeAsyncLLM:
     aborted: list[str] = field(default_factory=list)
     shut_down: bool = False
     hold: asyncio.Event | None = None
+    vllm_config: types.SimpleNamespace | None = None
 
     @classmethod
     def from_engine_args(cls, args: object) -> FakeAsyncLLM:
-        return cls(args)
+        # As vLLM does: max_num_seqs when given, else its default for the GPU (1024 on an H100 or H200).
+        max_num_seqs = args.kw.get("max_num_seqs") or 1024  # type: ignore[attr-defined]
+        return cls(args, vllm_config=types.SimpleNamespace(scheduler_config=types.SimpleNamespace(max_num_seqs=max_num_seqs)))
 
     async def get_tokenizer(self) -> Tokenizer:
         return Tokenizer()
@@ -261,3 +265,29 @@ def test_prefixes_shared_across_organizations_on_purpose_are_unsalted(fake_vllm:
     prompt, cached = run_one(engine, "org-a")
     assert prompt == {"prompt_token_ids": [1, 2, 3]} and cached == 3
     assert "enable_prefix_caching" not in engine.core.args.kw  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("extra", "limits"),
+    [
+        ("", InFlightLimits(1024, 512, 512)),  # vLLM's own default for the GPU, read from the started engine
+        ("max_num_seqs = 96", InFlightLimits(96, 48, 48)),
+        ("max_in_flight = 40\nmax_in_flight_per_project = 8", InFlightLimits(40, 20, 8)),
+    ],
+)
+def test_a_vllm_model_forwards_at_most_one_batch_and_an_organization_half_of_it(
+    tmp_path: Path, fake_vllm: type[FakeAsyncLLM], extra: str, limits: InFlightLimits
+) -> None:
+    """No more than vLLM runs at once is handed to it (the rest waits here, in turn); half for one organization."""
+    path = tmp_path / "models.toml"
+    path.write_text(VLLM_MODELS + extra + "\n")
+    _, built = build_models(path, load_catalog(path), Settings(home=tmp_path), {})
+    (model,) = built.values()
+
+    async def go() -> None:
+        await model.start()
+        assert model.engine is not None
+        assert model.engine.inner.limits == limits  # type: ignore[attr-defined]
+        await model.stop()
+
+    asyncio.run(go())

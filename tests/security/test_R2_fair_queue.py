@@ -6,12 +6,19 @@ then projects. A real server with one slot and a queue of 8 (shares: 2 per organ
 project): organization A floods from one project until refused, then from a second project until
 its organization's share is spent; organization B's request is still admitted and served first.
 A key's concurrent requests are capped by default too.
+
+Upstream and vLLM models queue elsewhere: the upstream runs one batch and queues the rest first
+come, first served, so a flood forwarded whole would make every other tenant wait behind it
+without a single 503. A vLLM-like upstream (`tests/support/misbehaving_upstream.py`, ``batch``:
+64 running at once, modelhost's default per replica) behind a models file with no sharing settings
+at all: organization A floods it, and organization B's request still starts upstream at once.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +27,8 @@ import pytest
 
 from modelhost.config import Settings
 from serverproc import MODEL, ServerProcess
+from support.misbehaving_upstream import MisbehavingUpstream
+from support.proxy import openai_model, proxy
 
 from .conftest import engine_state, long_chat, make_key, open_request, read_head, start_server, wait_until
 
@@ -100,3 +109,73 @@ def test_R2_6_a_key_has_a_concurrency_cap_by_default(tmp_path: Path) -> None:
         for sock in held:
             sock.close()
         proc.stop()
+
+
+# -- upstream and vLLM models: what is forwarded -------------------------------------------------
+
+BATCH = 64  # the upstream runs this many at once, like `vllm serve --max-num-seqs 64`
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MisbehavingUpstream, ServerProcess]]:
+    with MisbehavingUpstream() as up:
+        up.batch_size = BATCH
+        server = proxy(tmp_path_factory.mktemp("r2-batched"), openai_model("batched", [up.base_url], "batch", health_interval_seconds=0))
+        try:
+            yield up, server
+        finally:
+            server.stop()
+
+
+def _chat(content: str) -> dict[str, object]:
+    return {"model": "batched", "messages": [{"role": "user", "content": content}], "max_tokens": 5, "stream": True}
+
+
+def _settled(up: MisbehavingUpstream, quiet: float = 1.0, timeout: float = 60.0) -> int:
+    """How many requests the upstream started, once no more have started for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    seen, since = len(up.batch_started), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the upstream kept starting requests"
+        time.sleep(0.1)
+        if len(up.batch_started) != seen:
+            seen, since = len(up.batch_started), time.monotonic()
+    return seen
+
+
+def test_R2_6_a_flooding_organization_cannot_hold_back_anothers_request_upstream(
+    batched: tuple[MisbehavingUpstream, ServerProcess],
+) -> None:
+    up, proc = batched
+    first = make_key(proc, "--name", "flood-0")
+    organization = first["organization"]
+    flood = [first["secret"]] + [
+        make_key(proc, "--project", str(proc.cli("projects", "create", f"Flood {i}", "--org", organization)["id"]))["secret"]
+        for i in (1, 2)
+    ]
+    victim = make_key(proc, "--org", str(proc.cli("orgs", "create", "Elsewhere")["id"]), "--name", "victim")["secret"]
+    held: list[socket.socket] = []
+    try:
+        for key in flood:  # 90 long streams from organization A: more than the upstream's whole batch
+            held.extend(open_request(proc.port, _chat("flood"), key) for _ in range(30))
+        _settled(up)
+
+        started = time.monotonic()
+        sock = open_request(proc.port, _chat("victim"), victim)
+        held.append(sock)
+        try:
+            status, _, body = read_head(sock, timeout=5)
+        except TimeoutError:
+            raise AssertionError("B's request has not started in 5 s: it waits behind A's flood") from None
+        took = time.monotonic() - started
+        assert status == 200 and b"tick" in body + sock.recv(65536), body
+        assert "victim" in up.batch_started and took < 3.0, f"B's request started upstream after {took:.1f} s"
+
+        # A was forwarded half of the upstream's batch; the rest of its flood waits in modelhost, not upstream.
+        assert up.batch_started.count("flood") == BATCH // 2
+        assert engine_state(proc)["queue_depth"] == 90 - BATCH // 2
+        assert engine_state(proc)["slots_total"] == BATCH  # forwarded at most: 64 per replica by default
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: engine_state(proc)["queue_depth"] == 0 and engine_state(proc)["slots_busy"] == 0, 30)

@@ -8,7 +8,9 @@ the behaviour (see `BEHAVIOURS`); ``GET /v1/models`` answers 200 (health checks)
 Error bodies deliberately carry the server's own URL, a file path and the upstream model name, so
 tests can check that none of them reaches a client; ``echo-key`` even repeats the request's
 `Authorization` header. ``prefix-cache`` behaves like vLLM's prefix cache: a prompt seen before
-with the same ``cache_salt`` reports its tokens as `cached_tokens`.
+with the same ``cache_salt`` reports its tokens as `cached_tokens`. ``batch`` behaves like vLLM's
+scheduler: it runs `batch_size` requests at once and queues the rest first come, first served;
+`batch_started` lists the last message of each request it started running.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class MisbehavingUpstream:
         self._ready = threading.Event()
         self._hung: list[asyncio.StreamWriter] = []
         self.prefix_cache: set[tuple[object, str]] = set()  # (cache_salt, messages) seen, as vLLM keys its blocks
+        self.batch_size = 64  # ``batch``: requests running at once (vLLM's max_num_seqs)
+        self.batch_started: list[str] = []
+        self._batch_running = 0
+        self._batch_queue: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
     def base_url(self) -> str:
@@ -292,6 +298,40 @@ async def _tool_call(up: MisbehavingUpstream, writer: asyncio.StreamWriter, requ
     await writer.drain()
 
 
+async def _batch_slot(up: MisbehavingUpstream) -> None:
+    """A place in the batch, first come, first served."""
+    if up._batch_running < up.batch_size and not up._batch_queue:
+        up._batch_running += 1
+        return
+    turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    up._batch_queue.append(turn)
+    await turn  # the request that left handed its place on
+
+
+def _leave_batch(up: MisbehavingUpstream) -> None:
+    while up._batch_queue:
+        turn = up._batch_queue.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            return
+    up._batch_running -= 1
+
+
+async def _batch(up: MisbehavingUpstream, writer: asyncio.StreamWriter, request: dict[str, object]) -> None:
+    """A vLLM-like batch: once running, a chunk at once and another every 0.2 s until the client goes."""
+    messages = request.get("messages") or [{"content": request.get("prompt")}]
+    await _batch_slot(up)
+    try:
+        up.batch_started.append(str(messages[-1]["content"]))  # type: ignore[index]
+        await _start_stream(writer)
+        while True:
+            writer.write(_chunk(str(request["model"]), "tick "))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+    finally:
+        _leave_batch(up)
+
+
 BEHAVIOURS: dict[str, Handler] = {
     "good": _good,
     "slow": _slow,
@@ -312,6 +352,7 @@ BEHAVIOURS: dict[str, Handler] = {
     "tool-call": _tool_call,
     "prefix-cache": _prefix_cache,
     "echo-key": _echo_key,
+    "batch": _batch,
 }
 
 

@@ -197,7 +197,7 @@ def _build(path: Path, index: int, spec: ModelSpec, settings: Settings, api_key:
     if isinstance(backend, VllmBackend):
         from modelhost.engine.vllm import VllmEngine, VllmOptions, VllmUnavailable
 
-        options = VllmOptions(**backend.model_dump(exclude={"type", "max_n", *_IN_FLIGHT}))
+        options = VllmOptions(**backend.model_dump(exclude={"type", "max_n", *_SHARE_FIELDS}))
         try:
             engine = VllmEngine(
                 model_id=spec.id, options=options, context_length=spec.context_length, max_n=backend.max_n, cache_salts=_cache_salts(settings)
@@ -209,13 +209,31 @@ def _build(path: Path, index: int, spec: ModelSpec, settings: Settings, api_key:
     return _sentence(where, spec, backend, key)
 
 
-_IN_FLIGHT = ("max_in_flight", "max_in_flight_per_organization", "max_in_flight_per_project")
+_SHARE_FIELDS = (
+    "max_in_flight",
+    "max_in_flight_per_organization",
+    "max_in_flight_per_project",
+    "max_queued",
+    "max_queued_per_organization",
+    "max_queued_per_project",
+)
 
 
 def _fair(engine: Engine, backend: OpenAIBackend | VllmBackend) -> FairShareEngine:
-    """An upstream or vLLM queues what it is sent: its requests in flight are shared out per tenant."""
-    limits = ShareLimits.of(backend.max_in_flight, backend.max_in_flight_per_organization, backend.max_in_flight_per_project)
-    return FairShareEngine(engine, limits)
+    """An upstream or vLLM queues what it is sent first come, first served: forward no more than it
+    runs at once, share that out per tenant, and hold the rest here (`engine/fair_share.py`)."""
+    queue = ShareLimits.of(backend.max_queued, backend.max_queued_per_organization, backend.max_queued_per_project)
+    if isinstance(backend, OpenAIBackend):
+        in_flight: int | None = backend.max_in_flight or backend.max_in_flight_per_replica * len(backend.base_urls)
+    else:
+        in_flight = backend.max_in_flight  # None: vLLM's own max_num_seqs, known once it started
+    return FairShareEngine(
+        engine,
+        queue,
+        in_flight=in_flight,
+        per_organization=backend.max_in_flight_per_organization,
+        per_project=backend.max_in_flight_per_project,
+    )
 
 
 def _cache_salts(settings: Settings) -> CacheSalts:

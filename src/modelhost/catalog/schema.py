@@ -86,11 +86,33 @@ class OpenAIBackend(_Strict):
     api_key_env: str | None = Field(default=None, pattern=_ENV_NAME, description="Environment variable holding the upstream key.")
     model: str | None = Field(default=None, min_length=1, max_length=256, description="The upstream's name for the model; default: `id`.")
     max_n: int = Field(default=8, ge=1, le=128, description="Most choices per request.")
-    max_in_flight: int = Field(default=1024, ge=1, description="Requests forwarded and not yet ended; past it 503s.")
+    max_in_flight_per_replica: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Sequences one replica runs at once (its batch: vLLM's --max-num-seqs, SGLang's --max-running-requests). "
+            "modelhost forwards no more, so no request waits in a replica's own first-come queue behind a flood."
+        ),
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Sequences forwarded at once, all replicas together (a request with n choices counts n); the rest wait "
+            "here for their turn. Default: max_in_flight_per_replica × replicas."
+        ),
+    )
     max_in_flight_per_organization: int | None = Field(
-        default=None, ge=1, description="Of those, what one organization may have; default: a quarter of max_in_flight."
+        default=None, ge=1, description="Of those, what one organization may have; default: half of max_in_flight."
     )
     max_in_flight_per_project: int | None = Field(
+        default=None, ge=1, description="Of those, what one project may have; default: its organization's."
+    )
+    max_queued: int = Field(default=256, ge=1, description="Requests waiting here for their turn to be forwarded; past it 503s.")
+    max_queued_per_organization: int | None = Field(
+        default=None, ge=1, description="Of those, what one organization may have; default: a quarter of max_queued."
+    )
+    max_queued_per_project: int | None = Field(
         default=None, ge=1, description="Of those, what one project may have; default: half its organization's."
     )
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -143,11 +165,25 @@ class VllmBackend(_Strict):
     enforce_eager: bool = False
     trust_remote_code: bool = False
     max_n: int = Field(default=8, ge=1, le=128)
-    max_in_flight: int = Field(default=1024, ge=1, description="Requests handed to vLLM and not yet ended; past it 503s.")
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Sequences handed to vLLM at once (a request with n choices counts n); the rest wait here for their turn. "
+            "Default: vLLM's max_num_seqs as it started (what it runs in one batch), so none waits in vLLM's own queue."
+        ),
+    )
     max_in_flight_per_organization: int | None = Field(
-        default=None, ge=1, description="Of those, what one organization may have; default: a quarter of max_in_flight."
+        default=None, ge=1, description="Of those, what one organization may have; default: half of max_in_flight."
     )
     max_in_flight_per_project: int | None = Field(
+        default=None, ge=1, description="Of those, what one project may have; default: its organization's."
+    )
+    max_queued: int = Field(default=256, ge=1, description="Requests waiting here for their turn; past it 503s.")
+    max_queued_per_organization: int | None = Field(
+        default=None, ge=1, description="Of those, what one organization may have; default: a quarter of max_queued."
+    )
+    max_queued_per_project: int | None = Field(
         default=None, ge=1, description="Of those, what one project may have; default: half its organization's."
     )
 

@@ -111,6 +111,21 @@ async def _maybe_await(value: object) -> object:
     return await value if inspect.isawaitable(value) else value
 
 
+_VLLM_MAX_NUM_SEQS = 256  # vLLM's default batch on most GPUs, when a started engine does not say
+
+
+def _max_num_seqs(core: object) -> int | None:
+    """The batch size a started vLLM resolved (V1 ``AsyncLLM.vllm_config``, V0 ``AsyncLLMEngine.engine``)."""
+    for path in (("vllm_config", "scheduler_config"), ("engine", "scheduler_config")):
+        found: object = core
+        for name in path:
+            found = getattr(found, name, None)
+        value = getattr(found, "max_num_seqs", None)
+        if isinstance(value, int) and value >= 1:
+            return value
+    return None
+
+
 class VllmGeneration:
     """One request inside vLLM: iterate it for events; `cancel()` aborts it in the engine."""
 
@@ -198,6 +213,7 @@ class VllmEngine:
         self.core: object = None
         self._tokenizer: object = None
         self.running = 0
+        self.capacity = options.max_num_seqs or _VLLM_MAX_NUM_SEQS  # sequences in one batch; vLLM's own once started
 
     async def start(self) -> None:
         o = self._options
@@ -225,6 +241,7 @@ class VllmEngine:
             **extra,
         )
         self.core = self.vllm.Engine.from_engine_args(args)
+        self.capacity = _max_num_seqs(self.core) or self.capacity  # vLLM picks its default by GPU when not given
         self._tokenizer = await _maybe_await(self.core.get_tokenizer())  # type: ignore[attr-defined]
         if not self.context_length:
             config = await _maybe_await(self.core.get_model_config())  # type: ignore[attr-defined]
