@@ -102,6 +102,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, database: str, redis_pref
         "MODELHOST_EMBEDDING_MODEL_ENABLED": "false",
         "MODELHOST_SLOTS": "2",
         "MODELHOST_THREADS": "1",
+        "MODELHOST_MAX_UNAUTHENTICATED_PER_ADDRESS": "0",  # as examples/nginx-replicas.conf says: every peer is nginx
     }
     fleet = [ServerProcess(tmp_path_factory.mktemp(f"replica-{n}"), env_overrides=env) for n in (1, 2)]
     try:
