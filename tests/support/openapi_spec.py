@@ -1,6 +1,6 @@
 """Validate JSON bodies against the schemas of the official OpenAI OpenAPI spec.
 
-The spec is the vendored ``shared/openai-openapi/openapi.yaml`` (a sibling of
+The spec is the pinned ``spec/openai-openapi/openapi.yaml`` inside the repository (formerly a sibling of
 the repository checkout), or the file named by ``MODELHOST_OPENAI_SPEC``.
 
 The spec calls itself OpenAPI 3.1 (JSON Schema 2020-12) but still carries
@@ -84,16 +84,15 @@ _MESSAGE_LIMIT = 300
 def spec_path() -> Path:
     """Return the path of the OpenAI ``openapi.yaml`` to validate against.
 
-    ``$MODELHOST_OPENAI_SPEC`` wins when set; otherwise it is
-    ``<parent of the repository>/shared/openai-openapi/openapi.yaml``.
+    ``$MODELHOST_OPENAI_SPEC`` wins when set; otherwise it is the copy pinned in the repository,
+    ``spec/openai-openapi/openapi.yaml`` (its upstream commit in the README beside it).
     The file is not required to exist; :func:`load_spec` reports that.
     """
     override = os.environ.get(SPEC_ENV_VAR)
     if override:
         return Path(override).expanduser().resolve()
-    # parents: [0] tests/support, [1] tests, [2] the repository, [3] its parent,
-    # which holds ``shared/`` both in the dev workspace and in CI.
-    return Path(__file__).resolve().parents[3] / "shared" / "openai-openapi" / "openapi.yaml"
+    # parents: [0] tests/support, [1] tests, [2] the repository.
+    return Path(__file__).resolve().parents[2] / "spec" / "openai-openapi" / "openapi.yaml"
 
 
 def load_spec(path: Path | None = None) -> dict[str, Any]:
@@ -110,8 +109,8 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
 def _load_spec(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
-            f"OpenAI OpenAPI spec not found at {path}; check out shared/ next to the "
-            f"repository or set {SPEC_ENV_VAR} to the path of openapi.yaml"
+            f"OpenAI OpenAPI spec not found at {path}; it is pinned in the repository at spec/openai-openapi/ "
+            f"(or set {SPEC_ENV_VAR} to the path of an openapi.yaml)"
         )
     # The C loader parses the ~3 MB file several times faster than the pure one.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,12 +1,13 @@
 """Tests for the OpenAI-spec validation helper (``openapi_spec``).
 
 Assertions about what is required or nullable follow the vendored spec
-(``shared/openai-openapi/openapi.yaml``), not the live API.
+(``spec/openai-openapi/openapi.yaml``, pinned in the repository), not the live API.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,15 @@ def _chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 # --- locating and loading the spec -------------------------------------------
 
 
-def test_default_spec_path_is_shared_sibling_of_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_spec_is_the_copy_pinned_inside_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh clone anywhere runs its tests: nothing outside the checkout is read (issue #13, point 6)."""
     monkeypatch.delenv(SPEC_ENV_VAR, raising=False)
     repository = Path(openapi_spec.__file__).resolve().parents[2]
     assert (repository / "pyproject.toml").is_file()
-    assert spec_path() == repository.parent / "shared" / "openai-openapi" / "openapi.yaml"
+    assert spec_path() == repository / "spec" / "openai-openapi" / "openapi.yaml"
+    assert spec_path().is_file()
+    digest = hashlib.sha256(spec_path().read_bytes()).hexdigest()
+    assert digest in (spec_path().parent / "README.md").read_text(), "the README names the pinned file's sha256"
 
 
 def test_env_var_overrides_spec_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
