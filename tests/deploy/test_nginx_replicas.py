@@ -324,7 +324,14 @@ def test_a_key_made_on_one_replica_works_through_the_balancer_on_both_and_the_le
     completion_ids = {completion for _, completion in answers}
 
     # Both replicas answered, each request exactly one of them (their own access logs, by request id).
-    on_a, on_b = (served_request_ids(r) & set(sent) for r in replicas)
+    # A stream's access-log line is written as its response ends, which can be just after the
+    # client read `[DONE]`: wait a moment for the last line.
+    deadline = time.monotonic() + 10
+    while True:
+        on_a, on_b = (served_request_ids(r) & set(sent) for r in replicas)
+        if on_a | on_b == set(sent) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert on_a and on_b, f"requests did not land on both replicas: {len(on_a)} and {len(on_b)} of 8"
     assert on_a | on_b == set(sent) and not on_a & on_b
     after = [metric(r, "modelhost_generations_total", operation="chat.completions") for r in replicas]
