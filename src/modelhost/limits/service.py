@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 
+from sqlalchemy import BigInteger
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.config import Settings
@@ -36,6 +37,12 @@ from modelhost.store.schema import Project, QuotaSetting, RateLimitSetting
 #: The fields of OpenAI's project rate-limit object that modelhost enforces.
 OPENAI_FIELDS = ("max_requests_per_1_minute", "max_tokens_per_1_minute", "max_requests_per_1_day")
 RATE_LIMIT_ID_PREFIX = "rl-"
+#: The largest value of each field: what its column holds (PostgreSQL's INTEGER is 32 bits, so a
+#: larger value was a 500 there), and at most 2^53 (Redis's Lua counts in doubles).
+LARGEST = {
+    name: 2**53 if isinstance(RateLimitSetting.__table__.c[name].type, BigInteger) else 2**31 - 1
+    for name in RATE_LIMIT_FIELDS
+}
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,10 @@ class LimitSettings:
         unknown = set(values) - set(RATE_LIMIT_FIELDS)
         assert not unknown, f"unknown rate limit fields {unknown}"
         for name, value in values.items():
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 2**53):
-                raise InvalidRequest(f"Invalid value for '{name}': a whole number ≥ 0 (0 means no limit).", param=name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= LARGEST[name]):
+                raise InvalidRequest(
+                    f"Invalid value for '{name}': a whole number from 0 to {LARGEST[name]} (0 means no limit).", param=name
+                )
         if model != stored.ALL_MODELS and values.get("max_concurrent_requests") is not None:
             raise InvalidRequest(
                 "Concurrent requests are capped per key over all models: set them without a model.",
