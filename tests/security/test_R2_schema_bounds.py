@@ -182,8 +182,9 @@ def test_tool_parameters_resolve_their_own_defs_and_two_tools_never_share_a_rule
 
 
 def test_one_organization_cannot_keep_the_compile_workers_from_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An organization has one compile running and one waiting; a third is a 503 `overloaded` at once
-    (Retry-After: the server's load, not the schema's fault), while another organization compiles."""
+    """An organization compiles one schema at a time, with at most TENANT_QUEUE running or waiting;
+    one more is a 503 `overloaded` at once (Retry-After: the server's load, not the schema's fault),
+    while another organization compiles."""
     import threading
 
     from modelhost.errors import ServiceUnavailable
@@ -200,6 +201,7 @@ def test_one_organization_cannot_keep_the_compile_workers_from_the_others(monkey
     monkeypatch.setattr(compiler, "_compile_line", slow)
     slow_schema = {"type": "string", "description": "slow"}
     results: list[object] = []
+    monkeypatch.setattr("modelhost.engine.grammar_compiler.TENANT_QUEUE", 2)
     threads = [threading.Thread(target=lambda: results.append(compiler.compile(slow_schema, tenant="org-a"))) for _ in range(2)]
     try:
         for thread in threads:

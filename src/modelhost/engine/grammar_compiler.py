@@ -30,7 +30,7 @@ WAIT_SECONDS = 5.0  # how long a request waits for a free worker before it is to
 WORKER_MEMORY_BYTES = 256 * 1024 * 1024  # added address space a worker may use for one compile
 MAX_GRAMMAR_BYTES = 256 * 1024
 MAX_ERROR_CHARS = 300
-TENANT_QUEUE = 2  # compiles one organization may have running or waiting; the next is a 503
+TENANT_QUEUE = 8  # compiles one organization may have running (one at a time) or waiting; the next is a 503
 _WORKER_SCRIPT = Path(__file__).with_name("grammar_worker.py")
 
 
@@ -125,9 +125,9 @@ class GrammarCompiler:
     def compile(self, schema: object, prop_order: list[str] | None = None, *, tenant: str | None = None) -> str:
         """GBNF for values matching `schema` (root rule `root`), or `GrammarError` naming the problem.
 
-        `tenant` (an organization id) may have one compile running and one waiting; more, or no
-        worker free within the wait, is a 503 `overloaded` with Retry-After: the server's load, not
-        the schema's fault, and a waiting request holds one of the server's few worker threads.
+        `tenant` (an organization id) compiles one schema at a time, with up to TENANT_QUEUE running
+        or waiting; more, or no worker free within the wait, is a 503 `overloaded` with Retry-After:
+        the server's load, not the schema's fault (and a waiting request holds a worker thread).
         """
         document = inline_root_ref(check_schema(schema))  # references hoisted: each target one rule
         line = json.dumps({"schema": document, "prop_order": prop_order, "cpu_seconds": self._compile_seconds})
