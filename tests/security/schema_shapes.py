@@ -104,7 +104,7 @@ WITHIN = {
     "1000-value enum": {"enum": [f"value-{i}" * 5 for i in range(1000)]},
     "100 alternatives": {"anyOf": [{"type": "object", "properties": {f"p{i}": string(maxLength=50)}, "required": [f"p{i}"]} for i in range(100)]},
     "deep but short names": nested(30, string(maxLength=200), name="n"),
-    "nested alternatives at the width bound": alternatives_nested(32, 2),
+    "nested alternatives at the width bound": alternatives_nested(16, 2),
     "references a converter re-expanded": refs_reexpanded(30),
     "recursive tree": {"type": "object", "properties": {"v": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#"}}}, "required": ["v"]},
     "optional recursive node": {

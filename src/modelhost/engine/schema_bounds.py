@@ -352,8 +352,12 @@ def _quantifier(inside: str) -> tuple[int, int | None]:
 # request's token for minutes on the decode thread every tenant shares). `grammar_width` bounds them
 # from the schema: alternatives add up per JSON type (a value's first character tells the types
 # apart), nesting in an object or array carries the widest member, and references count their
-# target. Measured per token on the 2-core machine: width 256 about 3.5 ms, 1024 about 17 ms.
-MAX_GRAMMAR_WIDTH = 1024
+# target. The worst step is one where no well-scored token fits and the whole vocabulary is
+# checked against every reading (bench/schema_bounds.py, random scores): nested alternatives of
+# width 1024 took 2.8 s there, an enum of 1000 strings 0.34 s (its readings are plain literals,
+# about eight times cheaper each, so an enum value counts an eighth).
+MAX_GRAMMAR_WIDTH = 256
+ENUM_VALUES_PER_READING = 8
 _JSON_TYPES = ("object", "array", "string", "number", "boolean", "null")
 
 
@@ -447,7 +451,7 @@ def grammar_width(document: object) -> int:
             per_value = dict.fromkeys(_JSON_TYPES, 0)
             for value in node["enum"]:
                 per_value[_value_type(value)] += 1
-            return max(per_value.values()), deps
+            return -(-max(per_value.values()) // ENUM_VALUES_PER_READING), deps
         members: list[object] = []
         properties = node.get("properties")
         widest = 1
