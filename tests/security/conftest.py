@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import psycopg
 import pytest
 
 from serverproc import METRICS_TOKEN, MODEL, ServerProcess
@@ -156,3 +157,34 @@ def app_routes() -> list[tuple[str, str]]:
 
     walk(create_app().router.routes)
     return sorted(set(found))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind (PostgreSQL: its own database, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    name = f"modelhost_sec_{uuid.uuid4().hex[:10]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float:
+    """Seconds until the server closed `sock` (whatever it sent is read and dropped); fails after `seconds`."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except (socket.timeout, TimeoutError):
+        raise AssertionError(f"the server kept the connection open for {seconds} s") from None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started

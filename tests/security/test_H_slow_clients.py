@@ -11,26 +11,22 @@ import httpx
 
 from serverproc import MODEL, ledger_of
 
-from .conftest import Guarded, engine_state, long_chat, make_key, open_request, read_head, start_server, wait_until
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> float:
-    """Seconds until the server closed `sock` (reading whatever it sent); fails after `seconds`."""
-    started = time.monotonic()
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except (socket.timeout, TimeoutError):
-        raise AssertionError(f"the server kept the connection open for {seconds} s") from None
-    except ConnectionResetError:
-        pass
-    return time.monotonic() - started
+from .conftest import (
+    Guarded,
+    closed_within,
+    engine_state,
+    long_chat,
+    make_key,
+    open_request,
+    read_head,
+    start_server,
+    wait_until,
+)
 
 
 def test_H1_a_connection_that_sends_nothing_is_closed(guarded: Guarded) -> None:
     with socket.create_connection(("127.0.0.1", guarded.proc.port)) as sock:
-        assert _closed_within(sock, 8) < 6  # header deadline 2 s on this server
+        assert closed_within(sock, 8) < 6  # header deadline 2 s on this server
 
 
 def test_H1_trickled_headers_are_cut_off_at_the_header_deadline(guarded: Guarded) -> None:
@@ -45,7 +41,7 @@ def test_H1_trickled_headers_are_cut_off_at_the_header_deadline(guarded: Guarded
             pass
         elapsed = time.monotonic() - started
         assert elapsed < 6, elapsed
-        _closed_within(sock, 5)
+        closed_within(sock, 5)
 
 
 def test_H1_a_trickled_body_is_408_at_the_body_deadline(guarded: Guarded) -> None:

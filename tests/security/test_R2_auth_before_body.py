@@ -29,7 +29,7 @@ import pytest
 
 from serverproc import MODEL, ServerProcess
 
-from .conftest import Guarded, make_key, read_head, start_server, wait_until
+from .conftest import Guarded, closed_within, make_key, read_head, start_server, wait_until
 
 WRONG_KEY = "sk-proj-0-" + "x" * 43  # well formed, stored nowhere: the store is asked and says no
 ROUTES = ["/v1/chat/completions", "/v1/organization/projects"]  # an inference and an admin route that take bodies
@@ -51,20 +51,6 @@ def _head(path: str, framing: str, authorization: str | None = f"Bearer {WRONG_K
     if authorization is not None:
         lines.append(f"Authorization: {authorization}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> float:
-    """Seconds until the server closed `sock` (whatever it sent is read and dropped); fails after `seconds`."""
-    started = time.monotonic()
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except (socket.timeout, TimeoutError):
-        raise AssertionError(f"the server kept the connection open for {seconds} s") from None
-    except ConnectionResetError:
-        pass
-    return time.monotonic() - started
 
 
 def _is_open(sock: socket.socket, wait: float = 0.4) -> bool:
@@ -222,14 +208,14 @@ def test_R2_3_unauthenticated_connections_are_capped_per_client_address(capped: 
     try:
         # One more from this address is closed at once, before a byte is read: a request on it gets nothing.
         beyond = _connect(proc)
-        assert _closed_within(beyond, 3) < 1.0
+        assert closed_within(beyond, 3) < 1.0
         beyond.close()
         with _connect(proc) as refused:
             try:
                 refused.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            assert _closed_within(refused, 3) < 1.0
+            assert closed_within(refused, 3) < 1.0
 
         # Another address is not affected (all of 127/8 is loopback).
         with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as other:
@@ -243,7 +229,7 @@ def test_R2_3_unauthenticated_connections_are_capped_per_client_address(capped: 
         assert _authenticated_request(authed, key) == 200
         held.extend(_idle(proc, 1))  # three idle, one authenticated: room for one more unauthenticated
         with _connect(proc) as beyond:
-            assert _closed_within(beyond, 3) < 1.0
+            assert closed_within(beyond, 3) < 1.0
     finally:
         for sock in held:
             sock.close()
@@ -253,10 +239,10 @@ def test_R2_3_unauthenticated_connections_are_capped_per_client_address(capped: 
     again = _idle(proc, CAP)
     try:
         with _connect(proc) as beyond:
-            assert _closed_within(beyond, 3) < 1.0
+            assert closed_within(beyond, 3) < 1.0
         # The ones that never send a head leave at the head deadline, and take nothing with them.
         for sock in again:
-            _closed_within(sock, 10)
+            closed_within(sock, 10)
     finally:
         for sock in again:
             sock.close()
@@ -280,7 +266,7 @@ def test_R2_3_a_connection_that_authenticated_once_counts_again_after_a_wrong_ke
             assert status == 401 and headers.get("connection") != "close"
             assert _is_open(sock, 0.2)
         with _connect(proc) as beyond:  # the address is full again: a new connection is closed at once
-            assert _closed_within(beyond, 3) < 1.0
+            assert closed_within(beyond, 3) < 1.0
         # A counted connection whose wrong key comes again stays (it takes no new place) ...
         assert _keyed_request(held[0], WRONG_KEY)[0] == 401 and _is_open(held[0], 0.2)
         # ... and a valid key frees its place at once.
@@ -301,7 +287,7 @@ def test_R2_3_a_wrong_key_on_an_authenticated_connection_with_no_room_left_close
         held.extend(_idle(proc, CAP))  # the address's unauthenticated places are all taken
         status, headers = _keyed_request(authed, WRONG_KEY)
         assert status == 401 and headers.get("connection") == "close"  # told, then closed after the answer
-        assert _closed_within(authed, 3) < 1.0
+        assert closed_within(authed, 3) < 1.0
     finally:
         for sock in held:
             sock.close()
@@ -322,13 +308,13 @@ def test_R2_3_unauthenticated_connections_of_all_clients_hold_at_most_half_of_th
         with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.98"), timeout=10) as client:
             for _ in range(2):
                 assert client.get(f"{proc.base_url}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-        assert _closed_within(held[0], 3) < 1.0
+        assert closed_within(held[0], 3) < 1.0
         # Three from new addresses: the first takes the place the served client's connection left when
         # it authenticated, the next two each close the oldest; never more than half in all.
         newcomers = [_connect(proc, f"127.0.0.{50 + i}") for i in range(3)]
         held.extend(newcomers)
         assert all(_is_open(sock, 0.2) for sock in newcomers)
-        assert _closed_within(held[1], 3) < 1.0 and _closed_within(held[2], 3) < 1.0
+        assert closed_within(held[1], 3) < 1.0 and closed_within(held[2], 3) < 1.0
         assert all(_is_open(sock, 0.1) for sock in held[4:])  # the rest, and the newest, are kept
         # A connection that authenticated is never closed for a newcomer.
         authed = held[5]

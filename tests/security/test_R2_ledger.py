@@ -31,32 +31,15 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
 from sqlalchemy import select
 
 from modelhost.store import open_engine, session_factory
 from modelhost.store.schema import UsageRecord
-from serverproc import MODEL, ServerProcess
+from serverproc import ServerProcess
 
 from .conftest import long_chat, make_key, start_server, wait_until
 
 HEARTBEAT = "1"  # seconds; a replica is presumed dead after 3 silent heartbeats
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    name = f"modelhost_r2_{uuid.uuid4().hex[:10]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _rows(url: str) -> dict[str, UsageRecord]:

@@ -8,13 +8,10 @@ import socket
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from modelhost.store import UsageLedger, open_engine, session_factory
@@ -115,20 +112,6 @@ def _pending(url: str) -> list[str]:
     return [e.request_id for e in UsageLedger(session_factory(open_engine(url))).entries(include_pending=True) if e.outcome == "pending"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'crash.db'}"
-        return
-    name = f"modelhost_crash_{uuid.uuid4().hex[:10]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_kill_9_under_load_loses_no_completed_request_and_duplicates_nothing(tmp_path: Path, database_url: str) -> None:
