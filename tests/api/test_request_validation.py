@@ -89,8 +89,14 @@ def test_prompt_longer_than_the_context_is_context_length_exceeded(client: opena
 
 
 def test_huge_max_tokens_is_clamped_to_the_context(client: openai.OpenAI, model: str) -> None:
-    completion = client.chat.completions.create(model=model, messages=HI, max_tokens=10**9, stop=["."])
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, max_tokens=10**9, stop=["."])
+    # The reservation takes prompt + max_tokens from the per-minute token bucket: unclamped, 10**9
+    # could never fit this limit, so the answer itself shows the estimate was clamped.
+    assert int(raw.headers["x-ratelimit-limit-tokens"]) < 10**9
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) >= int(raw.headers["x-ratelimit-limit-tokens"]) - 2048
+    completion = raw.parse()
     assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.total_tokens <= 2048  # one slot's context (MODELHOST_SLOT_CONTEXT's default)
 
 
 def test_body_over_the_limit_is_413(server: ServerProcess, project_key) -> None:  # type: ignore[no-untyped-def]
