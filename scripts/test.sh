@@ -8,4 +8,6 @@ scripts/install.sh
 .venv/bin/python tests/clients/runner.py install >/dev/null || echo "warning: could not pre-install the client SDKs" >&2
 # llama-cpp-python's own server, an upstream for tests/api/test_upstream_proxy.py (cached venv, same wheel).
 .venv/bin/python tests/support/peer_server.py install >/dev/null || echo "warning: could not pre-install llama-cpp-python's server" >&2
+# Lint first: a syntax slip or an undefined name fails in a second, not after the model tests.
+.venv/bin/ruff check --quiet src tests bench
 exec .venv/bin/python -m pytest "$@"
