@@ -4,8 +4,8 @@ A schema is client input that turns into work twice: once when it is compiled to
 (pure Python, super-linear in some shapes) and then on every decoded token (llama.cpp advances the
 grammar's stacks, which grow with ambiguity). Both are bounded here from the schema alone, in time
 linear in its size, so an oversized schema is refused in milliseconds naming what is too large,
-and everything within the bounds compiles in well under a second (measured in
-`tests/security/test_R2_schema_bounds.py`). The compiler still runs in a killable, memory-capped
+and everything within the bounds compiles in well under a second (`bench/schema_bounds.py`;
+bench/README.md). The compiler still runs in a killable, memory-capped
 process (`engine/grammar_compiler.py`) in case these estimates are ever wrong.
 
 The grammar's size is estimated in bytes as the converter writes it: every repetition is written
@@ -75,7 +75,7 @@ def check_schema(schema: object) -> object:
         raise GrammarError(f"The schema is {len(encoded)} bytes; the limit is {MAX_SCHEMA_BYTES}.")
     problems = list(_walk(schema, "#", 0, _Tally(), len("root")))  # as sent: paths the client knows
     if not problems:
-        document = with_hoisted_refs(schema)
+        document = with_hoisted_refs(encoded)
         tally = _Tally()
         problems = list(_walk(document, "#", 0, tally, len("root")))  # as compiled: what it costs
         problems += _merged_object_problems(document)

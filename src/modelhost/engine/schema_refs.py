@@ -34,6 +34,11 @@ def hoist_refs(schema: object, prefix: str | None = None) -> tuple[object, dict[
         document = json.loads(json.dumps(schema, allow_nan=False))
     except (TypeError, ValueError, RecursionError) as exc:
         raise GrammarError(f"The schema is not plain JSON: {exc}") from exc
+    return _hoist(document, prefix)
+
+
+def _hoist(document: object, prefix: str | None) -> tuple[object, dict[str, object]]:
+    """`hoist_refs` on a document of the caller's own, rewritten in place."""
     tag = prefix or f"d{secrets.token_hex(4)}"
     names: dict[str, str] = {}
     targets: dict[str, object] = {}
@@ -66,9 +71,10 @@ def hoist_refs(schema: object, prefix: str | None = None) -> tuple[object, dict[
     return document, definitions
 
 
-def with_hoisted_refs(schema: object) -> object:
-    """`schema` with its references hoisted (`hoist_refs`) and the definitions at its root."""
-    document, definitions = hoist_refs(schema)
+def with_hoisted_refs(encoded: str) -> object:
+    """The schema JSON-encoded in `encoded`, with its references hoisted (`hoist_refs`) and the
+    definitions at its root. (Decoding the text the caller already made is the private copy.)"""
+    document, definitions = _hoist(json.loads(encoded), None)
     if not definitions:
         return document
     if not isinstance(document, dict):
