@@ -13,7 +13,7 @@ from modelhost.api.deps import app_state
 from modelhost.errors import InvalidRequest
 from modelhost.limits.service import LimitSettings
 from modelhost.organization import Scope, model_permissions
-from modelhost.protocol.rate_limits import (
+from modelhost.protocol.admin.rate_limits import (
     ProjectRateLimit,
     ProjectRateLimitList,
     ProjectRateLimitListQuery,

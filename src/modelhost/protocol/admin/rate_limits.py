@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from modelhost.protocol.admin import CursorList, Id, QueryModel
+from modelhost.protocol.admin.common import CursorList, Id, QueryModel
 from modelhost.protocol.common import WireModel
 
 Limit = Annotated[int, Field(ge=0, le=2**53, description="0 means no limit.")]
