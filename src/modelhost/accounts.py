@@ -13,9 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.auth.keys import new_secret
-from modelhost.auth.principal import INFERENCE_SCOPES
-from modelhost.organization import Scope, admin_keys, audit, invites, projects, users
+from modelhost.organization import Scope, admin_keys, api_keys, invites, projects, users
 from modelhost.protocol.admin import AdminApiKeyCreateRequest, InviteRequest, ListQuery, ProjectCreateRequest
 from modelhost.store import members, tenancy
 from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
@@ -130,26 +128,14 @@ def create_key(
                 f"User {owner.email} is not a member of project {chosen.id}; add them to it first "
                 "(POST /v1/organization/projects/{project_id}/users), or make them an owner of the organization."
             )
-        secret = new_secret(kind)
-        key = tenancy.add_key(
-            session,
-            kind=kind,
-            secret_hash=secret.secret_hash,
-            redacted_value=secret.redacted_value,
-            name=name,
-            user_id=owner.id,
-            organization_id=org_id if kind == "project" else None,
-            project_id=chosen.id if kind == "project" else None,
+        key_scope = Scope(org_id) if kind == "project" else None
+        minted = api_keys.mint(
+            session, key_scope, kind=kind, name=name, user_id=owner.id, project=chosen if kind == "project" else None
         )
-        if kind == "project":
-            audit.record(
-                session, Scope(org_id), "api_key.created", key.id, {"data": {"scopes": sorted(INFERENCE_SCOPES)}},
-                project=chosen,
-            )
         session.commit()
         return {
-            "id": key.id,
-            "secret": secret.secret,
+            "id": minted.key.id,
+            "secret": minted.secret,
             "kind": kind,
             "name": name,
             "user": owner.id,
@@ -165,15 +151,10 @@ def list_keys(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
 
 def revoke_key(sessions: sessionmaker[Session], key_id: str) -> dict[str, object]:
     with sessions() as session:
-        found = session.get(ApiKey, key_id)
-        was_live = found is not None and found.revoked_at is None
-        try:
-            key = tenancy.revoke_key(session, key_id)
-        except tenancy.TenancyConflict as exc:
-            raise AccountError(str(exc)) from exc
-        if was_live and key.organization_id is not None:
-            project = session.get(Project, key.project_id) if key.project_id else None
-            audit.record(session, Scope(key.organization_id), "api_key.deleted", key.id, project=project)
+        key = session.get(ApiKey, key_id)
+        if key is None:
+            raise AccountError(f"No key {key_id!r}.")
+        api_keys.revoke(session, key)
         session.commit()
         return _key_view(key)
 

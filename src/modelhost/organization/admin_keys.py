@@ -6,10 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.auth.keys import new_secret
-from modelhost.auth.principal import ADMIN_SCOPES
 from modelhost.errors import InvalidRequest
-from modelhost.organization import audit
+from modelhost.organization import api_keys
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix, unix_now
 from modelhost.protocol.admin import (
     AdminApiKey,
@@ -52,23 +50,11 @@ def create(
         member = tenancy.membership(session, owner, scope.organization_id)
         if member is None or member.role != "owner":
             raise InvalidRequest(f"Admin keys belong to owners of the organization; user {owner} is not one.")
-        secret = new_secret("admin")
         expires = (
             tenancy.utcnow() + timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
         )
-        key = tenancy.add_key(
-            session,
-            kind="admin",
-            secret_hash=secret.secret_hash,
-            redacted_value=secret.redacted_value,
-            name=body.name,
-            user_id=owner,
-            organization_id=scope.organization_id,
-            project_id=None,
-            expires_at=expires,
-        )
-        audit.record(session, scope, "api_key.created", key.id, {"data": {"scopes": sorted(ADMIN_SCOPES)}})
-        return AdminApiKeyCreated(**_wire(session, key).model_dump(), value=secret.secret)
+        minted = api_keys.mint(session, scope, kind="admin", name=body.name, user_id=owner, expires_at=expires)
+        return AdminApiKeyCreated(**_wire(session, minted.key).model_dump(), value=minted.secret)
 
 
 def list_keys(sessions: sessionmaker[Session], scope: Scope, query: AdminApiKeyListQuery) -> AdminApiKeyList:
@@ -95,6 +81,5 @@ def delete(sessions: sessionmaker[Session], scope: Scope, key_id: str) -> AdminA
     """Revoke the key: refused everywhere within the key cache time."""
     with transaction(sessions) as session:
         key = _live(session, scope, key_id)
-        key.revoked_at = tenancy.utcnow()
-        audit.record(session, scope, "api_key.deleted", key.id)
+        api_keys.revoke(session, key, scope)
         return AdminApiKeyDeleted(id=key.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.errors import InvalidRequest
-from modelhost.organization import audit, projects
+from modelhost.organization import api_keys, projects
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix, unix_now
 from modelhost.protocol.admin import (
     ProjectApiKey,
@@ -89,6 +89,5 @@ def delete(sessions: sessionmaker[Session], scope: Scope, project_id: str, key_i
             raise InvalidRequest(
                 f"Key {key.id} belongs to service account {key.service_account_id}; delete the service account instead."
             )
-        key.revoked_at = tenancy.utcnow()
-        audit.record(session, scope, "api_key.deleted", key.id, project=project)
+        api_keys.revoke(session, key, scope)
         return ProjectApiKeyDeleted(id=key.id)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.auth.keys import new_secret
-from modelhost.auth.principal import INFERENCE_SCOPES
-from modelhost.organization import audit, projects
+from modelhost.organization import api_keys, audit, projects
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix_now
 from modelhost.protocol.admin import (
     ListQuery,
@@ -17,7 +15,7 @@ from modelhost.protocol.admin import (
     ServiceAccountCreateRequest,
     ServiceAccountDeleted,
 )
-from modelhost.store import members, tenancy
+from modelhost.store import members
 from modelhost.store.schema import Project, ServiceAccount
 
 KEY_NAME = "Secret Key"
@@ -48,22 +46,11 @@ def create(
         audit.record(session, scope, "service_account.created", account.id, {"data": {"role": account.role}}, project=project)
         api_key = None
         if not only:
-            secret = new_secret("service_account")
-            key = tenancy.add_key(
-                session,
-                kind="service_account",
-                secret_hash=secret.secret_hash,
-                redacted_value=secret.redacted_value,
-                name=KEY_NAME,
-                user_id=None,
-                organization_id=scope.organization_id,
-                project_id=project.id,
-                service_account_id=account.id,
+            minted = api_keys.mint(
+                session, scope, kind="service_account", name=KEY_NAME, service_account_id=account.id, project=project
             )
-            audit.record(
-                session, scope, "api_key.created", key.id, {"data": {"scopes": sorted(INFERENCE_SCOPES)}}, project=project
-            )
-            api_key = ServiceAccountApiKey(value=secret.secret, name=key.name, created_at=unix_now(key.created_at), id=key.id)
+            key = minted.key
+            api_key = ServiceAccountApiKey(value=minted.secret, name=key.name, created_at=unix_now(key.created_at), id=key.id)
         return ServiceAccountCreated(
             id=account.id,
             name=account.name,

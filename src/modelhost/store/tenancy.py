@@ -184,15 +184,6 @@ def add_key(
     return key
 
 
-def revoke_key(session: Session, key_id: str) -> ApiKey:
-    key = session.get(ApiKey, key_id)
-    if key is None:
-        raise TenancyConflict(f"No key {key_id!r}.")
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-    return key
-
-
 def key_by_hash(session: Session, secret_hash: str) -> KeyRecord | None:
     """The key stored under `secret_hash` (a bound parameter, never interpolated), with its project state."""
     row = session.execute(
@@ -296,14 +287,22 @@ def remove_member(session: Session, member: Membership) -> None:
 def revoke_keys(
     session: Session,
     *,
-    organization_id: str,
+    key_id: str | None = None,
+    organization_id: str | None = None,
     user_id: str | None = None,
     project_id: str | None = None,
     service_account_id: str | None = None,
 ) -> None:
-    """Revoke the live keys bound to the organization that match every given owner and project."""
-    assert user_id or service_account_id, "revoke the keys of someone"
-    query = update(ApiKey).where(ApiKey.organization_id == organization_id, ApiKey.revoked_at.is_(None))
+    """Revoke the live keys that match every given filter: one key by id, or an owner's keys in an organization.
+
+    The only write of `revoked_at`; `organization.api_keys.revoke` is the audited revocation of one key.
+    """
+    assert key_id or (organization_id and (user_id or service_account_id)), "revoke one key, or the keys of someone"
+    query = update(ApiKey).where(ApiKey.revoked_at.is_(None))
+    if key_id is not None:
+        query = query.where(ApiKey.id == key_id)
+    if organization_id is not None:
+        query = query.where(ApiKey.organization_id == organization_id)
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
     if project_id is not None:
