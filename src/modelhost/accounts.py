@@ -207,9 +207,7 @@ def archive_project(sessions: sessionmaker[Session], project_id: str) -> dict[st
         found = session.get(Project, project_id)
         if found is None:
             raise AccountError(f"No project {project_id!r}.")
-        if found.is_default:
-            raise AccountError("The default project of an organization cannot be archived.")
-    projects.archive(sessions, Scope(found.organization_id), project_id)
+    projects.archive(sessions, Scope(found.organization_id), project_id)  # refuses the default project
     with sessions() as session:
         project = session.get(Project, project_id)
         assert project is not None

@@ -37,7 +37,7 @@ def _works(auth: Authenticator, secret: object) -> bool:
 
 
 # -- item 8: project keys end with their owner's access -------------------------------------------
-def test_the_sql_and_python_rules_of_project_access_agree(database: Database) -> None:
+def test_keys_and_users_get_one_project_access_rule(database: Database) -> None:
     first = accounts.bootstrap(database.sessions)
     scope = Scope(first.organization_id)
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="rule"))

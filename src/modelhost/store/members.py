@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from modelhost.ids import new_id
 from modelhost.store.pages import Page, keyset_page
 from modelhost.store.schema import Invite, Project, ProjectMembership, ServiceAccount, User
-from modelhost.store.tenancy import TenancyConflict, membership, revoke_keys, utcnow
+from modelhost.store.tenancy import TenancyConflict, membership, revoke_keys, user_may_use_project, utcnow
 
 
 # -- project members ----------------------------------------------------------------------------
@@ -28,14 +28,8 @@ def project_role(session: Session, project: Project, user_id: str) -> str | None
 
 
 def may_use_project(session: Session, project: Project, user_id: str) -> bool:
-    """Whether the user may use the project: a member of its organization who owns the organization,
-    is a member of the project, or asks for the default project (open to every member).
-
-    The same rule as `tenancy.owner_has_access` (in SQL, for project keys); tests hold them equal.
-    """
-    if membership(session, user_id, project.organization_id) is None:
-        return False
-    return project.is_default or project_role(session, project, user_id) is not None
+    """Whether the user may use the project (`tenancy.user_may_use_project` states the rule)."""
+    return bool(session.scalar(select(user_may_use_project(user_id, project.organization_id, project.id))))
 
 
 def project_membership(session: Session, project_id: str, user_id: str) -> ProjectMembership | None:

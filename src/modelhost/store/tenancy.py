@@ -335,33 +335,37 @@ def list_admin_keys(
     )
 
 
+def user_may_use_project(user_id: Any, organization_id: Any, project_id: Any) -> ColumnElement[bool]:
+    """SQL truth of "the user may use the project": the one statement of the rule.
+
+    The user is a member of the project's organization and owns it, or is a member of the project,
+    or the project is the organization's default one (open to every member). The arguments are
+    values or columns: `members.may_use_project` asks it of one user, `owner_has_access` of every key.
+    """
+    default = aliased(Project)  # its own alias: `key_by_hash` joins Project in the enclosing query
+    default_project = exists().where(default.id == project_id, default.is_default.is_(True))
+    org_owner = exists().where(
+        Membership.user_id == user_id, Membership.organization_id == organization_id, Membership.role == "owner"
+    )
+    org_member = exists().where(Membership.user_id == user_id, Membership.organization_id == organization_id)
+    project_member = exists().where(ProjectMembership.user_id == user_id, ProjectMembership.project_id == project_id)
+    return or_(org_owner, and_(org_member, or_(project_member, default_project)))
+
+
 def owner_has_access() -> ColumnElement[bool]:
     """SQL truth of "the owner of this project key may still use the project".
 
-    The same rule as `members.may_use_project`: a user key's owner is a member of the organization
-    and owns it, or is a member of the project, or the project is the default one (open to every
-    member); a service account's key, while the account exists. Authentication refuses a project
-    key for which this is false, and the Administration API lists it as `inactive`.
+    A user's key: `user_may_use_project`; a service account's key: while the account exists.
+    Authentication refuses a project key for which this is false, and the Administration API lists
+    it as `inactive`.
     """
-    default = aliased(Project)  # its own alias: `key_by_hash` joins Project in the enclosing query
-    default_project = exists().where(default.id == ApiKey.project_id, default.is_default.is_(True))
     service_account_alive = exists().where(
         ServiceAccount.id == ApiKey.service_account_id, ServiceAccount.deleted_at.is_(None)
     )
-    org_owner = exists().where(
-        Membership.user_id == ApiKey.user_id,
-        Membership.organization_id == ApiKey.organization_id,
-        Membership.role == "owner",
-    )
-    org_member = exists().where(
-        Membership.user_id == ApiKey.user_id, Membership.organization_id == ApiKey.organization_id
-    )
-    project_member = exists().where(
-        ProjectMembership.user_id == ApiKey.user_id, ProjectMembership.project_id == ApiKey.project_id
-    )
+    user_access = user_may_use_project(ApiKey.user_id, ApiKey.organization_id, ApiKey.project_id)
     return or_(
         and_(ApiKey.kind == "service_account", service_account_alive),
-        and_(ApiKey.kind == "project", or_(org_owner, and_(org_member, or_(project_member, default_project)))),
+        and_(ApiKey.kind == "project", user_access),
     )
 
 
