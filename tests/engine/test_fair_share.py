@@ -16,6 +16,7 @@ from modelhost.catalog.schema import load_catalog
 from modelhost.config import Settings
 from modelhost.engine.base import EngineFailed, EngineOverloaded, GenerationRequest, SamplingParams, TextDelta
 from modelhost.engine.fair_share import FairShareEngine, InFlightLimits, QueueShares, ShareLimits
+from modelhost.pipeline.engine_errors import client_error
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 
@@ -306,8 +307,8 @@ def test_the_inner_engine_refusing_a_request_leaves_nothing_held() -> None:
         assert [event async for event in first] == [TextDelta(0, "x")]
         with pytest.raises(EngineFailed) as failed:  # refused when its turn came: the API's 503 overloaded
             await _read(later)
-        assert failed.value.client_error is not None and failed.value.client_error.status == 503
-        assert failed.value.client_error.code == "overloaded"
+        told = client_error(failed.value)
+        assert told.status == 503 and told.code == "overloaded" and told.headers == {"Retry-After": "1"}
         assert engine.in_flight == 0 and engine.queue.held == 0
 
     _run(main)

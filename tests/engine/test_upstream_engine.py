@@ -24,6 +24,7 @@ from modelhost.engine.base import (
 from modelhost.engine.cache_salt import CacheSalts
 from modelhost.engine.upstream import UpstreamEngine
 from modelhost.errors import APIError
+from modelhost.pipeline.engine_errors import client_error
 
 from support.misbehaving_upstream import MisbehavingUpstream
 
@@ -68,8 +69,9 @@ async def collect(engine: UpstreamEngine, req: GenerationRequest | None = None) 
         async for event in engine.submit(req or request()):
             events.append(event)
     except EngineFailed as exc:
-        assert exc.client_error is not None, "every upstream failure tells the client something precise"
-        return events, exc.client_error
+        error = client_error(exc)
+        assert error.status != 500, "every upstream failure tells the client something precise"
+        return events, error
     return events, None
 
 

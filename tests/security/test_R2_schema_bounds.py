@@ -187,7 +187,8 @@ def test_one_organization_cannot_keep_the_compile_workers_from_the_others(monkey
     while another organization compiles."""
     import threading
 
-    from modelhost.errors import ServiceUnavailable
+    from modelhost.engine.grammar_errors import GrammarCompilerBusy
+    from modelhost.pipeline.engine_errors import client_error
 
     compiler = GrammarCompiler(workers=2)
     release = threading.Event()
@@ -208,10 +209,11 @@ def test_one_organization_cannot_keep_the_compile_workers_from_the_others(monkey
             thread.start()
         time.sleep(0.3)
         started = time.perf_counter()
-        with pytest.raises(ServiceUnavailable) as busy:
+        with pytest.raises(GrammarCompilerBusy) as busy:
             compiler.compile(slow_schema, tenant="org-a")
         assert time.perf_counter() - started < 1.0
-        assert busy.value.status == 503 and busy.value.code == "overloaded" and busy.value.headers.get("Retry-After") == "1"
+        told = client_error(busy.value)
+        assert told.status == 503 and told.code == "overloaded" and told.headers.get("Retry-After") == "1"
         assert "root ::=" in compiler.compile(_string(maxLength=3), tenant="org-b")
     finally:
         release.set()

@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from modelhost.engine.base import EngineError
 from modelhost.errors import APIError, InvalidRequest, RouteError, ServerError
+from modelhost.pipeline.engine_errors import client_error
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        # One the pipeline did not already translate: raised while the request was planned (a busy schema compiler).
+        return error_response(client_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,7 @@
 from modelhost.engine.base import (
     ChoiceFinished,
     Engine,
+    EngineError,
     EngineEvent,
     EngineFailed,
     EngineOverloaded,
@@ -18,6 +19,7 @@ from modelhost.engine.registry import ModelAccess, ModelRegistry, ServedModel
 __all__ = [
     "ChoiceFinished",
     "Engine",
+    "EngineError",
     "EngineEvent",
     "EngineFailed",
     "EngineOverloaded",

@@ -5,6 +5,10 @@ implements `Engine`; nothing above this package can tell them apart. Engines tha
 take token prompts; an engine that forwards to another OpenAI-compatible server
 (``forwards_requests``) takes the validated request itself (`UpstreamInput`) and reports the
 upstream's own token counts with `UsageReported`.
+
+Every engine's `Generation` is a `generation_task.GenerationTask` (the event queue, `cancel()`
+and the token counts); what an engine raises is an `EngineError`, which the pipeline translates
+into what the client is told (`pipeline/engine_errors.py`), never the engine itself.
 """
 
 from __future__ import annotations
@@ -140,20 +144,32 @@ class UsageReported:
 EngineEvent = Union[TextDelta, ChoiceFinished, PromptLogprobs, ToolCallDelta, UsageReported]
 
 
-class EngineOverloaded(Exception):
-    """The engine's wait queue is full; the caller should answer 503 with Retry-After."""
+class EngineError(Exception):
+    """Something an engine reports about one request, in the engine's own terms.
 
-
-class EngineFailed(Exception):
-    """The engine could not run the request (a decode error); nothing about it is client-visible.
-
-    `client_error`, when set, is what the client is told instead of a generic server error (an
-    upstream's 400 about the request, its 504 timeout, ...); it never carries upstream internals.
+    Engines never build client-facing errors: `modelhost.pipeline.engine_errors.client_error` says
+    what the client is told (status, message, `param`, `code`, Retry-After) for each kind.
     """
 
-    def __init__(self, message: str, client_error: APIError | None = None) -> None:
-        super().__init__(message)
-        self.client_error = client_error
+
+class EngineOverloaded(EngineError):
+    """The engine cannot take the request now (its queue, or the tenant's share of it, is full)."""
+
+
+class EngineFailed(EngineError):
+    """The engine could not run or finish the request; its message is for the logs only.
+
+    Iterating a `Generation` raises only this (or one of its kinds, such as an upstream's
+    `UpstreamRejected`); submitting one raises `EngineOverloaded`.
+    """
+
+    @property
+    def client_error(self) -> APIError:
+        """Transitional (#13): what the client is told; delete once the pipeline calls
+        `pipeline.engine_errors.client_error` itself."""
+        from modelhost.pipeline.engine_errors import client_error
+
+        return client_error(self)
 
 
 class Generation(Protocol):

@@ -38,7 +38,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from modelhost.engine.base import Engine, EngineEvent, EngineFailed, EngineOverloaded, Generation, GenerationRequest
-from modelhost.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +186,17 @@ class _FairGeneration:
             self._engine.end(self)
 
 
+class RefusedAfterWaiting(EngineFailed):
+    """The request waited its turn here, then the inner engine was overloaded and refused it.
+
+    Raised from the stream (its response may have begun), so it is an `EngineFailed`, told to the
+    client as the `EngineOverloaded` that `submit` would have raised."""
+
+
 def _failure(error: Exception) -> EngineFailed:
     """What a request that waited its turn raises when the inner engine then refused it (its 200 may be sent)."""
     if isinstance(error, EngineOverloaded):
-        overloaded = ServiceUnavailable("The server is overloaded; retry shortly.", code="overloaded", headers={"Retry-After": "1"})
-        return EngineFailed(str(error), overloaded)
+        return RefusedAfterWaiting(str(error))
     return EngineFailed(f"{type(error).__name__}: {error}")
 
 

@@ -20,8 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelhost.engine.grammar_errors import GrammarError
-from modelhost.errors import ServiceUnavailable
+from modelhost.engine.grammar_errors import GrammarCompilerBusy, GrammarError
 from modelhost.engine.schema_bounds import check_schema
 from modelhost.engine.schema_refs import inline_root_ref
 
@@ -32,10 +31,6 @@ MAX_GRAMMAR_BYTES = 256 * 1024
 MAX_ERROR_CHARS = 300
 TENANT_QUEUE = 8  # compiles one organization may have running (one at a time) or waiting; the next is a 503
 _WORKER_SCRIPT = Path(__file__).with_name("grammar_worker.py")
-
-
-def _busy(message: str) -> ServiceUnavailable:
-    return ServiceUnavailable(message, code="overloaded", headers={"Retry-After": "1"})
 
 
 def _converter_path() -> str:
@@ -126,8 +121,9 @@ class GrammarCompiler:
         """GBNF for values matching `schema` (root rule `root`), or `GrammarError` naming the problem.
 
         `tenant` (an organization id) compiles one schema at a time, with up to TENANT_QUEUE running
-        or waiting; more, or no worker free within the wait, is a 503 `overloaded` with Retry-After:
-        the server's load, not the schema's fault (and a waiting request holds a worker thread).
+        or waiting; more, or no worker free within the wait, is `GrammarCompilerBusy` (a 503
+        `overloaded` with Retry-After): the server's load, not the schema's fault (and a waiting
+        request holds a worker thread).
         """
         document = inline_root_ref(check_schema(schema))  # references hoisted: each target one rule
         line = json.dumps({"schema": document, "prop_order": prop_order, "cpu_seconds": self._compile_seconds})
@@ -141,12 +137,12 @@ class GrammarCompiler:
             return
         with self._lock:
             if self._by_tenant.get(tenant, 0) >= TENANT_QUEUE:
-                raise _busy("Too many schemas of this organization are being compiled at once; retry shortly.")
+                raise GrammarCompilerBusy("this organization's compiles are all taken", per_organization=True)
             self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
             turn = self._tenant_locks.setdefault(tenant, threading.Lock())
         try:
             if not turn.acquire(timeout=self._wait_seconds):
-                raise _busy("Too many schemas of this organization are being compiled at once; retry shortly.")
+                raise GrammarCompilerBusy("this organization's earlier compiles took the whole wait", per_organization=True)
             try:
                 yield
             finally:
@@ -160,7 +156,7 @@ class GrammarCompiler:
 
     def _compile_line(self, line: str) -> str:
         if not self._slots.acquire(timeout=self._wait_seconds):
-            raise _busy("The server is compiling too many schemas at once; retry shortly.")
+            raise GrammarCompilerBusy("no compile worker was free in time", per_organization=False)
         try:
             worker = self._take()
             answer = worker.ask(line, time.monotonic() + self._compile_seconds)

@@ -23,29 +23,20 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from modelhost.engine.events import END, read_events
-from modelhost.engine.base import (
-    ChoiceFinished,
-    EngineEvent,
-    EngineFailed,
-    GenerationRequest,
-    PromptLogprobs,
-    TextDelta,
-    TokenLogprob,
-)
 from modelhost.engine import chat_prompt
+from modelhost.engine.base import ChoiceFinished, EngineFailed, GenerationRequest, PromptLogprobs, TextDelta, TokenLogprob
 from modelhost.engine.chat_template import CHATML, ChatTemplate
 from modelhost.engine.fair_share import QueueShares, ShareLimits
+from modelhost.engine.generation_task import END, GenerationTask
 from modelhost.engine.grammar import GRAMMAR_SECONDS_PER_CHOICE, GrammarConstraint, validate_grammar
 from modelhost.engine.llama_model import ContextOptions, LlamaContext, LlamaModel
 from modelhost.engine.sampling import TokenSampler, log_softmax_at
 from modelhost.engine.stops import TextAssembler
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -67,7 +58,6 @@ class _Choice:
     slot: _Slot | None = None
     constraint: GrammarConstraint | None = None
     next_token: int = -1  # sampled, not yet decoded
-    generated: int = 0
     done: bool = False
     held_logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -100,57 +90,32 @@ def _deliver(items: list[tuple[asyncio.Queue[object], object]]) -> None:
         events.put_nowait(item)
 
 
-@dataclass
-class _Job:
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[object]
-    choices: list[_Choice]
-    outbox: _Outbox
-    prefilled: int = 0  # prompt tokens already in the first choice's KV
-    cached_tokens: int = 0  # of which reused from an earlier request
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    admitted: bool = False
-    finished: bool = False
-    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+class _Job(GenerationTask):
+    """A submitted request and all its state: iterate it for events; `cancel()` (or closing early)
+    frees its slots. Its fields belong to the decode thread once it is in the inbox; events reach
+    the request's event loop when the decode loop's pass ends (`emit`)."""
+
+    def __init__(self, request: GenerationRequest, choices: list[_Choice], outbox: _Outbox, wake: threading.Event) -> None:
+        super().__init__(request.n)
+        self.request = request
+        self.loop = asyncio.get_running_loop()
+        self.choices = choices
+        self.outbox = outbox
+        self.wake = wake
+        self.prefilled = 0  # prompt tokens already in the first choice's KV
+        self.cancelled = threading.Event()
+        self.admitted = False
+        self.finished = False
+        self.prompt_logprobs: list[TokenLogprob] = []
 
     def emit(self, item: object) -> None:
-        """Queue an event; it reaches the request when the decode loop's pass ends."""
+        """Queue an event from the decode thread; it reaches the request when the loop's pass ends."""
         self.outbox.put(self.loop, self.events, item)
 
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.generated for c in self.choices)
-
-
-class Generation:
-    """A submitted request: iterate it for events; `cancel()` (or closing early) frees its slots."""
-
-    def __init__(self, job: _Job, wake: threading.Event) -> None:
-        self._job = job
-        self._wake = wake
-
-    @property
-    def completion_tokens(self) -> int:
-        """Tokens generated so far over all choices (exact once the stream has ended)."""
-        return self._job.completion_tokens
-
-    @property
-    def cached_tokens(self) -> int:
-        """Prompt tokens whose KV was reused from an earlier request of the same scope."""
-        return self._job.cached_tokens
-
     def cancel(self) -> None:
-        if not self._job.finished:
-            self._job.cancelled.set()
-            self._wake.set()
-
-    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        try:
-            async for event in read_events(self._job.events):
-                yield event
-        finally:
-            self.cancel()
+        if not self.finished:
+            self.cancelled.set()
+            self.wake.set()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -262,7 +227,7 @@ class LlamaCppEngine:
         """Raise `GrammarError` if llama.cpp cannot parse `grammar` (call off the event loop)."""
         validate_grammar(self.model.vocab, grammar)
 
-    def submit(self, request: GenerationRequest) -> Generation:
+    def submit(self, request: GenerationRequest) -> GenerationTask:
         """Queue `request`; raises `EngineOverloaded` when the wait queue is full.
 
         The later parts of a multi-prompt request join their first part instead of competing with
@@ -286,7 +251,7 @@ class LlamaCppEngine:
                     constraints.append(constraint)
                 sampler = TokenSampler(sampling, self.model.n_vocab, i)
                 choices.append(_Choice(i, sampler, TextAssembler(sampling.stop), constraint=constraint))
-            job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), choices, self._outbox)
+            job = _Job(request, choices, self._outbox, self._wake)
         except BaseException:
             for constraint in constraints:
                 constraint.close()  # never seen by the decode thread
@@ -294,7 +259,7 @@ class LlamaCppEngine:
             raise
         self._inbox.put(job)
         self._wake.set()
-        return Generation(job, self._wake)
+        return job
 
     @property
     def alive(self) -> bool:
@@ -422,7 +387,7 @@ class LlamaCppEngine:
         keep = min(shared(primary), len(prompt) - 1)  # at least one prompt token is decoded for logits
         ctx.trim(primary.seq, keep)
         del primary.cached[keep:]
-        job.prefilled = job.cached_tokens = keep
+        job.prefilled = job.cached = keep
         self._reused_total += keep
         # The other choices take the least useful free slots; their KV is copied after prefill.
         others = sorted(ranked[1:], key=lambda s: (len(s.cached), s.last_used))[: job.request.n - 1]
@@ -530,7 +495,7 @@ class LlamaCppEngine:
         if token < 0 or self.model.is_end_of_generation(token):
             self._end_choice(job, choice, "stop")
             return 0
-        choice.generated += 1
+        job.generated[choice.index] += 1
         choice.sampler.accept(token)
         if choice.constraint is not None:
             choice.constraint.accept(token)
@@ -544,7 +509,7 @@ class LlamaCppEngine:
         assert slot is not None
         if choice.assembler.stopped:
             self._end_choice(job, choice, "stop")
-        elif choice.generated >= job.request.sampling.max_tokens or len(slot.cached) >= self.context_length:
+        elif job.generated[choice.index] >= job.request.sampling.max_tokens or len(slot.cached) >= self.context_length:
             self._end_choice(job, choice, "length")
         elif choice.constraint is not None and choice.constraint.spent > GRAMMAR_SECONDS_PER_CHOICE:
             # Its grammar has held the decode thread that every tenant shares long enough.
@@ -560,7 +525,7 @@ class LlamaCppEngine:
             job.emit(TextDelta(choice.index, tail, tuple(choice.held_logprobs)))
             choice.held_logprobs.clear()
         choice.done = True
-        job.emit(ChoiceFinished(choice.index, reason, choice.generated))
+        job.emit(ChoiceFinished(choice.index, reason, job.generated[choice.index]))
 
     def _finish(self, ctx: LlamaContext, job: _Job, error: Exception | None, *, keep_cache: bool = True) -> None:
         """Release the job's slots (keeping their KV for reuse) and close its event stream."""

@@ -10,12 +10,14 @@ llama.cpp engine emits, its usage a `UsageReported` event; without one, completi
 counted one per streamed chunk (one per logprob entry when logprobs were asked for) and the prompt
 is the API layer's estimate.
 
-Errors: the upstream's 4xx about the request keep their status and message (upstream model names,
-URLs, paths, its key and anything credential-like removed by `Scrubber`; 422 becomes 400); its
-401/403/404 mean our configuration is wrong and its 5xx mean it failed: 502; 429/503 and open
-circuits: 503 with Retry-After; timeouts: 504. No upstream URL or key appears in any error, log
-line or state (a `ScrubbingFilter` guards this module's and httpx's loggers while the engine runs);
-replicas are called "replica N".
+Errors (`upstream_errors`; `pipeline.engine_errors` says what the client is told): the upstream's
+4xx about the request are `UpstreamRejected` with its status and its words (upstream model names,
+URLs, paths, its key and anything credential-like removed by `Scrubber`); its 401/403/404 mean our
+configuration is wrong and its 5xx mean it failed (`UpstreamFailed`, a 502); 429/503
+(`UpstreamOverloaded`) and open circuits (`UpstreamUnavailable`): 503 with Retry-After; timeouts
+(`UpstreamTimeout`): 504. No upstream URL or key appears in any error, log line or state (a
+`ScrubbingFilter` guards this module's and httpx's loggers while the engine runs); replicas are
+called "replica N".
 
 Prefix caches: the upstream's cache is shared by every tenant modelhost forwards for, so with
 ``salt_requests`` (the models file's ``cache_salt``, for vLLM servers) each request carries its
@@ -29,25 +31,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpx
 
-from modelhost.engine.events import END, read_events
-from modelhost.engine.base import EngineEvent, EngineFailed, GenerationRequest
+from modelhost.engine.base import EngineFailed, GenerationRequest
 from modelhost.engine.cache_salt import CacheSalts
+from modelhost.engine.generation_task import CoroutineGenerationTask
+from modelhost.engine.upstream_errors import UpstreamFailed, UpstreamFault, UpstreamOverloaded, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from modelhost.engine.upstream_pool import Replica, UpstreamPool
 from modelhost.engine.upstream_scrub import Scrubber, ScrubbingFilter
 from modelhost.engine.upstream_stream import ChunkReader, SSEDecoder, UpstreamProtocolError
-from modelhost.errors import (
-    APIError,
-    BadGateway,
-    ContextLengthExceeded,
-    GatewayTimeout,
-    ServiceUnavailable,
-    UpstreamRequestError,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +52,17 @@ MAX_WHOLE_BODY = 16 * 1024 * 1024
 _LOGGERS = ("modelhost.engine.upstream", "modelhost.engine.upstream_pool", "modelhost.engine.upstream_stream", "httpx", "httpcore")
 
 
-class UpstreamGeneration:
-    """One forwarded request: iterate it for events; `cancel()` closes the upstream connection."""
+class UpstreamGeneration(CoroutineGenerationTask):
+    """One forwarded request: iterate it for events; `cancel()` closes the upstream connection.
+
+    Its token counts are the upstream's usage once reported, else what `ChunkReader` counted."""
 
     def __init__(self, engine: UpstreamEngine, request: GenerationRequest) -> None:
         assert request.upstream is not None, "a forwarding engine needs GenerationRequest.upstream"
-        self._events: asyncio.Queue[object] = asyncio.Queue()
+        super().__init__(request.n)
         self.reader = ChunkReader(request.upstream.endpoint, request.n, report_cached=engine.reports_cached_tokens)
-        self._task = asyncio.get_running_loop().create_task(self._run(engine, request))
+        self._engine = engine
+        self._request = request
 
     @property
     def completion_tokens(self) -> int:
@@ -75,29 +73,12 @@ class UpstreamGeneration:
     def cached_tokens(self) -> int:
         return self.reader.usage.cached_tokens if self.reader.usage is not None else 0
 
-    def cancel(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
+    async def run(self) -> None:
+        await self._engine.forward(self._request, self.reader, self.emit)
 
-    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        try:
-            async for event in read_events(self._events):
-                yield event
-        finally:
-            self.cancel()
-
-    async def _run(self, engine: UpstreamEngine, request: GenerationRequest) -> None:
-        try:
-            await engine.forward(request, self.reader, self._events.put_nowait)
-        except EngineFailed as exc:
-            self._events.put_nowait(exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug here must still end the stream cleanly
-            logger.exception("model %s: forwarding %s failed unexpectedly", engine.model_id, request.request_id)
-            self._events.put_nowait(EngineFailed(type(exc).__name__, BadGateway("The model's upstream server failed; retry the request.")))
-        finally:
-            self._events.put_nowait(END)
+    def unexpected(self, error: Exception) -> EngineFailed:
+        logger.exception("model %s: forwarding %s failed unexpectedly", self._engine.model_id, self._request.request_id)
+        return UpstreamFailed(type(error).__name__, UpstreamFault.CRASHED)
 
 
 class UpstreamEngine:
@@ -246,11 +227,11 @@ class UpstreamEngine:
         except httpx.TimeoutException as exc:
             replica.breaker.failed()
             logger.warning("model %s: %s sent no response in time", self.model_id, replica.label)
-            raise EngineFailed("upstream timeout", GatewayTimeout("The model's upstream server did not answer in time; retry the request.")) from exc
+            raise UpstreamTimeout("upstream timeout") from exc
         except httpx.HTTPError as exc:
             replica.breaker.failed()
             logger.warning("model %s: %s dropped the request (%s)", self.model_id, replica.label, type(exc).__name__)
-            raise EngineFailed("upstream connection failed", BadGateway("The connection to the model's upstream server failed; retry the request.")) from exc
+            raise UpstreamFailed("upstream connection failed", UpstreamFault.CONNECTION_FAILED) from exc
 
     async def _relay(
         self, replica: Replica, response: httpx.Response, request: GenerationRequest, reader: ChunkReader, emit: Callable[[object], None]
@@ -261,14 +242,14 @@ class UpstreamEngine:
                 replica.breaker.failed()
             else:
                 replica.breaker.succeeded()  # it answered: the request, not the replica, is the problem
-            raise EngineFailed(f"upstream HTTP {response.status_code}", self._error(replica, response, body))
+            raise self._error(replica, response, body, f"upstream HTTP {response.status_code}")
         replica.breaker.succeeded()
         try:
             if response.headers.get("content-type", "").startswith("application/json"):
                 # A server that ignores `stream`: one whole completion.
                 whole = json.loads(await _read_bounded(response, MAX_WHOLE_BODY))
                 if isinstance(whole, dict) and "error" in whole:
-                    raise EngineFailed("upstream error body", self._error(replica, response, json.dumps(whole).encode()))
+                    raise self._error(replica, response, json.dumps(whole).encode(), "upstream error body")
                 for event in reader.events(whole, whole=True):
                     emit(event)
             else:
@@ -276,19 +257,19 @@ class UpstreamEngine:
         except (UpstreamProtocolError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             replica.breaker.failed()
             logger.warning("model %s: %s sent a malformed response: %s", self.model_id, replica.label, self._scrubber.clean(str(exc))[:200])
-            raise EngineFailed("malformed upstream response", BadGateway("The model's upstream server sent a malformed response; retry the request.")) from exc
+            raise UpstreamFailed("malformed upstream response", UpstreamFault.MALFORMED) from exc
         except httpx.TimeoutException as exc:
             replica.breaker.failed()
             logger.warning("model %s: %s went silent mid-response", self.model_id, replica.label)
-            raise EngineFailed("upstream read timeout", GatewayTimeout("The model's upstream server stopped answering; retry the request.")) from exc
+            raise UpstreamTimeout("upstream read timeout", began=True) from exc
         except httpx.HTTPError as exc:
             replica.breaker.failed()
             logger.warning("model %s: %s broke the connection mid-response (%s)", self.model_id, replica.label, type(exc).__name__)
-            raise EngineFailed("upstream stream broken", BadGateway("The connection to the model's upstream server broke while generating; retry the request.")) from exc
+            raise UpstreamFailed("upstream stream broken", UpstreamFault.CONNECTION_BROKEN) from exc
         if not reader.finished:
             replica.breaker.failed()
             logger.warning("model %s: %s ended the response before every choice finished", self.model_id, replica.label)
-            raise EngineFailed("upstream stream truncated", BadGateway("The model's upstream server ended the response early; retry the request."))
+            raise UpstreamFailed("upstream stream truncated", UpstreamFault.TRUNCATED)
 
     async def _relay_stream(self, response: httpx.Response, reader: ChunkReader, emit: Callable[[object], None]) -> None:
         decoder = SSEDecoder()
@@ -307,50 +288,45 @@ class UpstreamEngine:
         chunk = json.loads(data)
         if isinstance(chunk, dict) and chunk.get("error") is not None:
             # An error after the stream started: the upstream's own words, as a 502.
-            raise EngineFailed("upstream error event", self._mid_stream_error(chunk))
+            raise self._mid_stream_error(chunk)
         for event in reader.events(chunk):
             emit(event)
         return False
 
     # -- errors --------------------------------------------------------------------------------
-    def _unavailable(self, request: GenerationRequest, tried: bool) -> EngineFailed:
+    def _unavailable(self, request: GenerationRequest, tried: bool) -> UpstreamUnavailable:
         wait = self.pool.retry_after()
         # Per request at INFO: the outage itself is logged once per replica, when its circuit or health changes.
         if tried:
             logger.info("model %s: no replica could be reached for %s", self.model_id, request.request_id)
-            message = "The model's upstream servers cannot be reached right now; retry shortly."
         else:
             logger.info("model %s: every replica's circuit is open; refusing %s", self.model_id, request.request_id)
-            message = "The model's upstream servers are failing; retry shortly."
-        return EngineFailed("no upstream replica", ServiceUnavailable(message, code="upstream_unavailable", headers={"Retry-After": str(wait)}))
+        return UpstreamUnavailable("no upstream replica", unreachable=tried, retry_after=wait)
 
-    def _error(self, replica: Replica, response: httpx.Response, body: bytes) -> APIError:
+    def _error(self, replica: Replica, response: httpx.Response, body: bytes, summary: str) -> EngineFailed:
+        """What an upstream's error answer (`body`, of HTTP status `response.status_code`) means."""
         status = response.status_code
-        message, kind, param, code = _error_fields(body)
+        message, _, param, code = _error_fields(body)
         message = self._relayed(message)
         param, code = self._scrubber.field(param), self._scrubber.field(code)
         if status in (401, 403, 404):
             logger.error("model %s: %s answered HTTP %d: check the model's upstream key and model name", self.model_id, replica.label, status)
-            return BadGateway("The model's upstream server refused the request modelhost sent; the operator must fix this model's configuration.")
+            return UpstreamFailed(summary, UpstreamFault.MISCONFIGURED, status=status)
         if status in (429, 503):
             retry = _retry_after(response.headers.get("retry-after"))
             logger.warning("model %s: %s is overloaded (HTTP %d)", self.model_id, replica.label, status)
-            return ServiceUnavailable("The model's upstream server is overloaded; retry shortly.", code="overloaded", headers={"Retry-After": retry})
+            return UpstreamOverloaded(summary, retry_after=retry)
         if status in (408, 504):
-            return GatewayTimeout("The model's upstream server did not answer in time; retry the request.")
+            return UpstreamTimeout(summary)
         if status >= 500 or status < 400:
             logger.warning("model %s: %s answered HTTP %d", self.model_id, replica.label, status)
-            return BadGateway(f"The model's upstream server failed (HTTP {status}); retry the request.")
-        message = message or f"The model's upstream server rejected the request (HTTP {status})."
-        if code == "context_length_exceeded":
-            return ContextLengthExceeded(message, param=param or "messages")
-        return UpstreamRequestError(message, status=400 if status == 422 else status, param=param, code=code)
+            return UpstreamFailed(summary, UpstreamFault.SERVER_ERROR, status=status)
+        return UpstreamRejected(summary, status=status, upstream_message=message, param=param, code=code)
 
-    def _mid_stream_error(self, chunk: dict[str, object]) -> APIError:
+    def _mid_stream_error(self, chunk: dict[str, object]) -> UpstreamFailed:
         message, _, _, _ = _error_fields(json.dumps(chunk).encode())
         logger.warning("model %s: upstream reported an error mid-stream", self.model_id)
-        detail = self._relayed(message) or "no details"
-        return BadGateway(f"The model's upstream server failed while generating ({detail[:300]}); retry the request.")
+        return UpstreamFailed("upstream error event", UpstreamFault.ERROR_EVENT, detail=self._relayed(message))
 
     def _relayed(self, message: str) -> str:
         """An upstream's message as the client may read it: our model name, nothing secret or internal."""
@@ -428,10 +404,11 @@ def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]
     return "", None, None, None
 
 
-def _retry_after(value: str | None) -> str:
+def _retry_after(value: str | None) -> int:
+    """An upstream's Retry-After as whole seconds from 1 to 120 (1 when it sent none we can read)."""
     try:
         seconds = int(float(value)) if value else 1
     except ValueError:
         seconds = 1
-    return str(min(max(seconds, 1), 120))
+    return min(max(seconds, 1), 120)
 

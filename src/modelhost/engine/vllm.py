@@ -27,26 +27,18 @@ import functools
 import inspect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 from jinja2 import TemplateError
 
 from modelhost.engine import chat_prompt
-from modelhost.engine.events import END, read_events
-from modelhost.engine.base import (
-    ChoiceFinished,
-    EngineEvent,
-    EngineFailed,
-    GenerationRequest,
-    PromptLogprobs,
-    TextDelta,
-    TokenLogprob,
-)
+from modelhost.engine.base import ChoiceFinished, EngineFailed, GenerationRequest, PromptLogprobs, TextDelta, TokenLogprob
 from modelhost.engine.cache_salt import CacheSalts
 from modelhost.engine.chat_template import ChatTemplateError
-from modelhost.engine.grammar import GrammarError
+from modelhost.engine.generation_task import CoroutineGenerationTask
+from modelhost.engine.grammar_errors import GrammarError
 
 logger = logging.getLogger(__name__)
 
@@ -126,39 +118,17 @@ def _max_num_seqs(core: object) -> int | None:
     return None
 
 
-class VllmGeneration:
+class VllmGeneration(CoroutineGenerationTask):
     """One request inside vLLM: iterate it for events; `cancel()` aborts it in the engine."""
 
     def __init__(self, engine: VllmEngine, request: GenerationRequest) -> None:
-        self._events: asyncio.Queue[object] = asyncio.Queue()
-        self._generated = [0] * request.n
-        self._cached = 0
+        super().__init__(request.n)
         self._vllm_id = f"{request.request_id}-{next(_ids)}"
         self._engine = engine
-        self._task = asyncio.get_running_loop().create_task(self._run(request))
+        self._request = request
 
-    @property
-    def completion_tokens(self) -> int:
-        return sum(self._generated)
-
-    @property
-    def cached_tokens(self) -> int:
-        return self._cached
-
-    def cancel(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
-
-    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        try:
-            async for event in read_events(self._events):
-                yield event
-        finally:
-            self.cancel()
-
-    async def _run(self, request: GenerationRequest) -> None:
-        engine = self._engine
-        emit = self._events.put_nowait
+    async def run(self) -> None:
+        engine, request = self._engine, self._request
         sampling = request.sampling
         finished = set()
         engine.running += 1
@@ -166,33 +136,33 @@ class VllmGeneration:
             prompt = engine.prompt(request)
             async for output in engine.core.generate(prompt, engine.sampling_params(request), self._vllm_id):
                 if engine.reports_cached_tokens:
-                    self._cached = max(self._cached, int(getattr(output, "num_cached_tokens", 0) or 0))
+                    self.cached = max(self.cached, int(getattr(output, "num_cached_tokens", 0) or 0))
                 if sampling.prompt_logprobs and getattr(output, "prompt_logprobs", None):
-                    emit(PromptLogprobs(engine.prompt_logprobs(request.prompt_tokens, output.prompt_logprobs, sampling.logprobs or 0)))
+                    self.emit(PromptLogprobs(engine.prompt_logprobs(request.prompt_tokens, output.prompt_logprobs, sampling.logprobs or 0)))
                 for choice in output.outputs:
                     if choice.index in finished:
                         continue
                     if sampling.max_tokens == 0:  # vLLM samples at least one token; an echo-only request shows none
                         finished.add(choice.index)
-                        emit(ChoiceFinished(choice.index, "length", 0))
+                        self.emit(ChoiceFinished(choice.index, "length", 0))
                         continue
-                    self._generated[choice.index] += len(choice.token_ids)
+                    self.generated[choice.index] += len(choice.token_ids)
                     logprobs = engine.token_logprobs(choice.logprobs, sampling.logprobs) if sampling.logprobs is not None else ()
                     if choice.text or logprobs:
-                        emit(TextDelta(choice.index, choice.text, logprobs))
+                        self.emit(TextDelta(choice.index, choice.text, logprobs))
                     if choice.finish_reason is not None:
                         finished.add(choice.index)
                         reason = "length" if choice.finish_reason == "length" else "stop"
-                        emit(ChoiceFinished(choice.index, reason, self._generated[choice.index]))
+                        self.emit(ChoiceFinished(choice.index, reason, self.generated[choice.index]))
         except asyncio.CancelledError:
             await asyncio.shield(engine.abort(self._vllm_id))
             raise
-        except Exception as exc:
-            logger.error("model %s: vLLM failed on %s: %s", engine.model_id, request.request_id, type(exc).__name__)
-            emit(EngineFailed(f"vLLM failed: {type(exc).__name__}"))
         finally:
             engine.running -= 1
-            emit(END)
+
+    def unexpected(self, error: Exception) -> EngineFailed:
+        logger.error("model %s: vLLM failed on %s: %s", self._engine.model_id, self._request.request_id, type(error).__name__)
+        return EngineFailed(f"vLLM failed: {type(error).__name__}")
 
 
 class VllmEngine:

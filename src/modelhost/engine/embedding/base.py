@@ -12,13 +12,15 @@ from typing import Protocol
 
 import numpy as np
 
-
-class EmbedderOverloaded(Exception):
-    """Too many embedding jobs are waiting; the caller should answer 503 with Retry-After."""
+from modelhost.engine.base import EngineFailed, EngineOverloaded
 
 
-class EmbedderFailed(Exception):
-    """The model could not compute the embeddings; nothing about it is client-visible."""
+class EmbedderOverloaded(EngineOverloaded):
+    """Too many embedding jobs are waiting (`pipeline.engine_errors`: a 503 with Retry-After)."""
+
+
+class EmbedderFailed(EngineFailed):
+    """The model could not compute the embeddings; its message is for the logs only."""
 
 
 class Embedder(Protocol):
