@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth.policy import KeyKind, ProjectRole
 from modelhost.organization import Scope, admin_keys, api_keys, invites, projects, users
 from modelhost.protocol.admin import AdminApiKeyCreateRequest, InviteRequest, ListQuery, ProjectCreateRequest
 from modelhost.store import members, tenancy
@@ -86,7 +87,7 @@ def create_key(
     user: str | None = None,
     organization: str | None = None,
     project: str | None = None,
-    kind: str = "project",
+    kind: str = KeyKind.PROJECT,
     name: str = "default",
 ) -> dict[str, object]:
     """A new key; the secret is in the returned dict and nowhere else, ever again.
@@ -94,14 +95,14 @@ def create_key(
     Kinds: ``project`` (sk-proj-…), ``user`` (sk-…) and ``admin`` (sk-admin-…, for the
     Administration API of the organization; the user must be one of its owners).
     """
-    if kind not in ("user", "project", "admin"):
+    if kind not in (KeyKind.USER, KeyKind.PROJECT, KeyKind.ADMIN):
         raise AccountError("kind is 'user', 'project' or 'admin'.")
     with sessions() as session:
         owner = _user(session, user)
         org_id = _org(session, organization).id if organization else owner.default_organization_id
         if org_id is None or not tenancy.is_member(session, owner.id, org_id):
             raise AccountError(f"User {owner.email} is not a member of organization {org_id}.")
-    if kind == "admin":
+    if kind == KeyKind.ADMIN:
         created = admin_keys.create(sessions, Scope(org_id), AdminApiKeyCreateRequest(name=name), owner_id=owner.id)
         return {
             "id": created.id,
@@ -122,15 +123,15 @@ def create_key(
             assert chosen is not None
         if chosen.status != "active":
             raise AccountError(f"Project {chosen.id} is archived.")
-        if kind == "project" and not members.may_use_project(session, chosen, owner.id):
+        if kind == KeyKind.PROJECT and not members.may_use_project(session, chosen, owner.id):
             # Authentication would refuse such a key anyway (its owner has no access to the project).
             raise AccountError(
                 f"User {owner.email} is not a member of project {chosen.id}; add them to it first "
                 "(POST /v1/organization/projects/{project_id}/users), or make them an owner of the organization."
             )
-        key_scope = Scope(org_id) if kind == "project" else None
+        bound = kind == KeyKind.PROJECT  # a user key is bound to no organization or project
         minted = api_keys.mint(
-            session, key_scope, kind=kind, name=name, user_id=owner.id, project=chosen if kind == "project" else None
+            session, Scope(org_id) if bound else None, kind=kind, name=name, user_id=owner.id, project=chosen if bound else None
         )
         session.commit()
         return {
@@ -288,7 +289,7 @@ def create_invite(
     wanted = []
     for item in projects_roles:
         project_id, _, project_role = item.partition(":")
-        wanted.append({"id": project_id, "role": project_role or "member"})
+        wanted.append({"id": project_id, "role": project_role or ProjectRole.MEMBER})
     with sessions() as session:
         org_id = _org_or_default(session, organization)
     try:

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost import accounts
+from modelhost.auth.policy import KeyKind, OrgRole
 from modelhost.config import Settings
 from modelhost.errors import APIError, InvalidRequest
 from modelhost.limits.service import LimitSettings
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", help="user id or email (default: the first owner)")
     create.add_argument("--org", help="organization id or name (default: the user's default)")
     create.add_argument("--project", help="project id (default: the organization's default project)")
-    create.add_argument("--kind", choices=["project", "user", "admin"], default="project",
+    create.add_argument("--kind", choices=[KeyKind.PROJECT, KeyKind.USER, KeyKind.ADMIN], default=KeyKind.PROJECT,
                         help="project key (sk-proj-…, bound to one project), user key (sk-…, any of the user's "
                         "organizations) or admin key (sk-admin-…, the Administration API of one organization; owners only)")
     create.add_argument("--name", default="default")
@@ -398,12 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     u_create.add_argument("email")
     u_create.add_argument("--name")
     u_create.add_argument("--org", help="also make the user a member of this organization")
-    u_create.add_argument("--role", choices=["owner", "reader"], default="reader")
+    u_create.add_argument("--role", choices=OrgRole.ALL, default=OrgRole.READER)
     u_create.set_defaults(func=cmd_users_create)
     u_add = users.add_parser("add", parents=[common], help="add a user to an organization")
     u_add.add_argument("user")
     u_add.add_argument("--org", required=True)
-    u_add.add_argument("--role", choices=["owner", "reader"], default="reader")
+    u_add.add_argument("--role", choices=OrgRole.ALL, default=OrgRole.READER)
     u_add.set_defaults(func=cmd_users_add)
     users.add_parser("list", parents=[common]).set_defaults(func=cmd_users_list)
 
@@ -411,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     i_create = invites.add_parser("create", parents=[common], help="invite an email address")
     i_create.add_argument("email")
     i_create.add_argument("--org", help="organization id or name (default: the first owner's)")
-    i_create.add_argument("--role", choices=["owner", "reader"], default="reader")
+    i_create.add_argument("--role", choices=OrgRole.ALL, default=OrgRole.READER)
     i_create.add_argument("--project", action="append", metavar="PROJECT_ID[:ROLE]",
                           help="also join this project on acceptance (role member or owner); repeatable")
     i_create.set_defaults(func=cmd_invites_create)

@@ -12,7 +12,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.keys import hash_secret, is_well_formed
-from modelhost.auth.principal import ADMIN_SCOPES, ModelPolicy, Principal
+from modelhost.auth import policy
+from modelhost.auth.policy import KeyKind
+from modelhost.auth.principal import ModelPolicy, Principal
 from modelhost.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
 from modelhost.store import members, model_permissions, tenancy
 
@@ -145,7 +147,7 @@ class Authenticator:
             or record.expired(datetime.now(timezone.utc))
         ):
             raise _bad_key()
-        if record.kind in ("project", "service_account"):
+        if record.kind in (KeyKind.PROJECT, KeyKind.SERVICE_ACCOUNT):
             owner = record.user_id or record.service_account_id
             assert record.organization_id and record.project_id and owner, "project keys are bound to a project"
             # A key works only while its owner may use the project, as at OpenAI: an owner made reader
@@ -163,14 +165,16 @@ class Authenticator:
                 model_policy=_model_policy(session, record.project_id),
             )
         assert record.user_id, "user and admin keys belong to a user"
-        if record.kind == "admin":
+        if record.kind == KeyKind.ADMIN:
             assert record.organization_id, "admin keys are bound to an organization"
             if organization is not None and organization != record.organization_id:
                 raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
             member = tenancy.membership(session, record.user_id, record.organization_id)
-            if member is None or member.role != "owner":  # admin power ends with the owner role
+            if not policy.may_hold_admin_key(member.role if member else None):
                 raise _bad_key()
-            return Principal(record.organization_id, "", record.user_id, record.key_id, "admin", ADMIN_SCOPES)
+            return Principal(
+                record.organization_id, "", record.user_id, record.key_id, KeyKind.ADMIN, policy.scopes_of(KeyKind.ADMIN)
+            )
 
         user = session.get(tenancy.User, record.user_id)
         org_id = organization or (user.default_organization_id if user else None)
@@ -196,7 +200,7 @@ class Authenticator:
             chosen = tenancy.default_project(session, org_id)
             assert chosen is not None, "every organization has a default project"
         return Principal(
-            org_id, chosen.id, record.user_id, record.key_id, "user", model_policy=_model_policy(session, chosen.id)
+            org_id, chosen.id, record.user_id, record.key_id, KeyKind.USER, model_policy=_model_policy(session, chosen.id)
         )
 
     def flush_key_use(self) -> None:

@@ -6,6 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth import policy
+from modelhost.auth.policy import NO_ROLE, KeyKind
 from modelhost.errors import InvalidRequest
 from modelhost.organization import api_keys
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix, unix_now
@@ -35,7 +37,7 @@ def _wire(session: Session, key: ApiKey) -> AdminApiKey:
         expires_at=unix(key.expires_at),
         last_used_at=unix(key.last_used_at),
         owner=AdminApiKeyOwner(
-            id=user.id, name=user.name, created_at=unix_now(user.created_at), role=member.role if member else "none"
+            id=user.id, name=user.name, created_at=unix_now(user.created_at), role=member.role if member else NO_ROLE
         ),
     )
 
@@ -48,12 +50,12 @@ def create(
     assert owner is not None, "the CLI names the owner"
     with transaction(sessions) as session:
         member = tenancy.membership(session, owner, scope.organization_id)
-        if member is None or member.role != "owner":
+        if not policy.may_hold_admin_key(member.role if member else None):
             raise InvalidRequest(f"Admin keys belong to owners of the organization; user {owner} is not one.")
         expires = (
             tenancy.utcnow() + timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
         )
-        minted = api_keys.mint(session, scope, kind="admin", name=body.name, user_id=owner, expires_at=expires)
+        minted = api_keys.mint(session, scope, kind=KeyKind.ADMIN, name=body.name, user_id=owner, expires_at=expires)
         return AdminApiKeyCreated(**_wire(session, minted.key).model_dump(), value=minted.secret)
 
 
@@ -66,7 +68,7 @@ def list_keys(sessions: sessionmaker[Session], scope: Scope, query: AdminApiKeyL
 
 
 def _live(session: Session, scope: Scope, key_id: str) -> ApiKey:
-    key = tenancy.live_key(session, key_id, organization_id=scope.organization_id, kinds=("admin",))
+    key = tenancy.live_key(session, key_id, organization_id=scope.organization_id, kinds=(KeyKind.ADMIN,))
     if key is None:
         raise not_found("admin API key", key_id)
     return key

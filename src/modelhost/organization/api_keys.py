@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from modelhost.auth.keys import new_secret
-from modelhost.auth.principal import ADMIN_SCOPES, INFERENCE_SCOPES
+from modelhost.auth.policy import KeyKind, scopes_of
 from modelhost.organization import audit
 from modelhost.organization.common import Scope
 from modelhost.store import tenancy
@@ -45,7 +45,7 @@ def mint(
 
     `scope` is None only for a user key (``sk-…``), which is bound to no organization.
     """
-    assert (scope is None) == (kind == "user"), "user keys alone are bound to no organization"
+    assert (scope is None) == (kind == KeyKind.USER), "user keys alone are bound to no organization"
     secret = new_secret(kind)
     key = tenancy.add_key(
         session,
@@ -60,8 +60,9 @@ def mint(
         expires_at=expires_at,
     )
     if scope is not None:
-        scopes = ADMIN_SCOPES if kind == "admin" else INFERENCE_SCOPES
-        audit.record(session, scope, "api_key.created", key.id, {"data": {"scopes": sorted(scopes)}}, project=project)
+        audit.record(
+            session, scope, "api_key.created", key.id, {"data": {"scopes": sorted(scopes_of(kind))}}, project=project
+        )
     return MintedKey(key, secret.secret)
 
 

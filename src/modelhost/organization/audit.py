@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth.policy import KeyKind
 from modelhost.errors import InvalidRequest
 from modelhost.organization.common import Scope, listing, transaction, unix_now
 from modelhost.protocol.admin import (
@@ -27,7 +28,7 @@ def actor_of(session: Session, scope: Scope) -> audit.AuditActor | None:
     principal = scope.principal
     if principal is None:
         return None
-    if principal.key_kind == "service_account":
+    if principal.key_kind == KeyKind.SERVICE_ACCOUNT:
         wire = AuditLogActor(
             type="api_key",
             api_key=AuditLogActorApiKey(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth.policy import NO_ROLE
 from modelhost.errors import InvalidRequest
 from modelhost.organization import api_keys, projects
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix, unix_now
@@ -28,7 +29,7 @@ def _owner(session: Session, project: Project, key: ApiKey) -> ProjectApiKeyOwne
             type="service_account",
             service_account=ProjectApiKeyOwnerServiceAccount(
                 id=account.id, name=account.name, created_at=unix_now(account.created_at),
-                role="none" if account.deleted_at else account.role,
+                role=NO_ROLE if account.deleted_at else account.role,
             ),
         )
     assert key.user_id is not None
@@ -38,7 +39,7 @@ def _owner(session: Session, project: Project, key: ApiKey) -> ProjectApiKeyOwne
         type="user",
         user=ProjectApiKeyOwnerUser(
             id=user.id, email=user.email, name=user.name, created_at=unix_now(user.created_at),
-            role=members.project_role(session, project, user.id) or "none",
+            role=members.project_role(session, project, user.id) or NO_ROLE,
         ),
     )
 

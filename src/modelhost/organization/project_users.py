@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth import policy
 from modelhost.errors import InvalidRequest, NotFound
 from modelhost.organization import audit, projects
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix_now
@@ -24,7 +25,7 @@ def _wire(member: ProjectMembership, user: User) -> ProjectUser:
         id=user.id,
         name=user.name,
         email=user.email,
-        role="owner" if member.role == "owner" else "member",
+        role=policy.wire_project_role(member.role),
         added_at=unix_now(member.created_at),
     )
 

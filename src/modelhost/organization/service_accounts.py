@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth.policy import KeyKind, ServiceAccountRole
 from modelhost.organization import api_keys, audit, projects
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix_now
 from modelhost.protocol.admin import (
@@ -23,7 +24,7 @@ KEY_NAME = "Secret Key"
 
 def _wire(account: ServiceAccount) -> ProjectServiceAccount:
     return ProjectServiceAccount(
-        id=account.id, name=account.name, role="none" if account.role == "none" else "member",
+        id=account.id, name=account.name, role=account.role if account.role == ServiceAccountRole.NONE else ServiceAccountRole.MEMBER,
         created_at=unix_now(account.created_at),
     )
 
@@ -42,19 +43,21 @@ def create(
     with transaction(sessions) as session:
         project = projects.find(session, scope, project_id, active=True)
         only = bool(body.create_service_account_only)
-        account = members.create_service_account(session, project, body.name, "none" if only else "member")
+        account = members.create_service_account(
+            session, project, body.name, ServiceAccountRole.NONE if only else ServiceAccountRole.MEMBER
+        )
         audit.record(session, scope, "service_account.created", account.id, {"data": {"role": account.role}}, project=project)
         api_key = None
         if not only:
             minted = api_keys.mint(
-                session, scope, kind="service_account", name=KEY_NAME, service_account_id=account.id, project=project
+                session, scope, kind=KeyKind.SERVICE_ACCOUNT, name=KEY_NAME, service_account_id=account.id, project=project
             )
             key = minted.key
             api_key = ServiceAccountApiKey(value=minted.secret, name=key.name, created_at=unix_now(key.created_at), id=key.id)
         return ServiceAccountCreated(
             id=account.id,
             name=account.name,
-            role="none" if only else "member",
+            role=ServiceAccountRole.NONE if only else ServiceAccountRole.MEMBER,
             created_at=unix_now(account.created_at),
             api_key=api_key,
         )

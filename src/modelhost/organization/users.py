@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth import policy
 from modelhost.errors import InvalidRequest
 from modelhost.organization import audit
 from modelhost.organization.common import Scope, listing, not_found, transaction, unix_now
@@ -25,7 +26,7 @@ def _wire(member: Membership, user: User) -> OrganizationUser:
         id=user.id,
         name=user.name,
         email=user.email,
-        role="owner" if member.role == "owner" else "reader",
+        role=policy.wire_org_role(member.role),
         added_at=unix_now(member.created_at),
     )
 
@@ -66,7 +67,7 @@ def get(sessions: sessionmaker[Session], scope: Scope, user_id: str) -> Organiza
 def update(sessions: sessionmaker[Session], scope: Scope, user_id: str, body: UserRoleUpdateRequest) -> OrganizationUser:
     with transaction(sessions) as session:
         member, user = _member(session, scope, user_id)
-        if member.role == "owner" and body.role != "owner" and tenancy.owner_count(session, scope.organization_id) <= 1:
+        if policy.leaves_no_owner(member.role, body.role, tenancy.owner_count(session, scope.organization_id)):
             raise InvalidRequest(LAST_OWNER, param="role")
         if member.role != body.role:
             member.role = body.role
@@ -78,7 +79,7 @@ def delete(sessions: sessionmaker[Session], scope: Scope, user_id: str) -> UserD
     """Remove the user from the organization and its projects; their keys bound to it are revoked."""
     with transaction(sessions) as session:
         member, user = _member(session, scope, user_id)
-        if member.role == "owner" and tenancy.owner_count(session, scope.organization_id) <= 1:
+        if policy.leaves_no_owner(member.role, None, tenancy.owner_count(session, scope.organization_id)):
             raise InvalidRequest(LAST_OWNER)
         tenancy.remove_member(session, member)
         audit.record(session, scope, "user.deleted", user.id)

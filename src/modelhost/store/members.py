@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelhost.auth import policy
+from modelhost.auth.policy import ProjectRole
 from modelhost.ids import new_id
 from modelhost.store.pages import Page, keyset_page
 from modelhost.store.schema import Invite, Project, ProjectMembership, ServiceAccount, User
@@ -19,12 +21,10 @@ from modelhost.store.tenancy import TenancyConflict, membership, revoke_keys, us
 
 # -- project members ----------------------------------------------------------------------------
 def project_role(session: Session, project: Project, user_id: str) -> str | None:
-    """The user's role in the project: its own membership, else `owner` for organization owners."""
+    """The user's role in the project (`policy.project_role`): its own membership's, else owner for organization owners."""
     explicit = project_membership(session, project.id, user_id)
-    if explicit is not None:
-        return explicit.role
     member = membership(session, user_id, project.organization_id)
-    return "owner" if member is not None and member.role == "owner" else None
+    return policy.project_role(member.role if member else None, explicit.role if explicit else None)
 
 
 def may_use_project(session: Session, project: Project, user_id: str) -> bool:
@@ -39,8 +39,8 @@ def project_membership(session: Session, project_id: str, user_id: str) -> Proje
 
 
 def add_project_member(session: Session, project: Project, user: User, role: str) -> ProjectMembership:
-    if role not in ("owner", "member"):
-        raise TenancyConflict(f"Unknown project role {role!r}; use owner or member.")
+    if role not in ProjectRole.ALL:
+        raise TenancyConflict(f"Unknown project role {role!r}; use {' or '.join(ProjectRole.ALL)}.")
     if membership(session, user.id, project.organization_id) is None:
         raise TenancyConflict(f"User {user.id} is not a member of the project's organization.")
     if project_membership(session, project.id, user.id) is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from modelhost.auth.policy import KeyKind, OrgRole
 from modelhost.ids import new_id
 from modelhost.store.pages import Page, keyset_page
 from modelhost.store.schema import (
@@ -68,7 +69,7 @@ def create_organization(session: Session, name: str, owner: User | None = None) 
     session.flush()
     create_project(session, org.id, "Default project", is_default=True)
     if owner is not None:
-        add_member(session, owner, org.id, "owner")
+        add_member(session, owner, org.id, OrgRole.OWNER)
     return org
 
 
@@ -110,8 +111,8 @@ def create_user(session: Session, email: str, name: str | None = None) -> User:
 
 def add_member(session: Session, user: User, organization_id: str, role: str) -> Membership:
     """Put `user` in the organization; their first organization becomes their default."""
-    if role not in ("owner", "reader"):
-        raise TenancyConflict(f"Unknown role {role!r}; use owner or reader.")
+    if role not in OrgRole.ALL:
+        raise TenancyConflict(f"Unknown role {role!r}; use {' or '.join(OrgRole.ALL)}.")
     if session.get(Organization, organization_id) is None:
         raise TenancyConflict(f"No organization {organization_id!r}.")
     existing = session.scalar(
@@ -257,7 +258,7 @@ def list_members(
 
 def owner_count(session: Session, organization_id: str) -> int:
     """How many owners the organization has, locking their rows so two demotions cannot race to zero."""
-    owners = select(Membership.id).where(Membership.organization_id == organization_id, Membership.role == "owner")
+    owners = select(Membership.id).where(Membership.organization_id == organization_id, Membership.role == OrgRole.OWNER)
     return len(session.scalars(owners.with_for_update()).all())
 
 
@@ -328,7 +329,7 @@ def list_admin_keys(
     session: Session, organization_id: str, *, limit: int, after: str | None, descending: bool
 ) -> Page[ApiKey]:
     query = select(ApiKey).where(
-        ApiKey.organization_id == organization_id, ApiKey.kind == "admin", ApiKey.revoked_at.is_(None)
+        ApiKey.organization_id == organization_id, ApiKey.kind == KeyKind.ADMIN, ApiKey.revoked_at.is_(None)
     )
     return keyset_page(
         session, query, created=ApiKey.created_at, ident=ApiKey.id, limit=limit, after=after, descending=descending
@@ -345,7 +346,7 @@ def user_may_use_project(user_id: Any, organization_id: Any, project_id: Any) ->
     default = aliased(Project)  # its own alias: `key_by_hash` joins Project in the enclosing query
     default_project = exists().where(default.id == project_id, default.is_default.is_(True))
     org_owner = exists().where(
-        Membership.user_id == user_id, Membership.organization_id == organization_id, Membership.role == "owner"
+        Membership.user_id == user_id, Membership.organization_id == organization_id, Membership.role == OrgRole.OWNER
     )
     org_member = exists().where(Membership.user_id == user_id, Membership.organization_id == organization_id)
     project_member = exists().where(ProjectMembership.user_id == user_id, ProjectMembership.project_id == project_id)
@@ -364,8 +365,8 @@ def owner_has_access() -> ColumnElement[bool]:
     )
     user_access = user_may_use_project(ApiKey.user_id, ApiKey.organization_id, ApiKey.project_id)
     return or_(
-        and_(ApiKey.kind == "service_account", service_account_alive),
-        and_(ApiKey.kind == "project", user_access),
+        and_(ApiKey.kind == KeyKind.SERVICE_ACCOUNT, service_account_alive),
+        and_(ApiKey.kind == KeyKind.PROJECT, user_access),
     )
 
 
@@ -376,7 +377,7 @@ def list_project_keys(
     access = owner_has_access()
     query = select(ApiKey, access.label("owner_access")).where(
         ApiKey.project_id == project_id,
-        ApiKey.kind.in_(("project", "service_account")),
+        ApiKey.kind.in_((KeyKind.PROJECT, KeyKind.SERVICE_ACCOUNT)),
         ApiKey.revoked_at.is_(None),
     )
     if owner_access == "active":
@@ -394,7 +395,7 @@ def project_key(session: Session, project_id: str, key_id: str) -> tuple[ApiKey,
         select(ApiKey, owner_has_access()).where(
             ApiKey.id == key_id,
             ApiKey.project_id == project_id,
-            ApiKey.kind.in_(("project", "service_account")),
+            ApiKey.kind.in_((KeyKind.PROJECT, KeyKind.SERVICE_ACCOUNT)),
             ApiKey.revoked_at.is_(None),
         )
     ).first()
