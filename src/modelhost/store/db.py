@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -59,8 +59,30 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        forget_superseded_versions(connection, ScriptDirectory.from_config(config))
         config.attributes["connection"] = connection
         command.upgrade(config, "heads")
+
+
+def forget_superseded_versions(connection: Connection, script: ScriptDirectory) -> None:
+    """Delete the rows of `alembic_version` whose revision is an ancestor of another row's.
+
+    Until issue #13, 0002_admin and 0003_limits both followed 0001 (two branches, joined by
+    0004_hardening); now the history is one line, 0001 → 0002_admin → 0003_limits → 0004. A
+    database migrated after both features landed and before 0004 holds both branch heads,
+    {0002_admin, 0003_limits}, and Alembic refuses to upgrade from a pair in which one revision
+    descends from the other ("overlaps"). Both are applied, so that database is exactly at
+    0003_limits, and keeping only the descendant says so in the new history. A table of one row,
+    or of rows on separate branches, or naming revisions this release does not know, is left as is.
+    """
+    if not inspect(connection).has_table("alembic_version"):
+        return
+    versions = {row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))}
+    known = {revision.revision for revision in script.walk_revisions()}
+    for version in versions & known:
+        ancestors = {revision.revision for revision in script.iterate_revisions(version, "base")} - {version}
+        for superseded in ancestors & versions:
+            connection.execute(text("DELETE FROM alembic_version WHERE version_num = :v"), {"v": superseded})
 
 
 def _alembic_config() -> Config:
@@ -70,7 +92,7 @@ def _alembic_config() -> Config:
 
 
 def migration_heads() -> set[str]:
-    """The newest revision of every migration branch: what `alembic_version` holds once migrated."""
+    """The newest revision of every migration branch (one: the history is linear), what `alembic_version` holds once migrated."""
     return set(ScriptDirectory.from_config(_alembic_config()).get_heads())
 
 

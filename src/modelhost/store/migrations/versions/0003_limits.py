@@ -1,14 +1,14 @@
 """Rate limits and quotas (spend budgets) of organizations and projects.
 
 Revision ID: 0003_limits
-Revises: 0001
+Revises: 0002_admin
 Create Date: 2026-12-02
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_limits"
-down_revision = "0001"
+down_revision = "0002_admin"
 branch_labels = None
 depends_on = None
 

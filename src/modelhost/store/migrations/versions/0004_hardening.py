@@ -1,16 +1,19 @@
-"""Hardening, round two (issue #12): joins the two heads of 0001 and adds what the fixes store.
+"""Hardening, round two (issue #12): what the fixes store.
 
 Each fix adds its tables and columns in its own function below, so the parts stay readable.
 
+(It first joined 0002_admin and 0003_limits, then two branches from 0001; since issue #13 the
+history is one line and `modelhost.store.db.forget_superseded_versions` carries databases over.)
+
 Revision ID: 0004_hardening
-Revises: 0002_admin, 0003_limits
+Revises: 0003_limits
 Create Date: 2026-12-01
 """
 import sqlalchemy as sa  # noqa: F401
 from alembic import op  # noqa: F401
 
 revision = "0004_hardening"
-down_revision = ("0002_admin", "0003_limits")
+down_revision = "0003_limits"
 branch_labels = None
 depends_on = None
 
