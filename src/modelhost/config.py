@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,7 +15,9 @@ def _default_home() -> Path:
 
 
 class ModelPrice(BaseModel):
-    """What one model costs, in US dollars per million tokens."""
+    """What one model costs, in US dollars per million tokens; frozen, like the table that holds it."""
+
+    model_config = ConfigDict(frozen=True)
 
     input: float = Field(default=0.0, ge=0, description="USD per 1M input (prompt) tokens.")
     output: float = Field(default=0.0, ge=0, description="USD per 1M output (completion) tokens.")

@@ -177,9 +177,10 @@ def test_reload_swaps_the_registry_while_a_running_generation_finishes_on_its_en
     installed: list[ModelRegistry] = []
 
     async def go() -> None:
-        catalog = ModelCatalog(settings, install=installed.append)
+        catalog = ModelCatalog(settings, install=lambda registry, prices: installed.append(registry))
         registry = await catalog.open()
-        assert set(settings.prices) == {"streamer", "*"} and settings.prices["streamer"].output == 4.0
+        opened = catalog.prices
+        assert set(opened) == {"streamer", "*"} and opened["streamer"].output == 4.0
         old = registry.get("streamer", caller=None).engine
         assert old is not None
         body = {"messages": [{"role": "user", "content": "hi"}]}
@@ -191,7 +192,8 @@ def test_reload_swaps_the_registry_while_a_running_generation_finishes_on_its_en
         write(tmp_path, upstream_model("replacement", up.base_url))
         assert await catalog.reload()
         assert [m.id for m in installed[-1].all()] == ["replacement"]
-        assert set(settings.prices) == {"*"}  # the removed model's price is gone, the operator's stays
+        assert set(catalog.prices) == {"*"}  # the removed model's price is gone, the operator's stays
+        assert set(opened) == {"streamer", "*"} and set(settings.prices) == {"*"}  # swapped whole, nothing changed in place
         with pytest.raises(ModelNotFound):
             installed[-1].get("streamer", caller=None)
         assert catalog.draining == 1

@@ -8,6 +8,7 @@ import pytest
 
 from modelhost.config import ModelPrice
 from modelhost.errors import InvalidRequest
+from modelhost.limits import PriceTable
 from modelhost.organization import Scope, usage
 from modelhost.protocol.admin import CompletionsUsageQuery, CostsQuery, EmbeddingsUsageQuery
 from modelhost.store import UsageEntry, UsageLedger
@@ -110,9 +111,9 @@ def test_bad_usage_queries_name_the_parameter(ledger: UsageLedger, query: dict[s
 
 
 def test_costs_price_tokens_per_model_with_a_fallback(ledger: UsageLedger) -> None:
-    prices = {"m1": ModelPrice(input=1.0, output=2.0), "*": ModelPrice(input=0.5)}
+    prices = PriceTable({"m1": ModelPrice(input=1.0, output=2.0), "*": ModelPrice(input=0.5)})
     day = CostsQuery(start_time=T0, end_time=T0 + 86400)
-    unpriced = usage.costs(ledger, SCOPE, day, prices={}, now=T0 + 86400)
+    unpriced = usage.costs(ledger, SCOPE, day, prices=PriceTable(), now=T0 + 86400)
     assert [r.amount.value for r in unpriced.data[0].results] == [0.0]
     priced = usage.costs(ledger, SCOPE, day, prices=prices, now=T0 + 86400)
     # m1: (5+3+2) in at $1/M + (2+1+2) out at $2/M; m2 and e1 at the "*" price: (7+11) in at $0.5/M.

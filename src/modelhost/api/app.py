@@ -21,7 +21,7 @@ from modelhost.api.state import AppState
 from modelhost.auth import Authenticator
 from modelhost.catalog import ModelCatalog
 from modelhost.config import Settings
-from modelhost.limits import Limiter, open_limiter
+from modelhost.limits import Limiter, PriceTable, open_limiter
 from modelhost.engine import ModelRegistry, ServedModel
 from modelhost.engine.grammar_compiler import close_default_compiler
 from modelhost.observability import Observability
@@ -131,13 +131,13 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
         )
         catalog: ModelCatalog | None = None
         if settings.models_file is not None and registry_factory is default_registry:
-            catalog = ModelCatalog(settings, install=lambda new: setattr(app.state.modelhost, "registry", new))
+            catalog = ModelCatalog(settings, install=lambda new, prices: _install(app.state.modelhost, new, prices))
             registry = await catalog.open()
         else:
             registry = registry_factory(settings)
             await registry.start()
         authenticator = Authenticator(sessions, cache_seconds=settings.key_cache_seconds)
-        limiter = open_limiter(settings, sessions, ledger)
+        limiter = open_limiter(settings, sessions, ledger, prices=catalog.prices if catalog is not None else None)
         await _check_limit_store(settings, limiter)
         app.state.modelhost = AppState(
             settings=settings,
@@ -199,6 +199,12 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(openapi.router)
     openapi.install_openapi(app)
     return app
+
+
+def _install(state: AppState, registry: ModelRegistry, prices: PriceTable) -> None:
+    """A reloaded models file: new requests look models up in `registry` and are priced by `prices`."""
+    state.registry = registry
+    state.limiter.prices = prices
 
 
 async def _check_limit_store(settings: Settings, limiter: Limiter) -> None:

@@ -2,7 +2,8 @@
 
 ``registry = await catalog.open()`` at startup; ``await catalog.reload()`` on SIGHUP. A reload
 reads and checks the file, builds what changed (unchanged models keep their running engine),
-starts it, and only then swaps the registry that new requests look models up in. Requests already
+starts it, and only then swaps the registry that new requests look models up in, and with it the
+price table (`catalog.prices`, frozen: the file's prices under the operator's `MODELHOST_PRICES`). Requests already
 running keep the engine they started on; an engine no longer in the file is drained — it serves
 what it holds for up to `shutdown_grace_seconds`, then takes no more and is stopped. A file that
 fails to load or a model that fails to start leaves the previous registry serving, and says why in
@@ -21,6 +22,7 @@ from modelhost.catalog.build import BuiltModel, build_models
 from modelhost.catalog.schema import Catalog, CatalogError, load_catalog
 from modelhost.config import Settings
 from modelhost.engine.registry import ModelRegistry
+from modelhost.limits.prices import PriceTable
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +32,17 @@ LATE_SUBMIT_SECONDS = 2.0
 
 
 class ModelCatalog:
-    """See the module docstring. `install(registry)` makes a reloaded registry the one requests use."""
+    """See the module docstring. `install(registry, prices)` makes a reload's registry and prices the ones requests use."""
 
-    def __init__(self, settings: Settings, *, install: Callable[[ModelRegistry], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, install: Callable[[ModelRegistry, PriceTable], None] | None = None
+    ) -> None:
         assert settings.models_file is not None, "ModelCatalog serves MODELHOST_MODELS_FILE"
         self.path = settings.models_file
         self.install = install
         self.registry: ModelRegistry | None = None
+        self.prices = PriceTable(settings.prices)
         self._settings = settings
-        self._explicit_prices = dict(settings.prices)  # MODELHOST_PRICES wins over the file's prices
         self._built: dict[str, BuiltModel] = {}
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
@@ -72,7 +76,7 @@ class ModelCatalog:
             retired = [m for key, m in self._built.items() if key not in built]
             self._adopt(catalog, registry, built)
             if self.install is not None:
-                self.install(registry)
+                self.install(registry, self.prices)
             for model in retired:
                 task = asyncio.create_task(self._retire(model))
                 self._draining.add(task)
@@ -98,10 +102,8 @@ class ModelCatalog:
     def _adopt(self, catalog: Catalog, registry: ModelRegistry, built: dict[str, BuiltModel]) -> None:
         self._built = built
         self.registry = registry
-        prices = self._settings.prices  # the very mapping the limiter holds: update it in place
-        prices.clear()
-        prices.update({spec.id: spec.price for spec in catalog.models if spec.price is not None})
-        prices.update(self._explicit_prices)
+        file_prices = {spec.id: spec.price for spec in catalog.models if spec.price is not None}
+        self.prices = PriceTable.layered(file_prices, self._settings.prices)  # MODELHOST_PRICES wins
 
     async def _retire(self, model: BuiltModel) -> None:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitE
 from modelhost.limits.limiter import Admission, Limiter, Reservation
 from modelhost.limits.memory import MemoryBackend
 from modelhost.limits.policy import AppliedLimits, LimitPolicy, Quota, RateLimits
+from modelhost.limits.prices import PriceTable
 from modelhost.store import UsageLedger
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "LimitBackend",
     "LimitPolicy",
     "Limiter",
+    "PriceTable",
     "LimiterUnavailable",
     "LimitsUnavailable",
     "MemoryBackend",
@@ -45,8 +47,13 @@ def default_rate_limits(settings: Settings) -> RateLimits:
     )
 
 
-def open_limiter(settings: Settings, sessions: sessionmaker[Session], ledger: UsageLedger) -> Limiter:
-    """The limiter the settings ask for: Redis-backed with `redis_url`, in-process without."""
+def open_limiter(
+    settings: Settings, sessions: sessionmaker[Session], ledger: UsageLedger, *, prices: PriceTable | None = None
+) -> Limiter:
+    """The limiter the settings ask for: Redis-backed with `redis_url`, in-process without.
+
+    `prices`: the models file's table (`ModelCatalog.prices`); default: the settings' prices.
+    """
     backend: LimitBackend
     if settings.redis_url:
         from modelhost.limits.redis_backend import RedisBackend
@@ -59,7 +66,7 @@ def open_limiter(settings: Settings, sessions: sessionmaker[Session], ledger: Us
         backend,
         policy,
         ledger,
-        prices=settings.prices,
+        prices=prices if prices is not None else PriceTable(settings.prices),
         key_prefix=settings.redis_key_prefix,
         lease_seconds=settings.limits_lease_seconds,
     )

@@ -50,6 +50,7 @@ from modelhost.limits.base import (
 from modelhost.limits.durations import format_duration
 from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
 from modelhost.limits.policy import MICRO, AppliedLimits, LimitPolicy, Quota, RateLimits, cost, current_period
+from modelhost.limits.prices import PriceTable
 from modelhost.store import UsageLedger
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class Reservation:
     epochs: tuple[str, ...]  # per held charge: the generation of a budget's counter ("" otherwise)
     lease: _Held | None = None  # the admission's concurrency lease, freed with this reservation
 
-    def _costs(self, prompt_tokens: int, completion_tokens: int, prices: Mapping[str, ModelPrice]) -> list[int]:
+    def _costs(self, prompt_tokens: int, completion_tokens: int, prices: PriceTable) -> list[int]:
         return [
             cost(h.quota.unit, self.model, prompt_tokens, completion_tokens, prices) if h.quota else 0 for h in self.held
         ]
@@ -118,7 +119,7 @@ class Limiter:
 
     `ledger` is the source of a budget's starting value (usage so far in the period) whenever its
     counter does not exist yet: first use of a period, a restarted in-process store, a Redis that
-    lost its data.
+    lost its data. `prices` is the price table in force: a models-file reload swaps in a new one whole.
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class Limiter:
         policy: LimitPolicy,
         ledger: UsageLedger,
         *,
-        prices: Mapping[str, ModelPrice],
+        prices: Mapping[str, ModelPrice],  # a PriceTable, or any mapping to make one of
         key_prefix: str = "modelhost",
         lease_seconds: float = 600.0,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
@@ -135,7 +136,7 @@ class Limiter:
         self.backend = backend
         self.policy = policy
         self._ledger = ledger
-        self._prices = prices
+        self.prices = prices if isinstance(prices, PriceTable) else PriceTable(prices)
         self._prefix = key_prefix
         self._lease_seconds = lease_seconds
         self._now = now
@@ -238,7 +239,7 @@ class Limiter:
             period = current_period(quota.period, now)
             key = self._key(principal, "quota", quota.scope, quota.scope_id, quota.unit, quota.period, period.label)
             ttl = (period.end - now).total_seconds() + 86_400  # outlives the period, for late settles
-            amount = cost(quota.unit, model, prompt_tokens, completion_tokens, self._prices)
+            amount = cost(quota.unit, model, prompt_tokens, completion_tokens, self.prices)
             held.append(_Held(Budget(key, quota.hard_limit, amount, ttl), "quota", quota))
         return tuple(held)
 
@@ -270,7 +271,7 @@ class Limiter:
         except SQLAlchemyError as exc:
             raise LimitsUnavailable() from exc
         return sum(
-            cost(quota.unit, t.model, t.prompt_tokens, t.completion_tokens, self._prices)
+            cost(quota.unit, t.model, t.prompt_tokens, t.completion_tokens, self.prices)
             for t in totals
             if quota.scope == "organization" or t.project_id == quota.scope_id
         )
@@ -323,7 +324,7 @@ class Limiter:
         budget until the period ends, a lease until it expires (`lease_seconds`).
         """
         actual = prompt_tokens + completion_tokens
-        costs = reservation._costs(prompt_tokens, completion_tokens, self._prices)
+        costs = reservation._costs(prompt_tokens, completion_tokens, self.prices)
         adjustments: list[Adjustment] = []
         for h, spent, epoch in zip(reservation.held, costs, reservation.epochs):
             if h.name == "tpm":

@@ -9,15 +9,15 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.config import ModelPrice
 from modelhost.limits.errors import LimitsUnavailable
+from modelhost.limits.prices import PriceTable
 from modelhost.store import limits as stored
 from modelhost.store.schema import QuotaSetting, RateLimitSetting
 
@@ -109,17 +109,15 @@ def current_period(name: str, now: datetime) -> Period:
     return Period(name, start, end)
 
 
-def cost(unit: str, model: str, prompt_tokens: int, completion_tokens: int, prices: Mapping[str, ModelPrice]) -> int:
+def cost(unit: str, model: str, prompt_tokens: int, completion_tokens: int, prices: PriceTable) -> int:
     """What tokens cost in `unit`: tokens, or millionths of a dollar (rounded up).
 
-    Prices are per million tokens, so a token costs `price` millionths of a dollar. A model
-    without a price uses the ``"*"`` price if there is one, else costs nothing.
+    Prices are per million tokens, so a token costs `price` millionths of a dollar
+    (`PriceTable.price_of`: a model without a price costs the ``"*"`` price, else nothing).
     """
     if unit == "tokens":
         return prompt_tokens + completion_tokens
-    price = prices.get(model) or prices.get("*")
-    if price is None:
-        return 0
+    price = prices.price_of(model)
     return math.ceil(prompt_tokens * price.input + completion_tokens * price.output - 1e-9)
 
 

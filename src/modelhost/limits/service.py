@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelhost.config import Settings
 from modelhost.errors import InvalidRequest, NotFound
 from modelhost.limits import RateLimits, default_rate_limits
+from modelhost.limits.prices import PriceTable
 from modelhost.limits.policy import (
     MICRO,
     PERIODS,
@@ -63,13 +64,21 @@ class LimitSettings:
 
     With `usable`, a project's limits are listed (and can be changed) only for the models the
     project may use: the Administration API must not name a model the operator hides from it.
+    Money quotas are priced by `prices` (the server passes its limiter's table; default: the settings').
     """
 
     def __init__(
-        self, sessions: sessionmaker[Session], settings: Settings, models: Sequence[str], *, usable: UsableModels | None = None
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        models: Sequence[str],
+        *,
+        usable: UsableModels | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
+        self._prices = prices if prices is not None else PriceTable(settings.prices)
         self._models = tuple(models)
         self._usable = usable
 
@@ -297,7 +306,7 @@ class LimitSettings:
         period = current_period(row.period, now)
         totals = UsageLedger(self._sessions).totals(since=period.start, until=period.end, organization_id=row.organization_id)
         used = sum(
-            cost(row.unit, t.model, t.prompt_tokens, t.completion_tokens, self._settings.prices)
+            cost(row.unit, t.model, t.prompt_tokens, t.completion_tokens, self._prices)
             for t in totals
             if row.scope == "organization" or t.project_id == row.scope_id
         )

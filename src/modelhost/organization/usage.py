@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
-from modelhost.config import ModelPrice
 from modelhost.errors import InvalidRequest
+from modelhost.limits.prices import PriceTable
 from modelhost.organization.common import Scope
 from modelhost.protocol.admin import (
     CompletionsUsageQuery,
@@ -187,7 +187,7 @@ def embeddings(ledger: UsageLedger, scope: Scope, query: EmbeddingsUsageQuery, *
 
 
 def costs(
-    ledger: UsageLedger, scope: Scope, query: CostsQuery, *, prices: Mapping[str, ModelPrice], now: int
+    ledger: UsageLedger, scope: Scope, query: CostsQuery, *, prices: PriceTable, now: int
 ) -> UsagePage:
     """What the usage cost at the configured per-model prices (USD per 1M tokens; "*" prices the rest, else 0)."""
     window = _window(query.start_time, query.end_time, query.bucket_width, query.limit, COSTS_LIMITS, query.page, now)
@@ -200,7 +200,7 @@ def costs(
     sums: dict[tuple[int, tuple[str | None, ...], str | None], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for g in found:
         model, rest = str(g.key[0]), g.key[1:]
-        price = prices.get(model) or prices.get("*") or ModelPrice()
+        price = prices.price_of(model)
         for side, tokens, per_million in (("input", g.prompt_tokens, price.input), ("output", g.completion_tokens, price.output)):
             if by_line and tokens == 0:
                 continue

@@ -37,7 +37,8 @@ def _service(request: Request) -> LimitSettings:
     def usable(session: Session, organization_id: str, project_id: str) -> list[str]:
         return model_permissions.usable(session, organization_id, project_id, registry)
 
-    return LimitSettings(sessions(request), state.settings, [m.id for m in registry.all()], usable=usable)
+    models = [m.id for m in registry.all()]
+    return LimitSettings(sessions(request), state.settings, models, usable=usable, prices=state.limiter.prices)
 
 
 @router.get("", response_model=ProjectRateLimitList, openapi_extra=query_doc(ProjectRateLimitListQuery))

@@ -37,4 +37,4 @@ def usage_embeddings(request: Request, scope: Scope = Depends(admin_scope)) -> U
 def costs(request: Request, scope: Scope = Depends(admin_scope)) -> UsagePage:
     state = app_state(request)
     query = parse_query(request, CostsQuery)
-    return usage.costs(state.ledger, scope, query, prices=state.settings.prices, now=_now())
+    return usage.costs(state.ledger, scope, query, prices=state.limiter.prices, now=_now())

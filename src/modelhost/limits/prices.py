@@ -1,0 +1,52 @@
+"""The price table: what each model costs, frozen, and swapped whole when the models file is reloaded.
+
+Built from `MODELHOST_PRICES` and the models file's ``price = {…}`` entries (the operator's
+setting wins). Nothing changes a table in place: a reload builds a new one and hands it to the
+limiter beside the new model registry, so a request prices all its tokens by one table.
+
+``PriceTable({"m": ModelPrice(input=1.0)}).price_of("other")`` is the ``"*"`` price if there is
+one, else zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+
+from modelhost.config import ModelPrice
+
+#: The price of a model nothing prices.
+FREE = ModelPrice()
+
+
+class PriceTable(Mapping[str, ModelPrice]):
+    """Per-model prices in USD per 1M tokens, read-only; ``"*"`` prices every model not named."""
+
+    __slots__ = ("_prices",)
+
+    def __init__(self, prices: Mapping[str, ModelPrice] | None = None) -> None:
+        self._prices: Mapping[str, ModelPrice] = MappingProxyType(dict(prices or {}))
+
+    @classmethod
+    def layered(cls, *layers: Mapping[str, ModelPrice]) -> PriceTable:
+        """One table from several; a later layer's price of a model wins."""
+        merged: dict[str, ModelPrice] = {}
+        for layer in layers:
+            merged.update(layer)
+        return cls(merged)
+
+    def price_of(self, model: str) -> ModelPrice:
+        """The model's price, else the ``"*"`` price, else free: the one lookup of a price."""
+        return self._prices.get(model) or self._prices.get("*") or FREE
+
+    def __getitem__(self, model: str) -> ModelPrice:
+        return self._prices[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prices)
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def __repr__(self) -> str:
+        return f"PriceTable({dict(self._prices)!r})"
