@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.policy import KeyKind, ProjectRole
 from modelhost.organization import Scope, admin_keys, api_keys, invites, projects, users
+from modelhost.organization.common import every_item
 from modelhost.protocol.admin import AdminApiKeyCreateRequest, InviteRequest, ListQuery, ProjectCreateRequest
 from modelhost.store import members, tenancy
 from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
@@ -302,13 +303,8 @@ def create_invite(
 def list_invites(sessions: sessionmaker[Session], organization: str | None) -> list[dict[str, object]]:
     with sessions() as session:
         org_id = _org_or_default(session, organization)
-    found, after = [], None
-    while True:
-        page = invites.list_invites(sessions, Scope(org_id), ListQuery(limit=100, after=after))
-        found += [i.model_dump() for i in page.data]
-        if not page.has_more:
-            return found
-        after = page.last_id
+    every = every_item(lambda after: invites.list_invites(sessions, Scope(org_id), ListQuery(limit=100, after=after)))
+    return [i.model_dump() for i in every]
 
 
 def accept_invite(sessions: sessionmaker[Session], invite_id: str, email: str, name: str | None) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelhost.auth import Principal
 from modelhost.errors import InvalidRequest, NotFound
 from modelhost.protocol.admin import CursorList
-from modelhost.store.pages import UnknownCursor
+from modelhost.store.pages import UnknownCursor, slice_page
 from modelhost.store.tenancy import TenancyConflict, as_utc
 
 L = TypeVar("L", bound=CursorList)
@@ -39,9 +39,7 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
         try:
             yield session
         except UnknownCursor as exc:
-            raise InvalidRequest(
-                f"Invalid '{exc.param}': it names no object of this list.", param=exc.param, code="invalid_value"
-            ) from exc
+            raise _unknown_cursor(exc) from exc
         except TenancyConflict as exc:
             raise InvalidRequest(str(exc)) from exc
         except IntegrityError as exc:  # a concurrent request made the same change first
@@ -64,8 +62,13 @@ def unix_now(moment: datetime) -> int:
     return seconds
 
 
+def _unknown_cursor(exc: UnknownCursor) -> InvalidRequest:
+    """The API's answer to an `after`/`before` id that is not in the listing."""
+    return InvalidRequest(f"Invalid '{exc.param}': it names no object of this list.", param=exc.param, code="invalid_value")
+
+
 def listing(cls: type[L], items: Sequence[Any], has_more: bool) -> L:
-    """OpenAI's list envelope around `items` (each has an `id`)."""
+    """OpenAI's list envelope around one page of `items` (each has an `id`): the only place it is built."""
     return cls.model_validate(
         {
             "data": list(items),
@@ -74,6 +77,27 @@ def listing(cls: type[L], items: Sequence[Any], has_more: bool) -> L:
             "last_id": items[-1].id if items else None,
         }
     )
+
+
+def listed(cls: type[L], items: Sequence[Any], *, limit: int, after: str | None, before: str | None = None) -> L:
+    """One page of a whole listing held in memory (`items`, in order, each with an `id`), in the envelope."""
+    try:
+        page = slice_page(items, lambda item: str(item.id), limit=limit, after=after, before=before)
+    except UnknownCursor as exc:
+        raise _unknown_cursor(exc) from exc
+    return listing(cls, page.items, page.has_more)
+
+
+def every_item(fetch: Callable[[str | None], CursorList]) -> list[Any]:
+    """All items of a listing, page after page: ``fetch(after)`` answers the page after the id `after`."""
+    items: list[Any] = []
+    after = None
+    while True:
+        page = fetch(after)
+        items += page.data  # type: ignore[attr-defined]  # every list model has its typed `data`
+        if not page.has_more:
+            return items
+        after = page.last_id
 
 
 def not_found(what: str, ident: str) -> NotFound:

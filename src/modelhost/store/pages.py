@@ -1,12 +1,18 @@
 """Cursor pagination as OpenAI lists do it: `after`/`before` name an object id, never an offset.
 
-A listing is ordered by (creation time, id); the cursor object's own position is looked up
+The one home of the cursor rules: `keyset_page` pages a query, `slice_page` a list already in
+memory (a project's rate limits, one per model); both answer a `Page` and raise `UnknownCursor`
+for an id that is not in the listing. `organization.common.listing` wraps a page in OpenAI's list
+envelope. (The usage API's `page` tokens are another thing: they name a time bucket, not an object.)
+
+A query listing is ordered by (creation time, id); the cursor object's own position is looked up
 within the same query, so a cursor from another organization is simply not found.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, or_
@@ -72,3 +78,26 @@ def keyset_page(
     if backwards:
         rows.reverse()
     return Page(rows, has_more)
+
+
+def slice_page(
+    items: Sequence[T],
+    ident: Callable[[T], str],
+    *,
+    limit: int,
+    after: str | None = None,
+    before: str | None = None,
+) -> Page[T]:
+    """Up to `limit` of `items` (already in listing order) after and/or before the items named by id.
+
+    ``slice_page(limits, lambda r: r["id"], limit=2, after="rl-a")`` gives the two that follow ``rl-a``.
+    """
+    assert limit > 0, "limit is validated by the caller"
+    ids = [ident(item) for item in items]
+    for cursor, param in ((after, "after"), (before, "before")):
+        if cursor is not None and cursor not in ids:
+            raise UnknownCursor(param)
+    start = ids.index(after) + 1 if after is not None else 0
+    end = ids.index(before) if before is not None else len(items)
+    page = list(items[start:end][:limit])
+    return Page(page, start + len(page) < end)

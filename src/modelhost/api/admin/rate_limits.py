@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from modelhost.api.admin.deps import ERRORS, admin_principal, admin_scope, parse_query, query_doc, sessions
 from modelhost.api.deps import app_state
-from modelhost.errors import InvalidRequest
 from modelhost.limits.service import LimitSettings
 from modelhost.organization import Scope, model_permissions
+from modelhost.organization.common import listed
 from modelhost.protocol.admin.rate_limits import (
     ProjectRateLimit,
     ProjectRateLimitList,
@@ -47,22 +47,8 @@ async def list_project_rate_limits(
 ) -> ProjectRateLimitList:
     query = parse_query(request, ProjectRateLimitListQuery)
     items = await run_in_threadpool(_service(request).project_rate_limits, scope.organization_id, project_id)
-    ids = [item["id"] for item in items]
-    start, end = 0, len(items)
-    for cursor, param in ((query.after, "after"), (query.before, "before")):
-        if cursor is not None and cursor not in ids:
-            raise InvalidRequest(f"Invalid '{param}': it names no object of this list.", param=param, code="invalid_value")
-    if query.after is not None:
-        start = ids.index(query.after) + 1
-    if query.before is not None:
-        end = ids.index(query.before)
-    page = [ProjectRateLimit.model_validate(item) for item in items[start:end]][: query.limit]
-    return ProjectRateLimitList(
-        data=page,
-        has_more=start + len(page) < end,
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    wire = [ProjectRateLimit.model_validate(item) for item in items]
+    return listed(ProjectRateLimitList, wire, limit=query.limit, after=query.after, before=query.before)
 
 
 @router.post("/{rate_limit_id}", response_model=ProjectRateLimit)
