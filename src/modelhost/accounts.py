@@ -13,18 +13,25 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.errors import InvalidRequest, NotFound
 from modelhost.auth.policy import KeyKind, ProjectRole
 from modelhost.organization import Scope, admin_keys, api_keys, invites, projects, users
-from modelhost.organization.common import every_item
-from modelhost.protocol.admin import AdminApiKeyCreateRequest, InviteRequest, ListQuery, ProjectCreateRequest
+from modelhost.organization.common import every_item, listing
+from modelhost.protocol.admin import (
+    AdminApiKeyCreateRequest,
+    Invite,
+    InviteDeleted,
+    InviteList,
+    InviteRequest,
+    ListQuery,
+    ProjectCreateRequest,
+    ProjectList,
+)
+from modelhost.protocol.admin import Project as WireProject
 from modelhost.store import members, tenancy
 from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
 
 DEFAULT_OWNER_EMAIL = "owner@localhost"
-
-
-class AccountError(Exception):
-    """An account operation was asked for something that does not exist or is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +78,14 @@ def _user(session: Session, who: str | None) -> User:
     else:
         user = tenancy.find_user(session, who)
     if user is None:
-        raise AccountError(f"No user {who!r}.")
+        raise NotFound(f"No user {who!r}.")
     return user
 
 
 def _org(session: Session, which: str) -> Organization:
     org = tenancy.find_organization(session, which)
     if org is None:
-        raise AccountError(f"No organization {which!r}.")
+        raise NotFound(f"No organization {which!r}.")
     return org
 
 
@@ -97,12 +104,12 @@ def create_key(
     Administration API of the organization; the user must be one of its owners).
     """
     if kind not in (KeyKind.USER, KeyKind.PROJECT, KeyKind.ADMIN):
-        raise AccountError("kind is 'user', 'project' or 'admin'.")
+        raise InvalidRequest("kind is 'user', 'project' or 'admin'.")
     with sessions() as session:
         owner = _user(session, user)
         org_id = _org(session, organization).id if organization else owner.default_organization_id
         if org_id is None or not tenancy.is_member(session, owner.id, org_id):
-            raise AccountError(f"User {owner.email} is not a member of organization {org_id}.")
+            raise InvalidRequest(f"User {owner.email} is not a member of organization {org_id}.")
     if kind == KeyKind.ADMIN:
         created = admin_keys.create(sessions, Scope(org_id), AdminApiKeyCreateRequest(name=name), owner_id=owner.id)
         return {
@@ -118,15 +125,15 @@ def create_key(
         if project:
             chosen = session.get(Project, project)
             if chosen is None or chosen.organization_id != org_id:
-                raise AccountError(f"No project {project!r} in organization {org_id}.")
+                raise NotFound(f"No project {project!r} in organization {org_id}.")
         else:
             chosen = tenancy.default_project(session, org_id)
             assert chosen is not None
         if chosen.status != "active":
-            raise AccountError(f"Project {chosen.id} is archived.")
+            raise InvalidRequest(f"Project {chosen.id} is archived.")
         if kind == KeyKind.PROJECT and not members.may_use_project(session, chosen, owner.id):
             # Authentication would refuse such a key anyway (its owner has no access to the project).
-            raise AccountError(
+            raise InvalidRequest(
                 f"User {owner.email} is not a member of project {chosen.id}; add them to it first "
                 "(POST /v1/organization/projects/{project_id}/users), or make them an owner of the organization."
             )
@@ -155,7 +162,7 @@ def revoke_key(sessions: sessionmaker[Session], key_id: str) -> dict[str, object
     with sessions() as session:
         key = session.get(ApiKey, key_id)
         if key is None:
-            raise AccountError(f"No key {key_id!r}.")
+            raise NotFound(f"No key {key_id!r}.")
         api_keys.revoke(session, key)
         session.commit()
         return _key_view(key)
@@ -194,44 +201,27 @@ def list_organizations(sessions: sessionmaker[Session]) -> list[dict[str, object
         ]
 
 
-def create_project(sessions: sessionmaker[Session], organization: str, name: str) -> dict[str, object]:
+def create_project(sessions: sessionmaker[Session], organization: str, name: str) -> WireProject:
     with sessions() as session:
         org_id = _org(session, organization).id
-    created = projects.create(sessions, Scope(org_id), ProjectCreateRequest(name=name))
-    with sessions() as session:
-        project = session.get(Project, created.id)
-        assert project is not None
-        return _project_view(project)
+    return projects.create(sessions, Scope(org_id), ProjectCreateRequest(name=name))
 
 
-def archive_project(sessions: sessionmaker[Session], project_id: str) -> dict[str, object]:
+def archive_project(sessions: sessionmaker[Session], project_id: str) -> WireProject:
     with sessions() as session:
         found = session.get(Project, project_id)
         if found is None:
-            raise AccountError(f"No project {project_id!r}.")
-    projects.archive(sessions, Scope(found.organization_id), project_id)  # refuses the default project
-    with sessions() as session:
-        project = session.get(Project, project_id)
-        assert project is not None
-        return _project_view(project)
+            raise NotFound(f"No project {project_id!r}.")
+    return projects.archive(sessions, Scope(found.organization_id), project_id)  # refuses the default project
 
 
-def list_projects(sessions: sessionmaker[Session], organization: str | None = None) -> list[dict[str, object]]:
+def list_projects(sessions: sessionmaker[Session], organization: str | None = None) -> ProjectList:
+    """Every project (archived ones too) of the organization, or of all organizations, oldest first."""
     with sessions() as session:
         query = select(Project).order_by(Project.created_at)
         if organization:
             query = query.where(Project.organization_id == _org(session, organization).id)
-        return [_project_view(p) for p in session.scalars(query)]
-
-
-def _project_view(project: Project) -> dict[str, object]:
-    return {
-        "id": project.id,
-        "name": project.name,
-        "organization": project.organization_id,
-        "default": project.is_default,
-        "status": project.status,
-    }
+        return listing(ProjectList, [projects.wire(p) for p in session.scalars(query)], False)
 
 
 def create_user(sessions: sessionmaker[Session], email: str, name: str | None = None) -> dict[str, object]:
@@ -239,7 +229,7 @@ def create_user(sessions: sessionmaker[Session], email: str, name: str | None = 
         try:
             user = tenancy.create_user(session, email, name)
         except tenancy.TenancyConflict as exc:
-            raise AccountError(str(exc)) from exc
+            raise InvalidRequest(str(exc)) from exc
         session.commit()
         return {"id": user.id, "email": user.email, "name": user.name, "default_organization": None}
 
@@ -250,7 +240,7 @@ def add_member(sessions: sessionmaker[Session], user: str, organization: str, ro
         try:
             users.add(session, Scope(_org(session, organization).id), member, role)
         except tenancy.TenancyConflict as exc:
-            raise AccountError(str(exc)) from exc
+            raise InvalidRequest(str(exc)) from exc
         session.commit()
         return {"user": member.id, "organization": _org(session, organization).id, "role": role}
 
@@ -279,13 +269,13 @@ def _org_or_default(session: Session, organization: str | None) -> str:
         return _org(session, organization).id
     owner = _user(session, None)
     if owner.default_organization_id is None:
-        raise AccountError("Name the organization with --org.")
+        raise InvalidRequest("Name the organization with --org.")
     return owner.default_organization_id
 
 
 def create_invite(
     sessions: sessionmaker[Session], email: str, role: str, organization: str | None, projects_roles: list[str]
-) -> dict[str, object]:
+) -> Invite:
     """Invite `email`; `projects_roles` holds ``PROJECT_ID`` or ``PROJECT_ID:ROLE`` (role member or owner)."""
     wanted = []
     for item in projects_roles:
@@ -296,25 +286,25 @@ def create_invite(
     try:
         body = InviteRequest.model_validate({"email": email, "role": role, "projects": wanted})
     except ValidationError as exc:
-        raise AccountError(f"Invalid invite: {exc.errors()[0]['msg']}.") from None
-    return invites.create(sessions, Scope(org_id), body).model_dump()
+        raise InvalidRequest(f"Invalid invite: {exc.errors()[0]['msg']}.") from None
+    return invites.create(sessions, Scope(org_id), body)
 
 
-def list_invites(sessions: sessionmaker[Session], organization: str | None) -> list[dict[str, object]]:
+def list_invites(sessions: sessionmaker[Session], organization: str | None) -> InviteList:
     with sessions() as session:
         org_id = _org_or_default(session, organization)
     every = every_item(lambda after: invites.list_invites(sessions, Scope(org_id), ListQuery(limit=100, after=after)))
-    return [i.model_dump() for i in every]
+    return listing(InviteList, every, False)
 
 
-def accept_invite(sessions: sessionmaker[Session], invite_id: str, email: str, name: str | None) -> dict[str, object]:
-    return invites.accept(sessions, invite_id, email, name).model_dump()
+def accept_invite(sessions: sessionmaker[Session], invite_id: str, email: str, name: str | None) -> Invite:
+    return invites.accept(sessions, invite_id, email, name)
 
 
-def delete_invite(sessions: sessionmaker[Session], invite_id: str) -> dict[str, object]:
+def delete_invite(sessions: sessionmaker[Session], invite_id: str) -> InviteDeleted:
     with sessions() as session:
         invite = members.get_invite(session, invite_id)
         if invite is None:
-            raise AccountError(f"No invite {invite_id!r}.")
+            raise NotFound(f"No invite {invite_id!r}.")
         org_id = invite.organization_id
-    return invites.delete(sessions, Scope(org_id), invite_id).model_dump()
+    return invites.delete(sessions, Scope(org_id), invite_id)

@@ -1,7 +1,9 @@
 """The `modelhost` command: serve, and administer keys, organizations, projects, users, invites,
 usage, rate limits and quotas.
 
-Every command accepts ``--json`` and then prints exactly one JSON object on stdout.
+Every command accepts ``--json`` and then prints exactly one JSON object on stdout: for an object
+the Administration API also serves (projects, invites), its wire model, as the API answers it. A
+failure is the API's error envelope (``{"error": {"message", "type", "param", "code"}}``), exit 2.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,9 +47,9 @@ def _open_store(settings: Settings) -> sessionmaker[Session]:
     return sessions
 
 
-def _emit(args: argparse.Namespace, payload: dict[str, object], human: Callable[[], str]) -> None:
+def _emit(args: argparse.Namespace, payload: BaseModel | dict[str, object], human: Callable[[], str]) -> None:
     if args.json:
-        print(json.dumps(payload, default=str))
+        print(payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, default=str))
     else:
         print(human())
 
@@ -156,19 +159,19 @@ def cmd_orgs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_projects_create(args: argparse.Namespace, settings: Settings) -> int:
     project = accounts.create_project(_open_store(settings), args.org, args.name)
-    _emit(args, project, lambda: f"{project['id']}  {project['name']}")
+    _emit(args, project, lambda: f"{project.id}  {project.name}")
     return 0
 
 
 def cmd_projects_list(args: argparse.Namespace, settings: Settings) -> int:
     projects = accounts.list_projects(_open_store(settings), args.org)
-    _emit(args, {"object": "list", "data": projects}, lambda: _table(projects, ["id", "name", "organization", "status"]))
+    _emit(args, projects, lambda: _table([p.model_dump() for p in projects.data], ["id", "name", "status"]))
     return 0
 
 
 def cmd_projects_archive(args: argparse.Namespace, settings: Settings) -> int:
     project = accounts.archive_project(_open_store(settings), args.project_id)
-    _emit(args, project, lambda: f"archived {project['id']}")
+    _emit(args, project, lambda: f"archived {project.id}")
     return 0
 
 
@@ -197,25 +200,25 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
 # -- invites ----------------------------------------------------------------------------------
 def cmd_invites_create(args: argparse.Namespace, settings: Settings) -> int:
     invite = accounts.create_invite(_open_store(settings), args.email, args.role, args.org, args.project or [])
-    _emit(args, invite, lambda: f"{invite['id']}  {invite['email']} invited as {invite['role']} (pending)")
+    _emit(args, invite, lambda: f"{invite.id}  {invite.email} invited as {invite.role} (pending)")
     return 0
 
 
 def cmd_invites_list(args: argparse.Namespace, settings: Settings) -> int:
     found = accounts.list_invites(_open_store(settings), args.org)
-    _emit(args, {"object": "list", "data": found}, lambda: _table(found, ["id", "email", "role", "status"]))
+    _emit(args, found, lambda: _table([i.model_dump() for i in found.data], ["id", "email", "role", "status"]))
     return 0
 
 
 def cmd_invites_accept(args: argparse.Namespace, settings: Settings) -> int:
     invite = accounts.accept_invite(_open_store(settings), args.invite_id, args.user, args.name)
-    _emit(args, invite, lambda: f"{invite['email']} accepted {invite['id']} and joined as {invite['role']}")
+    _emit(args, invite, lambda: f"{invite.email} accepted {invite.id} and joined as {invite.role}")
     return 0
 
 
 def cmd_invites_delete(args: argparse.Namespace, settings: Settings) -> int:
     deleted = accounts.delete_invite(_open_store(settings), args.invite_id)
-    _emit(args, deleted, lambda: f"deleted {deleted['id']}")
+    _emit(args, deleted, lambda: f"deleted {deleted.id}")
     return 0
 
 
@@ -491,11 +494,11 @@ def _unstorable_argument(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
+def _fail(args: argparse.Namespace, error: APIError) -> int:
     if getattr(args, "json", False):
-        print(json.dumps({"error": {"message": message}}))
+        print(json.dumps(error.body()))
     else:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error.message}", file=sys.stderr)
     return 2
 
 
@@ -504,9 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     unstorable = _unstorable_argument(args)
     if unstorable is not None:
-        return _fail(args, unstorable)
+        return _fail(args, InvalidRequest(unstorable))
     settings = Settings()
     try:
         return int(args.func(args, settings))
-    except (accounts.AccountError, APIError) as exc:
-        return _fail(args, str(exc))
+    except APIError as exc:
+        return _fail(args, exc)

@@ -110,7 +110,7 @@ def test_the_cli_makes_project_keys_only_for_users_who_may_use_the_project(datab
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="members only"))
     reader = str(accounts.create_user(database.sessions, "reader@x.io")["id"])
     accounts.add_member(database.sessions, reader, first.organization_id, "reader")
-    with pytest.raises(accounts.AccountError, match="not a member of project"):
+    with pytest.raises(InvalidRequest, match="not a member of project"):
         accounts.create_key(database.sessions, user=reader, project=project.id)
     assert accounts.create_key(database.sessions, user=reader)["project"] == first.project_id  # default: every member
     project_users.add(database.sessions, scope, project.id, ProjectUserCreateRequest(user_id=reader, role="member"))
