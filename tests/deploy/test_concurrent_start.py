@@ -2,7 +2,7 @@
 each runs the migrations and the first-start bootstrap, and all of them must come up on one schema
 with one first organization. Without the advisory lock in `store.db.migrate` most of them died on a
 unique violation in PostgreSQL's catalog (CREATE TABLE racing CREATE TABLE); without the retry in
-`accounts.bootstrap` one died on the owner's unique email."""
+`bootstrap.bootstrap` one died on the owner's unique email."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ STARTERS = 4
 # What `modelhost serve` does before it loads a model (cli.cmd_serve), in a process of its own.
 START = """
 import json, sys
-from modelhost import accounts
+from modelhost.organization import bootstrap
 from modelhost.store import migrate, open_engine, session_factory
 engine = open_engine(sys.argv[1])
 migrate(engine)
-first = accounts.bootstrap(session_factory(engine))
+first = bootstrap.bootstrap(session_factory(engine))
 print(json.dumps({"created": first.created, "organization": first.organization_id}))
 """
 

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from modelhost import accounts
+from modelhost.organization import bootstrap, operator
 from modelhost.auth import Authenticator
 from modelhost.errors import AuthenticationError, ServiceUnavailable
 from modelhost.store import migrate, open_engine, session_factory
@@ -122,8 +122,8 @@ def test_A2_sql_payload_tokens_are_401_in_constant_time_on_postgresql(postgres_s
     try:
         migrate(engine)
         sessions = session_factory(engine)
-        accounts.bootstrap(sessions)
-        real = str(accounts.create_key(sessions, user=None, organization=None, project=None, kind="project", name="pg")["secret"])
+        bootstrap.bootstrap(sessions)
+        real = str(operator.create_key(sessions, user=None, organization=None, project=None, kind="project", name="pg")["secret"])
         authenticator = Authenticator(sessions, cache_seconds=0)
         for token in SQL_TOKENS:
             started = time.perf_counter()
@@ -225,8 +225,8 @@ def test_A6_key_hashes_are_compared_with_compare_digest(tmp_path: Path, monkeypa
     engine = open_engine(f"sqlite:///{tmp_path / 'a6.db'}")
     migrate(engine)
     sessions = session_factory(engine)
-    accounts.bootstrap(sessions)
-    secret = str(accounts.create_key(sessions, user=None, organization=None, project=None, kind="project", name="a6")["secret"])
+    bootstrap.bootstrap(sessions)
+    secret = str(operator.create_key(sessions, user=None, organization=None, project=None, kind="project", name="a6")["secret"])
     calls: list[tuple[object, object]] = []
     real = module.hmac.compare_digest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from modelhost import accounts
+from modelhost.organization import bootstrap
 from modelhost.auth.keys import hash_secret
 from modelhost.organization import Scope, api_keys
 from modelhost.store import tenancy
@@ -19,7 +19,7 @@ def _events(database: Database, resource_id: str) -> list[tuple[str, object]]:
 
 
 def test_minting_stores_only_the_hash_and_records_the_scopes(database: Database) -> None:
-    first = accounts.bootstrap(database.sessions)
+    first = bootstrap.bootstrap(database.sessions)
     with database.sessions() as session:
         project = tenancy.default_project(session, first.organization_id)
         minted = api_keys.mint(
@@ -36,7 +36,7 @@ def test_minting_stores_only_the_hash_and_records_the_scopes(database: Database)
 
 
 def test_a_user_key_is_bound_to_no_organization_and_audited_nowhere(database: Database) -> None:
-    first = accounts.bootstrap(database.sessions)
+    first = bootstrap.bootstrap(database.sessions)
     with database.sessions() as session:
         minted = api_keys.mint(session, None, kind="user", name="u", user_id=first.user_id)
         api_keys.revoke(session, minted.key)
@@ -46,7 +46,7 @@ def test_a_user_key_is_bound_to_no_organization_and_audited_nowhere(database: Da
 
 
 def test_revoking_twice_revokes_once_and_records_one_event(database: Database) -> None:
-    first = accounts.bootstrap(database.sessions)
+    first = bootstrap.bootstrap(database.sessions)
     scope = Scope(first.organization_id)
     with database.sessions() as session:
         key = api_keys.mint(session, scope, kind="admin", name="a", user_id=first.user_id).key

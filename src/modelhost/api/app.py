@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from modelhost import __version__, accounts
+from modelhost import __version__
+from modelhost.organization import bootstrap
 from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi
 from modelhost.api.errors import install_error_handlers
 from modelhost.api.inflight import InFlightRequests
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
         database = open_engine(settings.resolved_database_url())
         await run_in_threadpool(migrate, database)
         sessions = session_factory(database)
-        first = await run_in_threadpool(accounts.bootstrap, sessions)
+        first = await run_in_threadpool(bootstrap.bootstrap, sessions)
         if first.created:
             logger.warning(
                 "created organization %s with project %s and owner %s; create a key with: modelhost keys create",

@@ -1,21 +1,20 @@
-"""Tenancy operations of the CLI, sharing the Administration API's code (`modelhost.organization`).
+"""What the local operator does from the CLI, sharing the Administration API's code.
 
-Each function opens its own transaction and returns plain dicts ready to print as JSON. Changes
-to an organization are written to its audit log with no actor (the CLI acts without a key).
+Each function opens its own transaction. Projects and invites are answered with the API's wire
+models; keys of every kind, organizations and users across organizations have no API object, so
+their shapes are the CLI's. Changes to an organization are written to its audit log with no actor
+(the CLI acts without a key).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.errors import InvalidRequest, NotFound
 from modelhost.auth.policy import KeyKind, ProjectRole
-from modelhost.organization import Scope, admin_keys, api_keys, invites, projects, users
+from modelhost.errors import InvalidRequest, NotFound
+from modelhost.organization import Scope, admin_keys, api_keys, bootstrap, invites, projects, users
 from modelhost.organization.common import every_item, listing
 from modelhost.protocol.admin import (
     AdminApiKeyCreateRequest,
@@ -30,64 +29,6 @@ from modelhost.protocol.admin import (
 from modelhost.protocol.admin import Project as WireProject
 from modelhost.store import members, tenancy
 from modelhost.store.schema import ApiKey, Membership, Organization, Project, User
-
-DEFAULT_OWNER_EMAIL = "owner@localhost"
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    created: bool
-    organization_id: str
-    project_id: str
-    user_id: str
-    user_email: str
-
-
-def bootstrap(sessions: sessionmaker[Session], owner_email: str = DEFAULT_OWNER_EMAIL) -> Bootstrap:
-    """On an empty store, create the first owner, organization and default project.
-
-    Replicas starting together on one empty database race here; the owner's unique email lets
-    exactly one of them create the organization (owner, organization and project are one
-    transaction). The others find the owner there already (or are refused by the constraint when
-    both inserted it at once) and, trying again, read what the winner created.
-    """
-    try:
-        return _bootstrap_once(sessions, owner_email)
-    except (IntegrityError, tenancy.TenancyConflict):
-        return _bootstrap_once(sessions, owner_email)
-
-
-def _bootstrap_once(sessions: sessionmaker[Session], owner_email: str) -> Bootstrap:
-    with sessions() as session:
-        owner = session.scalar(select(User).order_by(User.created_at).limit(1))
-        if owner is not None and owner.default_organization_id:
-            project = tenancy.default_project(session, owner.default_organization_id)
-            assert project is not None
-            return Bootstrap(False, owner.default_organization_id, project.id, owner.id, owner.email)
-        owner = owner or tenancy.create_user(session, owner_email, "Owner")
-        org = tenancy.create_organization(session, "Personal", owner)
-        session.commit()
-        project = tenancy.default_project(session, org.id)
-        assert project is not None
-        return Bootstrap(True, org.id, project.id, owner.id, owner.email)
-
-
-def _user(session: Session, who: str | None) -> User:
-    if who is None:
-        user = session.scalar(select(User).order_by(User.created_at).limit(1))
-    else:
-        user = tenancy.find_user(session, who)
-    if user is None:
-        raise NotFound(f"No user {who!r}.")
-    return user
-
-
-def _org(session: Session, which: str) -> Organization:
-    org = tenancy.find_organization(session, which)
-    if org is None:
-        raise NotFound(f"No organization {which!r}.")
-    return org
-
 
 def create_key(
     sessions: sessionmaker[Session],
@@ -106,8 +47,8 @@ def create_key(
     if kind not in (KeyKind.USER, KeyKind.PROJECT, KeyKind.ADMIN):
         raise InvalidRequest("kind is 'user', 'project' or 'admin'.")
     with sessions() as session:
-        owner = _user(session, user)
-        org_id = _org(session, organization).id if organization else owner.default_organization_id
+        owner = bootstrap.find_user(session, user)
+        org_id = bootstrap.find_organization(session, organization).id if organization else owner.default_organization_id
         if org_id is None or not tenancy.is_member(session, owner.id, org_id):
             raise InvalidRequest(f"User {owner.email} is not a member of organization {org_id}.")
     if kind == KeyKind.ADMIN:
@@ -185,7 +126,7 @@ def _key_view(key: ApiKey) -> dict[str, object]:
 
 def create_organization(sessions: sessionmaker[Session], name: str, owner: str | None = None) -> dict[str, object]:
     with sessions() as session:
-        user = _user(session, owner)
+        user = bootstrap.find_user(session, owner)
         org = tenancy.create_organization(session, name, user)
         session.commit()
         project = tenancy.default_project(session, org.id)
@@ -203,7 +144,7 @@ def list_organizations(sessions: sessionmaker[Session]) -> list[dict[str, object
 
 def create_project(sessions: sessionmaker[Session], organization: str, name: str) -> WireProject:
     with sessions() as session:
-        org_id = _org(session, organization).id
+        org_id = bootstrap.find_organization(session, organization).id
     return projects.create(sessions, Scope(org_id), ProjectCreateRequest(name=name))
 
 
@@ -220,7 +161,7 @@ def list_projects(sessions: sessionmaker[Session], organization: str | None = No
     with sessions() as session:
         query = select(Project).order_by(Project.created_at)
         if organization:
-            query = query.where(Project.organization_id == _org(session, organization).id)
+            query = query.where(Project.organization_id == bootstrap.find_organization(session, organization).id)
         return listing(ProjectList, [projects.wire(p) for p in session.scalars(query)], False)
 
 
@@ -236,13 +177,13 @@ def create_user(sessions: sessionmaker[Session], email: str, name: str | None = 
 
 def add_member(sessions: sessionmaker[Session], user: str, organization: str, role: str) -> dict[str, object]:
     with sessions() as session:
-        member = _user(session, user)
+        member = bootstrap.find_user(session, user)
         try:
-            users.add(session, Scope(_org(session, organization).id), member, role)
+            users.add(session, Scope(bootstrap.find_organization(session, organization).id), member, role)
         except tenancy.TenancyConflict as exc:
             raise InvalidRequest(str(exc)) from exc
         session.commit()
-        return {"user": member.id, "organization": _org(session, organization).id, "role": role}
+        return {"user": member.id, "organization": bootstrap.find_organization(session, organization).id, "role": role}
 
 
 def list_users(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
@@ -264,15 +205,6 @@ def list_users(sessions: sessionmaker[Session]) -> list[dict[str, object]]:
 
 
 # -- invites (the Administration API's own code; accepting one is only possible here) ----------
-def _org_or_default(session: Session, organization: str | None) -> str:
-    if organization:
-        return _org(session, organization).id
-    owner = _user(session, None)
-    if owner.default_organization_id is None:
-        raise InvalidRequest("Name the organization with --org.")
-    return owner.default_organization_id
-
-
 def create_invite(
     sessions: sessionmaker[Session], email: str, role: str, organization: str | None, projects_roles: list[str]
 ) -> Invite:
@@ -282,7 +214,7 @@ def create_invite(
         project_id, _, project_role = item.partition(":")
         wanted.append({"id": project_id, "role": project_role or ProjectRole.MEMBER})
     with sessions() as session:
-        org_id = _org_or_default(session, organization)
+        org_id = bootstrap.organization_or_default(session, organization)
     try:
         body = InviteRequest.model_validate({"email": email, "role": role, "projects": wanted})
     except ValidationError as exc:
@@ -292,7 +224,7 @@ def create_invite(
 
 def list_invites(sessions: sessionmaker[Session], organization: str | None) -> InviteList:
     with sessions() as session:
-        org_id = _org_or_default(session, organization)
+        org_id = bootstrap.organization_or_default(session, organization)
     every = every_item(lambda after: invites.list_invites(sessions, Scope(org_id), ListQuery(limit=100, after=after)))
     return listing(InviteList, every, False)
 
