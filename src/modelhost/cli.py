@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.organization import bootstrap, operator
+from modelhost.organization import bootstrap, operations
 from modelhost.auth.policy import KeyKind, OrgRole
 from modelhost.config import Settings
 from modelhost.errors import APIError, InvalidRequest
@@ -86,7 +86,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         _checked_models_file(settings.models_file)  # a plain error now, not a traceback from the server's startup
     sessions = _migrated(settings)
     first = bootstrap.bootstrap(sessions)
-    if not _is_loopback(settings.host) and not any(not k["revoked"] for k in operator.list_keys(sessions)):
+    if not _is_loopback(settings.host) and not any(not k["revoked"] for k in operations.list_keys(sessions)):
         print(
             f"error: refusing to listen on {settings.host}: there is no API key yet, so nobody could use the server "
             "and nothing protects it. Create one with `modelhost keys create`, or bind 127.0.0.1.",
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- keys -------------------------------------------------------------------------------------
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
-    key = operator.create_key(
+    key = operations.create_key(
         _open_store(settings),
         user=args.user,
         organization=args.org,
@@ -133,91 +133,91 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    keys = operator.list_keys(_open_store(settings))
+    keys = operations.list_keys(_open_store(settings))
     _emit(args, {"object": "list", "data": keys}, lambda: _table(keys, ["id", "kind", "redacted_value", "organization", "project", "revoked"]))
     return 0
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    key = operator.revoke_key(_open_store(settings), args.key_id)
+    key = operations.revoke_key(_open_store(settings), args.key_id)
     _emit(args, key, lambda: f"revoked {key['id']}")
     return 0
 
 
 # -- organizations, projects, users -----------------------------------------------------------
 def cmd_orgs_create(args: argparse.Namespace, settings: Settings) -> int:
-    org = operator.create_organization(_open_store(settings), args.name, owner=args.owner)
+    org = operations.create_organization(_open_store(settings), args.name, owner=args.owner)
     _emit(args, org, lambda: f"{org['id']}  {org['name']}  (default project {org['default_project']})")
     return 0
 
 
 def cmd_orgs_list(args: argparse.Namespace, settings: Settings) -> int:
-    orgs = operator.list_organizations(_open_store(settings))
+    orgs = operations.list_organizations(_open_store(settings))
     _emit(args, {"object": "list", "data": orgs}, lambda: _table(orgs, ["id", "name", "created_at"]))
     return 0
 
 
 def cmd_projects_create(args: argparse.Namespace, settings: Settings) -> int:
-    project = operator.create_project(_open_store(settings), args.org, args.name)
+    project = operations.create_project(_open_store(settings), args.org, args.name)
     _emit(args, project, lambda: f"{project.id}  {project.name}")
     return 0
 
 
 def cmd_projects_list(args: argparse.Namespace, settings: Settings) -> int:
-    projects = operator.list_projects(_open_store(settings), args.org)
+    projects = operations.list_projects(_open_store(settings), args.org)
     _emit(args, projects, lambda: _table([p.model_dump() for p in projects.data], ["id", "name", "status"]))
     return 0
 
 
 def cmd_projects_archive(args: argparse.Namespace, settings: Settings) -> int:
-    project = operator.archive_project(_open_store(settings), args.project_id)
+    project = operations.archive_project(_open_store(settings), args.project_id)
     _emit(args, project, lambda: f"archived {project.id}")
     return 0
 
 
 def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     sessions = _open_store(settings)
-    user = operator.create_user(sessions, args.email, args.name)
+    user = operations.create_user(sessions, args.email, args.name)
     if args.org:
-        operator.add_member(sessions, user["id"], args.org, args.role)  # type: ignore[arg-type]
+        operations.add_member(sessions, user["id"], args.org, args.role)  # type: ignore[arg-type]
         user["default_organization"] = args.org
     _emit(args, user, lambda: f"{user['id']}  {user['email']}")
     return 0
 
 
 def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
-    member = operator.add_member(_open_store(settings), args.user, args.org, args.role)
+    member = operations.add_member(_open_store(settings), args.user, args.org, args.role)
     _emit(args, member, lambda: f"{member['user']} is {member['role']} of {member['organization']}")
     return 0
 
 
 def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
-    users = operator.list_users(_open_store(settings))
+    users = operations.list_users(_open_store(settings))
     _emit(args, {"object": "list", "data": users}, lambda: _table(users, ["id", "email", "default_organization"]))
     return 0
 
 
 # -- invites ----------------------------------------------------------------------------------
 def cmd_invites_create(args: argparse.Namespace, settings: Settings) -> int:
-    invite = operator.create_invite(_open_store(settings), args.email, args.role, args.org, args.project or [])
+    invite = operations.create_invite(_open_store(settings), args.email, args.role, args.org, args.project or [])
     _emit(args, invite, lambda: f"{invite.id}  {invite.email} invited as {invite.role} (pending)")
     return 0
 
 
 def cmd_invites_list(args: argparse.Namespace, settings: Settings) -> int:
-    found = operator.list_invites(_open_store(settings), args.org)
+    found = operations.list_invites(_open_store(settings), args.org)
     _emit(args, found, lambda: _table([i.model_dump() for i in found.data], ["id", "email", "role", "status"]))
     return 0
 
 
 def cmd_invites_accept(args: argparse.Namespace, settings: Settings) -> int:
-    invite = operator.accept_invite(_open_store(settings), args.invite_id, args.user, args.name)
+    invite = operations.accept_invite(_open_store(settings), args.invite_id, args.user, args.name)
     _emit(args, invite, lambda: f"{invite.email} accepted {invite.id} and joined as {invite.role}")
     return 0
 
 
 def cmd_invites_delete(args: argparse.Namespace, settings: Settings) -> int:
-    deleted = operator.delete_invite(_open_store(settings), args.invite_id)
+    deleted = operations.delete_invite(_open_store(settings), args.invite_id)
     _emit(args, deleted, lambda: f"deleted {deleted.id}")
     return 0
 

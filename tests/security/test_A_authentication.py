@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from modelhost.organization import bootstrap, operator
+from modelhost.organization import bootstrap, operations
 from modelhost.auth import Authenticator
 from modelhost.errors import AuthenticationError, ServiceUnavailable
 from modelhost.store import migrate, open_engine, session_factory
@@ -123,7 +123,7 @@ def test_A2_sql_payload_tokens_are_401_in_constant_time_on_postgresql(postgres_s
         migrate(engine)
         sessions = session_factory(engine)
         bootstrap.bootstrap(sessions)
-        real = str(operator.create_key(sessions, user=None, organization=None, project=None, kind="project", name="pg")["secret"])
+        real = str(operations.create_key(sessions, user=None, organization=None, project=None, kind="project", name="pg")["secret"])
         authenticator = Authenticator(sessions, cache_seconds=0)
         for token in SQL_TOKENS:
             started = time.perf_counter()
@@ -226,7 +226,7 @@ def test_A6_key_hashes_are_compared_with_compare_digest(tmp_path: Path, monkeypa
     migrate(engine)
     sessions = session_factory(engine)
     bootstrap.bootstrap(sessions)
-    secret = str(operator.create_key(sessions, user=None, organization=None, project=None, kind="project", name="a6")["secret"])
+    secret = str(operations.create_key(sessions, user=None, organization=None, project=None, kind="project", name="a6")["secret"])
     calls: list[tuple[object, object]] = []
     real = module.hmac.compare_digest
 

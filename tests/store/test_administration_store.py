@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from modelhost.organization import bootstrap, operator
+from modelhost.organization import bootstrap, operations
 from modelhost.auth import Authenticator
 from modelhost.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
 from modelhost.organization import Scope, admin_keys, audit, invites, project_keys, project_users, projects
@@ -95,7 +95,7 @@ def test_project_listing_pages_by_cursor_within_the_organization(database: Datab
         after = page.last_id
     assert seen == [first.project_id, *made]
 
-    other = operator.create_organization(database.sessions, "Other")
+    other = operations.create_organization(database.sessions, "Other")
     with pytest.raises(InvalidRequest) as info:  # a cursor of another organization is no cursor here
         projects.list_projects(database.sessions, scope, ProjectListQuery(after=str(other["default_project"])))
     assert info.value.param == "after"
@@ -115,17 +115,17 @@ def test_admin_keys_work_only_on_admin_routes_and_end_with_the_owner_role(databa
     assert who.is_admin and who.organization_id == first.organization_id and who.key_kind == "admin"
     with pytest.raises(PermissionDenied):
         auth.authenticate([BEARER(created.value)], None, None)
-    project_key = operator.create_key(database.sessions, kind="project")
+    project_key = operations.create_key(database.sessions, kind="project")
     with pytest.raises(PermissionDenied):
         auth.authenticate_admin([BEARER(str(project_key["secret"]))], None)
-    reader = operator.create_user(database.sessions, "reader@example.com")
-    operator.add_member(database.sessions, str(reader["id"]), first.organization_id, "reader")
+    reader = operations.create_user(database.sessions, "reader@example.com")
+    operations.add_member(database.sessions, str(reader["id"]), first.organization_id, "reader")
     with pytest.raises(InvalidRequest):  # admin keys belong to owners
-        operator.create_key(database.sessions, user=str(reader["id"]), kind="admin")
+        operations.create_key(database.sessions, user=str(reader["id"]), kind="admin")
 
     # A second owner keeps the organization owned while the first is demoted: the key stops working.
-    second = operator.create_user(database.sessions, "second@example.com")
-    operator.add_member(database.sessions, str(second["id"]), first.organization_id, "owner")
+    second = operations.create_user(database.sessions, "second@example.com")
+    operations.add_member(database.sessions, str(second["id"]), first.organization_id, "owner")
     users.update(database.sessions, scope, first.user_id, UserRoleUpdateRequest(role="reader"))
     with pytest.raises(AuthenticationError):
         auth.authenticate_admin([BEARER(created.value)], None)
@@ -158,12 +158,12 @@ def test_an_expired_admin_key_is_refused(database: Database) -> None:
 def test_removing_a_user_revokes_their_keys_in_that_organization_only(database: Database) -> None:
     first = _first(database)
     scope = Scope(first.organization_id)
-    user = operator.create_user(database.sessions, "leaver@example.com")
-    operator.add_member(database.sessions, str(user["id"]), first.organization_id, "reader")
+    user = operations.create_user(database.sessions, "leaver@example.com")
+    operations.add_member(database.sessions, str(user["id"]), first.organization_id, "reader")
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="work"))
     project_users.add(database.sessions, scope, project.id, ProjectUserCreateRequest(user_id=str(user["id"]), role="member"))
-    project_key = operator.create_key(database.sessions, user=str(user["id"]), project=project.id)
-    user_key = operator.create_key(database.sessions, user=str(user["id"]), kind="user")
+    project_key = operations.create_key(database.sessions, user=str(user["id"]), project=project.id)
+    user_key = operations.create_key(database.sessions, user=str(user["id"]), kind="user")
     auth = _auth(database)
     assert auth.authenticate([BEARER(str(project_key["secret"]))], None, None).project_id == project.id
 
@@ -184,12 +184,12 @@ def test_project_keys_report_whether_their_owner_still_has_access(database: Data
     first = _first(database)
     scope = Scope(first.organization_id)
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="keys"))
-    reader = operator.create_user(database.sessions, "reader@example.com")
+    reader = operations.create_user(database.sessions, "reader@example.com")
     # An owner may make a key for any project; made a reader (and no project member), its key is inactive.
-    operator.add_member(database.sessions, str(reader["id"]), first.organization_id, "owner")
-    reader_key = operator.create_key(database.sessions, user=str(reader["id"]), project=project.id)
+    operations.add_member(database.sessions, str(reader["id"]), first.organization_id, "owner")
+    reader_key = operations.create_key(database.sessions, user=str(reader["id"]), project=project.id)
     users.update(database.sessions, scope, str(reader["id"]), UserRoleUpdateRequest(role="reader"))
-    owner_key = operator.create_key(database.sessions, project=project.id)
+    owner_key = operations.create_key(database.sessions, project=project.id)
     robot = service_accounts.create(database.sessions, scope, project.id, ServiceAccountCreateRequest(name="robot"))
     assert robot.api_key is not None and robot.api_key.value.startswith("sk-svcacct-")
 
@@ -285,5 +285,5 @@ def test_audit_log_filters_and_pages_newest_first(database: Database) -> None:
     assert audit.list_events(
         database.sessions, scope, AuditLogQuery.model_validate({"effective_at": {"gt": moment}})
     ).data == []
-    other = operator.create_organization(database.sessions, "Elsewhere")
+    other = operations.create_organization(database.sessions, "Elsewhere")
     assert audit.list_events(database.sessions, Scope(str(other["id"])), AuditLogQuery()).data == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelhost.organization import bootstrap, operator
+from modelhost.organization import bootstrap, operations
 from modelhost.auth import Authenticator, Principal
 from modelhost.engine.registry import ModelAccess, ModelRegistry, ServedModel
 from modelhost.errors import AuthenticationError, InvalidRequest, NotFound
@@ -41,14 +41,14 @@ def test_keys_and_users_get_one_project_access_rule(database: Database) -> None:
     first = bootstrap.bootstrap(database.sessions)
     scope = Scope(first.organization_id)
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="rule"))
-    other_org = operator.create_organization(database.sessions, "Elsewhere")
+    other_org = operations.create_organization(database.sessions, "Elsewhere")
     people = {}
     for email, role in [("owner2@x.io", "owner"), ("member@x.io", "reader"), ("outsider@x.io", "reader")]:
-        people[email] = str(operator.create_user(database.sessions, email)["id"])
-        operator.add_member(database.sessions, people[email], first.organization_id, role)
+        people[email] = str(operations.create_user(database.sessions, email)["id"])
+        operations.add_member(database.sessions, people[email], first.organization_id, role)
     project_users.add(database.sessions, scope, project.id, ProjectUserCreateRequest(user_id=people["member@x.io"], role="member"))
-    people["stranger@x.io"] = str(operator.create_user(database.sessions, "stranger@x.io")["id"])
-    operator.add_member(database.sessions, people["stranger@x.io"], str(other_org["id"]), "owner")
+    people["stranger@x.io"] = str(operations.create_user(database.sessions, "stranger@x.io")["id"])
+    operations.add_member(database.sessions, people["stranger@x.io"], str(other_org["id"]), "owner")
 
     checked = 0
     with database.sessions() as session:
@@ -73,9 +73,9 @@ def test_a_project_key_works_only_while_its_owner_may_use_the_project(database: 
     first = bootstrap.bootstrap(database.sessions)
     scope = Scope(first.organization_id)
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="access"))
-    owner2 = str(operator.create_user(database.sessions, "owner2@x.io")["id"])
-    operator.add_member(database.sessions, owner2, first.organization_id, "owner")
-    owner_key = operator.create_key(database.sessions, user=owner2, project=project.id)
+    owner2 = str(operations.create_user(database.sessions, "owner2@x.io")["id"])
+    operations.add_member(database.sessions, owner2, first.organization_id, "owner")
+    owner_key = operations.create_key(database.sessions, user=owner2, project=project.id)
     auth = _auth(database)
     assert _works(auth, owner_key["secret"])
 
@@ -87,20 +87,20 @@ def test_a_project_key_works_only_while_its_owner_may_use_the_project(database: 
     assert _works(auth, owner_key["secret"])
 
     # Taken out of the project or the organization: the keys are revoked, and stay so when re-added.
-    reader = str(operator.create_user(database.sessions, "reader@x.io")["id"])
-    operator.add_member(database.sessions, reader, first.organization_id, "reader")
+    reader = str(operations.create_user(database.sessions, "reader@x.io")["id"])
+    operations.add_member(database.sessions, reader, first.organization_id, "reader")
     project_users.add(database.sessions, scope, project.id, ProjectUserCreateRequest(user_id=reader, role="member"))
-    member_key = operator.create_key(database.sessions, user=reader, project=project.id)
+    member_key = operations.create_key(database.sessions, user=reader, project=project.id)
     assert _works(auth, member_key["secret"])
     project_users.delete(database.sessions, scope, project.id, reader)
     assert not _works(auth, member_key["secret"])
     project_users.add(database.sessions, scope, project.id, ProjectUserCreateRequest(user_id=reader, role="member"))
     assert not _works(auth, member_key["secret"])
 
-    second_key = operator.create_key(database.sessions, user=reader, project=project.id)
-    default_key = operator.create_key(database.sessions, user=reader)  # the default project
+    second_key = operations.create_key(database.sessions, user=reader, project=project.id)
+    default_key = operations.create_key(database.sessions, user=reader)  # the default project
     users.delete(database.sessions, scope, reader)
-    operator.add_member(database.sessions, reader, first.organization_id, "reader")
+    operations.add_member(database.sessions, reader, first.organization_id, "reader")
     assert not _works(auth, second_key["secret"]) and not _works(auth, default_key["secret"])
 
 
@@ -108,13 +108,13 @@ def test_the_cli_makes_project_keys_only_for_users_who_may_use_the_project(datab
     first = bootstrap.bootstrap(database.sessions)
     scope = Scope(first.organization_id)
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="members only"))
-    reader = str(operator.create_user(database.sessions, "reader@x.io")["id"])
-    operator.add_member(database.sessions, reader, first.organization_id, "reader")
+    reader = str(operations.create_user(database.sessions, "reader@x.io")["id"])
+    operations.add_member(database.sessions, reader, first.organization_id, "reader")
     with pytest.raises(InvalidRequest, match="not a member of project"):
-        operator.create_key(database.sessions, user=reader, project=project.id)
-    assert operator.create_key(database.sessions, user=reader)["project"] == first.project_id  # default: every member
+        operations.create_key(database.sessions, user=reader, project=project.id)
+    assert operations.create_key(database.sessions, user=reader)["project"] == first.project_id  # default: every member
     project_users.add(database.sessions, scope, project.id, ProjectUserCreateRequest(user_id=reader, role="member"))
-    assert operator.create_key(database.sessions, user=reader, project=project.id)["project"] == project.id
+    assert operations.create_key(database.sessions, user=reader, project=project.id)["project"] == project.id
 
 
 # -- item 9: model permissions inside the operator's lists ----------------------------------------
@@ -129,7 +129,7 @@ def _registry(access: ModelAccess) -> ModelRegistry:
 def test_model_permissions_narrow_the_operator_lists_and_never_widen_them(database: Database) -> None:
     first = bootstrap.bootstrap(database.sessions)
     scope = Scope(first.organization_id)
-    limited = str(operator.create_organization(database.sessions, "Limited")["id"])
+    limited = str(operations.create_organization(database.sessions, "Limited")["id"])
     registry = _registry(ModelAccess(organizations={limited: frozenset({"small", "emb"})}))
     project = projects.create(database.sessions, scope, ProjectCreateRequest(name="narrow"))
     fresh = projects.create(database.sessions, Scope(limited), ProjectCreateRequest(name="new in a limited org"))
@@ -157,7 +157,7 @@ def test_model_permissions_narrow_the_operator_lists_and_never_widen_them(databa
     assert answers[0] == answers[1] and answers[0][0] == "model_ids[1]"
 
     # The principal carries the list; the registry applies it under the operator's ceiling.
-    key = operator.create_key(database.sessions, project=project.id)
+    key = operations.create_key(database.sessions, project=project.id)
     who = _auth(database).authenticate([BEARER(str(key["secret"]))], None, None)
     assert [m.id for m in registry.visible(who)] == ["big", "emb"]
     deny = ProjectModelPermissionsUpdateRequest(mode="deny_list", model_ids=["big"])
@@ -179,7 +179,7 @@ def test_model_permissions_narrow_the_operator_lists_and_never_widen_them(databa
 
 def test_model_permissions_of_another_organization_are_not_found(database: Database) -> None:
     first = bootstrap.bootstrap(database.sessions)
-    other = str(operator.create_organization(database.sessions, "Other")["id"])
+    other = str(operations.create_organization(database.sessions, "Other")["id"])
     theirs = projects.create(database.sessions, Scope(other), ProjectCreateRequest(name="theirs"))
     registry = _registry(ModelAccess())
     scope = Scope(first.organization_id)
