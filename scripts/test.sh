@@ -10,4 +10,6 @@ scripts/install.sh
 .venv/bin/python tests/support/peer_server.py install >/dev/null || echo "warning: could not pre-install llama-cpp-python's server" >&2
 # Lint first: a syntax slip or an undefined name fails in a second, not after the model tests.
 .venv/bin/ruff check --quiet src tests bench
+# Then types: the files and the per-package strictness are in pyproject.toml's [tool.mypy].
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -135,7 +135,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._cancel_discard()
         if self._peer is not None:
-            self.scope.setdefault("extensions", {})[KEY_CHECKED] = self._key_checked  # type: ignore[typeddict-item]
+            # ASGI types every extension as a dict; this one is the callback the app calls (api/connections.py).
+            self.scope.setdefault("extensions", {})[KEY_CHECKED] = self._key_checked  # type: ignore[assignment]
         if not self._in_head:
             self._start_head()
 
@@ -289,7 +290,8 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         limit_concurrency=settings.max_connections,
         # A backstop only: InFlightRequests cuts requests at the grace deadline, this cancels what is left
         # (before ShutdownDeadline ends the process at grace + settle).
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds + min(15.0, settings.shutdown_settle_seconds / 2),
+        # Annotated int, but uvicorn only hands it to asyncio.wait_for, which takes fractions of a second.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds + min(15.0, settings.shutdown_settle_seconds / 2),  # type: ignore[arg-type]
     )
 
 

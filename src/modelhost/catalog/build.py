@@ -199,12 +199,12 @@ def _build(path: Path, index: int, spec: ModelSpec, settings: Settings, api_key:
 
         options = VllmOptions(**backend.model_dump(exclude={"type", "max_n", *_SHARE_FIELDS}))
         try:
-            engine = VllmEngine(
+            in_process = VllmEngine(
                 model_id=spec.id, options=options, context_length=spec.context_length, max_n=backend.max_n, cache_salts=_cache_salts(settings)
             )
         except VllmUnavailable as exc:
             raise CatalogError(f"{where}, field `backend.type`: {exc}") from exc
-        return BuiltModel(key, DrainableEngine(_fair(engine, backend)), None, int(time.time()), _fingerprint("vllm", options))
+        return BuiltModel(key, DrainableEngine(_fair(in_process, backend)), None, int(time.time()), _fingerprint("vllm", options))
     assert isinstance(backend, SentenceBackend)
     return _sentence(where, spec, backend, key)
 

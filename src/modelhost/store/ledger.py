@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Integer, and_, bindparam, cast, delete, func, or_, select, update
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
@@ -108,18 +110,19 @@ class UsageLedger:
         request with no row at all (admitted by an older version) gets one inserted.
         """
         assert entry.outcome not in (PENDING, INTERRUPTED), "settle writes final outcomes"
+        final = (
+            update(UsageRecord)
+            .where(UsageRecord.request_id == entry.request_id, UsageRecord.outcome.in_((PENDING, INTERRUPTED)))
+            .values(
+                created_at=entry.created_at,
+                prompt_tokens=entry.prompt_tokens,
+                completion_tokens=entry.completion_tokens,
+                outcome=entry.outcome,
+            )
+            .execution_options(synchronize_session=False)  # nothing is loaded in this session
+        )
         with self._sessions() as session:
-            written = session.execute(
-                update(UsageRecord)
-                .where(UsageRecord.request_id == entry.request_id, UsageRecord.outcome.in_((PENDING, INTERRUPTED)))
-                .values(
-                    created_at=entry.created_at,
-                    prompt_tokens=entry.prompt_tokens,
-                    completion_tokens=entry.completion_tokens,
-                    outcome=entry.outcome,
-                )
-                .execution_options(synchronize_session=False)  # nothing is loaded in this session
-            ).rowcount
+            written = _rows_updated(session.execute(final))
             session.commit()
         return bool(written) or self.record(entry)
 
@@ -148,7 +151,7 @@ class UsageLedger:
         """Say that `replica_id` is alive at `now` (its pending rows are its own to settle)."""
         with self._sessions() as session:
             beat = update(LedgerReplica).where(LedgerReplica.replica_id == replica_id).values(heartbeat_at=now)
-            if not session.execute(beat).rowcount:
+            if not _rows_updated(session.execute(beat)):
                 session.add(LedgerReplica(replica_id=replica_id, started_at=now, heartbeat_at=now))
             session.commit()
 
@@ -298,3 +301,9 @@ def _entry(row: UsageRecord) -> UsageEntry:
         completion_tokens=row.completion_tokens,
         outcome=row.outcome,
     )
+
+
+def _rows_updated(result: Result[Any]) -> int:
+    """How many rows an UPDATE matched (`Session.execute` is typed as any `Result`; an UPDATE's is a `CursorResult`)."""
+    assert isinstance(result, CursorResult), "only UPDATE and DELETE results count rows"
+    return result.rowcount
