@@ -137,8 +137,3 @@ def test_an_upstreams_error_event_detail_is_cut_to_300_characters() -> None:
 def test_what_is_not_an_engine_error_has_no_client_error() -> None:
     assert client_error(ValueError("no")) is None
     assert client_error(GrammarError("The schema is not plain JSON.")) is None  # planning names its param itself
-
-
-def test_the_transitional_client_error_attribute_says_the_same() -> None:
-    failed = UpstreamTimeout("upstream timeout")
-    assert told(failed.client_error) == told(client_error(failed))

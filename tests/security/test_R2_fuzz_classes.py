@@ -50,6 +50,7 @@ from hypothesis import strategies as st
 from modelhost.engine.chat_template import ChatTemplate
 from modelhost.engine.llama_model import LlamaModel, bundled_model_path
 from modelhost.errors import InvalidRequest
+from modelhost.pipeline.planning import conversation
 from modelhost.protocol import convert
 from modelhost.protocol.chat import ChatCompletionRequest
 from modelhost.structured import tools as tools_mod
@@ -507,11 +508,8 @@ class PromptCounter:
         self.controls = re.compile("|".join(re.escape(t) for t in controls))
 
     def count(self, body: dict[str, object]) -> int:
-        request = ChatCompletionRequest.model_validate(body)
-        plan = tools_mod.resolve(request)
-        messages = convert.chat_messages(request)
-        if plan is not None and plan.mode != "none":
-            messages = [{"role": "system", "content": tools_mod.fallback_system_prompt(plan)}, *messages]
+        chat = convert.chat_input(ChatCompletionRequest.model_validate(body))
+        messages = conversation(chat, tools_mod.resolve(chat.tools, chat.params), native_tools=False)
         assert not any(self.MARK in str(m["content"]) for m in messages)
         rendered = self.template.render([{**m, "content": str(m["content"]).replace("<", self.MARK)} for m in messages])
         tokens, pos = 0, 0

@@ -165,11 +165,11 @@ def test_tool_parameters_resolve_their_own_defs_and_two_tools_never_share_a_rule
     """Each function's parameters are their own document: pydantic's `$defs` resolve (they used to
     fail with the converter's internals in the message), and two tools whose definitions share a
     name each get their own rule (the converter named rules after a reference's last segment)."""
-    from modelhost.protocol.chat import FunctionDefinition
+    from modelhost.pipeline.inputs import Function
     from modelhost.structured.tools import ToolPlan, call_grammar
 
-    def tool(name: str, item: dict[str, object]) -> FunctionDefinition:
-        return FunctionDefinition(
+    def tool(name: str, item: dict[str, object]) -> Function:
+        return Function(
             name=name,
             parameters={"type": "object", "properties": {"x": {"$ref": "#/$defs/Item"}}, "required": ["x"], "$defs": {"Item": item}},
         )

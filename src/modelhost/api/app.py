@@ -26,7 +26,7 @@ from modelhost.limits import Limiter, PriceTable, open_limiter
 from modelhost.engine import ModelRegistry, ServedModel
 from modelhost.engine.grammar_compiler import close_default_compiler
 from modelhost.observability import Observability
-from modelhost.pipeline import GenerationPipeline
+from modelhost.pipeline import Pipeline
 from modelhost.pipeline.ledger_writer import LedgerWriter
 from modelhost.store import UsageLedger, migrate, open_engine, session_factory
 
@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             ledger=ledger,
             ledger_writer=ledger_writer,
             registry=registry,
-            pipeline=GenerationPipeline(ledger_writer, observability, limiter=limiter),
+            pipeline=Pipeline(ledger_writer, observability, limiter=limiter),
             limiter=limiter,
             observability=observability,
         )

@@ -1,4 +1,4 @@
-"""`POST /v1/completions` (legacy): one plan per prompt through the same pipeline as chat.
+"""`POST /v1/completions` (legacy): one plan per prompt (`pipeline.planning.plan_text`) through the same pipeline as chat.
 
 `n` choices per prompt, `best_of` candidates ranked by mean token logprob, `echo`, `logprobs`
 (the legacy shape: tokens, token_logprobs, top_logprobs, text_offset) and streaming.
@@ -14,132 +14,24 @@ from collections.abc import AsyncIterator, Sequence
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from modelhost.api import generation as gen
 from modelhost.api.deps import app_state, principal
 from modelhost.auth import Principal
 from modelhost.engine import ChoiceFinished, TextDelta
 from modelhost.engine.base import EngineEvent, TokenLogprob
-from modelhost.engine.registry import COMPLETIONS, ServedModel
-from modelhost.errors import APIError, InvalidRequest
-from modelhost.limits import Admission
-from modelhost.pipeline import GenerationPlan, GenerationRun
+from modelhost.engine.registry import COMPLETIONS
+from modelhost.errors import APIError
+from modelhost.pipeline import GenerationRun
 from modelhost.pipeline.admission import admitted
+from modelhost.pipeline.assembly import ChoiceResult, RunResult, collect
+from modelhost.pipeline.planning import plan_text
 from modelhost.protocol import convert
 from modelhost.protocol.common import ErrorResponse
 from modelhost.protocol.completions import Completion, CompletionRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(principal)])
-
-
-def _raw_prompts(prompt: object) -> list[str | list[int]]:
-    """Every accepted prompt form → one entry per prompt: a string or a list of token ids."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-        return [prompt]
-    return list(prompt)  # type: ignore[call-overload]
-
-
-def _prompts(served: ServedModel, prompt: object) -> list[list[int]]:
-    """Every accepted prompt form → token lists (strings are tokenized by the model's tokenizer)."""
-    engine = served.engine
-    raw: list[object] = list(_raw_prompts(prompt))
-    prompts: list[list[int]] = []
-    for i, item in enumerate(raw):
-        if isinstance(item, str):
-            # A legacy prompt is the caller's raw model input, not a conversation: its control strings
-            # are parsed (OpenAI's default prompt is "<|endoftext|>", the separator token), as token-id
-            # prompts can hold any id. Untrusted end-user text belongs in chat messages, where it is text.
-            tokens = engine.tokenize(item)
-        else:
-            tokens = list(item)  # type: ignore[call-overload]
-            bad = next((t for t in tokens if not 0 <= t < engine.vocab_size), None)
-            if bad is not None:
-                param = "prompt" if len(raw) == 1 else f"prompt[{i}]"
-                raise InvalidRequest(f"Invalid token id {bad} in '{param}': this model's vocabulary has {engine.vocab_size} tokens.", param=param, code="invalid_value")
-        prompts.append(tokens or [engine.start_token])
-    return prompts
-
-
-def _validate(body: CompletionRequest) -> tuple[int, int]:
-    n = body.n or 1
-    best_of = body.best_of or n
-    if best_of < n:
-        raise InvalidRequest("best_of must be greater than or equal to n.", param="best_of", code="invalid_value")
-    if body.stream and best_of > n:
-        raise InvalidRequest("Cannot stream results when best_of is greater than n.", param="best_of", code="invalid_value")
-    if body.suffix:
-        raise InvalidRequest(
-            "suffix is not supported by this model: it cannot insert text between a prefix and a suffix.",
-            param="suffix",
-            code="unsupported",
-        )
-    if body.stream_options is not None and not body.stream:
-        raise InvalidRequest(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options", code="invalid_value"
-        )
-    return n, best_of
-
-
-async def plan_completions(
-    request: Request, body: CompletionRequest, served: ServedModel, admission: Admission
-) -> list[GenerationPlan]:
-    """One plan per prompt, all under the one admission: the request counts once, whatever its prompts."""
-    state = app_state(request)
-    if body.ignored_fields():
-        logger.info("completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
-    n, best_of = _validate(body)
-    gen.check_n(served, best_of, state.settings.max_n, param="best_of" if best_of > n else "n")
-    response_id, who = admission.request_id, admission.principal
-    if served.engine.forwards_requests:
-        return _forwarded_plans(served, body, admission, n, best_of)
-    prompts = await run_in_threadpool(_prompts, served, body.prompt)
-    plans = []
-    for i, prompt in enumerate(prompts):
-        max_tokens = gen.completion_budget(served, len(prompt), body.max_tokens, param="prompt")
-        # best_of ranks candidates by mean logprob, so it needs logprobs even when not returned.
-        logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
-        sampling = convert.sampling_params(
-            body,
-            max_tokens=max_tokens,
-            n_vocab=served.engine.vocab_size,
-            logprobs=logprobs,
-            prompt_logprobs=bool(body.echo and body.logprobs is not None),
-        )
-        request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
-        plans.append(
-            GenerationPlan(who, served, "completions", request_id, prompt, sampling, best_of, admission=admission, part=i)
-        )
-    return plans
-
-
-def _forwarded_plans(
-    served: ServedModel, body: CompletionRequest, admission: Admission, n: int, best_of: int
-) -> list[GenerationPlan]:
-    """One plan per prompt for an engine that forwards to an OpenAI-compatible server: no local tokenizer;
-    `echo` is the upstream's, `best_of` is still ranked here from the logprobs it returns."""
-    prompts = _raw_prompts(body.prompt)
-    logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
-    response_id, who = admission.request_id, admission.principal
-    plans = []
-    for i, prompt in enumerate(prompts):
-        if isinstance(prompt, list) and any(t < 0 for t in prompt):
-            param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-            raise InvalidRequest(f"Invalid token id in '{param}': token ids are not negative.", param=param, code="invalid_value")
-        upstream = convert.upstream_completion(body, prompt, logprobs=logprobs)
-        context = served.engine.context_length
-        reserve = min(body.max_tokens, context) if body.max_tokens is not None else max(1, context - upstream.prompt_estimate)
-        sampling = convert.sampling_params(body, max_tokens=reserve, n_vocab=convert.ANY_VOCAB, logprobs=logprobs)
-        request_id = response_id if len(prompts) == 1 else f"{response_id}-{i}"
-        plans.append(
-            GenerationPlan(
-                who, served, "completions", request_id, (), sampling, best_of, admission=admission, upstream=upstream, part=i
-            )
-        )
-    return plans
 
 
 @router.post(
@@ -149,10 +41,12 @@ def _forwarded_plans(
 )
 async def create_completion(body: CompletionRequest, request: Request, who: Principal = Depends(principal)) -> Response:
     state = app_state(request)
+    if body.ignored_fields():
+        logger.info("completions: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
     runs: list[GenerationRun] = []
     admission_of = admitted(state.registry, state.limiter, who, body.model, COMPLETIONS, id_prefix="cmpl-")
     async with admission_of as (served, admission):  # counted (429 here) before any prompt is tokenized
-        plans = await plan_completions(request, body, served, admission)
+        plans = await plan_text(convert.text_input(body), served, admission, max_n=state.settings.max_n)
         try:
             for plan in plans:
                 runs.append(await state.pipeline.run(plan).__aenter__())
@@ -175,7 +69,7 @@ async def create_completion(body: CompletionRequest, request: Request, who: Prin
         response.headers.update(runs[-1].rate_limit_headers)
         return response
     try:
-        results = await gen.until_disconnect(request, asyncio.gather(*(gen.collect(r) for r in runs)))
+        results = await gen.until_disconnect(request, asyncio.gather(*(collect(r) for r in runs)))
     except gen.ClientDisconnected:
         return Response(status_code=499)
     finally:
@@ -201,12 +95,12 @@ def _legacy_logprobs(tokens: Sequence[TokenLogprob], start_offset: int) -> dict[
     return out
 
 
-def _mean_logprob(choice: gen.ChoiceResult) -> float:
+def _mean_logprob(choice: ChoiceResult) -> float:
     values = [t.logprob for t in choice.logprobs if t.logprob is not None]
     return sum(values) / len(values) if values else 0.0
 
 
-def _completion(response_id: str, body: CompletionRequest, runs: list[GenerationRun], results: list[gen.RunResult]) -> dict[str, object]:
+def _completion(response_id: str, body: CompletionRequest, runs: list[GenerationRun], results: list[RunResult]) -> dict[str, object]:
     n = body.n or 1
     choices: list[dict[str, object]] = []
     for run, result in zip(runs, results):
@@ -214,7 +108,8 @@ def _completion(response_id: str, body: CompletionRequest, runs: list[Generation
         if len(candidates) > n:  # best_of: keep the n candidates the model found likeliest
             candidates = sorted(candidates, key=_mean_logprob, reverse=True)[:n]
         # A forwarding engine's upstream echoes the prompt itself.
-        prompt_text = run.plan.model.engine.detokenize(run.plan.prompt_tokens) if body.echo and run.plan.upstream is None else ""
+        engine = run.plan.model.engine
+        prompt_text = engine.detokenize(run.plan.prompt_tokens) if body.echo and engine is not None and run.plan.upstream is None else ""
         for choice in candidates:
             logprobs = None
             if body.logprobs is not None:

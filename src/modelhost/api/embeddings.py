@@ -18,7 +18,7 @@ from modelhost.engine.embedding import Embedder
 from modelhost.engine.registry import EMBEDDINGS
 from modelhost.errors import ContextLengthExceeded, InvalidRequest
 from modelhost.pipeline.admission import admitted
-from modelhost.pipeline.embeddings import EmbeddingPipeline, EmbeddingPlan
+from modelhost.pipeline.embeddings import EmbeddingPlan, embed
 from modelhost.protocol.common import ErrorResponse
 from modelhost.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
@@ -140,7 +140,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, who: Princ
             principal=who, model=served, request_id=admission.request_id, sequences=sequences, admission=admission
         )
         try:
-            result = await gen.until_disconnect(request, EmbeddingPipeline(state.ledger_writer, state.limiter).run(plan))
+            result = await gen.until_disconnect(request, embed(state.pipeline, plan))
         except gen.ClientDisconnected:
             return Response(status_code=499)  # nobody is listening; the ledger has the row
     return JSONResponse(_render(plan, result.vectors, body.encoding_format), headers=result.rate_limit_headers)

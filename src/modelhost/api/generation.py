@@ -1,7 +1,8 @@
-"""What every generating endpoint shares: sizing the completion, running a plan to the end or as a
-stream, noticing a client that left, and settling the run however the response ends.
+"""What every generating endpoint shares over HTTP: starting a stream, noticing a client that left,
+and settling the run however the response ends.
 
-Endpoints only decide their wire format; the request → engine → ledger loop is in `pipeline`.
+Endpoints only convert their wire format and render; planning, the request → engine → ledger loop
+and the assembly of answers are in `pipeline`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
@@ -17,76 +17,11 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from modelhost.engine import ChoiceFinished, TextDelta
-from modelhost.engine.base import EngineEvent, PromptLogprobs, TokenLogprob, ToolCallDelta
-from modelhost.engine.registry import ServedModel
-from modelhost.errors import ContextLengthExceeded, InvalidRequest, ServerError
+from modelhost.engine.base import EngineEvent
+from modelhost.errors import ServerError
 from modelhost.pipeline import GenerationRun
 
 T = TypeVar("T")
-
-
-def completion_budget(served: ServedModel, prompt_tokens: int, asked: int | None, *, param: str) -> int:
-    """Tokens the completion may have: what was asked, clamped to the context left; 400 if none is left."""
-    context = served.engine.context_length
-    if prompt_tokens >= context:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {context} tokens. However, your {param} resulted in "
-            f"{prompt_tokens} tokens. Please reduce the length of the {param}.",
-            param=param,
-        )
-    room = context - prompt_tokens
-    return room if asked is None else min(asked, room)
-
-
-def check_n(served: ServedModel, n: int, max_n: int, *, param: str = "n") -> None:
-    limit = min(max_n, served.engine.max_n)
-    if n > limit:
-        raise InvalidRequest(f"Invalid value for '{param}': at most {limit} per request.", param=param, code="invalid_value")
-
-
-@dataclass
-class ChoiceResult:
-    text: str = ""
-    finish_reason: str = "stop"
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)  # from an upstream: call index → id, name, arguments
-    function_call: dict[str, str] | None = None  # the deprecated single call, from an upstream
-
-    def add_call(self, delta: ToolCallDelta) -> None:
-        if delta.legacy:
-            call = self.function_call = self.function_call or {"name": "", "arguments": ""}
-        else:
-            call = self.tool_calls.setdefault(delta.call_index, {"id": "", "name": "", "arguments": ""})
-            call["id"] = delta.id or call["id"]
-        call["name"] = delta.name or call["name"]
-        call["arguments"] += delta.arguments
-
-
-@dataclass
-class RunResult:
-    choices: list[ChoiceResult]
-    prompt_logprobs: tuple[TokenLogprob, ...]
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-
-
-async def collect(run: GenerationRun) -> RunResult:
-    """Run to the end, gathering each choice's text, finish reason and logprobs."""
-    choices = [ChoiceResult() for _ in range(run.plan.n)]
-    prompt_logprobs: tuple[TokenLogprob, ...] = ()
-    async for event in run.events():
-        if isinstance(event, TextDelta):
-            choices[event.index].text += event.text
-            choices[event.index].logprobs.extend(event.logprobs)
-        elif isinstance(event, ChoiceFinished):
-            choices[event.index].finish_reason = event.reason
-        elif isinstance(event, PromptLogprobs):
-            prompt_logprobs = event.tokens
-        elif isinstance(event, ToolCallDelta):
-            choices[event.index].add_call(event)
-    return RunResult(choices, prompt_logprobs, run.prompt_tokens, run.completion_tokens, run.cached_tokens)
 
 
 async def started(run: GenerationRun) -> AsyncIterator[EngineEvent]:

@@ -12,7 +12,7 @@ from modelhost.config import Settings
 from modelhost.engine import ModelRegistry
 from modelhost.limits import Limiter
 from modelhost.observability import Observability
-from modelhost.pipeline import GenerationPipeline
+from modelhost.pipeline import Pipeline
 from modelhost.pipeline.ledger_writer import LedgerWriter
 from modelhost.store import UsageLedger
 
@@ -26,6 +26,6 @@ class AppState:
     ledger: UsageLedger
     ledger_writer: LedgerWriter  # the request path's writes to `ledger`: pending rows, retried settlement
     registry: ModelRegistry
-    pipeline: GenerationPipeline
+    pipeline: Pipeline
     limiter: Limiter
     observability: Observability = field(default_factory=lambda: Observability(access_log=False))

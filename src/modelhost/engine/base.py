@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Union
-
-if TYPE_CHECKING:
-    from modelhost.errors import APIError
+from typing import Protocol, Union
 
 
 @dataclass(frozen=True)
@@ -162,14 +159,6 @@ class EngineFailed(EngineError):
     Iterating a `Generation` raises only this (or one of its kinds, such as an upstream's
     `UpstreamRejected`); submitting one raises `EngineOverloaded`.
     """
-
-    @property
-    def client_error(self) -> APIError:
-        """Transitional (#13): what the client is told; delete once the pipeline calls
-        `pipeline.engine_errors.client_error` itself."""
-        from modelhost.pipeline.engine_errors import client_error
-
-        return client_error(self)
 
 
 class Generation(Protocol):

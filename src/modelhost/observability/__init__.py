@@ -12,17 +12,17 @@ from modelhost.observability.access_log import (
     escape_control,
 )
 from modelhost.observability.metrics import Metrics
-from modelhost.observability.observer import GenerationObserver, Observability
-from modelhost.observability.report import GenerationReport
+from modelhost.observability.observer import Observability, SettlementObserver
+from modelhost.observability.report import SettlementReport
 
 __all__ = [
     "AccessLog",
     "Exchange",
-    "GenerationObserver",
-    "GenerationReport",
     "Metrics",
     "Observability",
     "SafeFormatter",
+    "SettlementObserver",
+    "SettlementReport",
     "configure_logging",
     "current_exchange",
     "escape_control",

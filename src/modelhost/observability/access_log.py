@@ -47,7 +47,7 @@ class Exchange:
     outcome: str = "ok"  # ok, client_disconnected, deadline_exceeded, shutting_down, body_timeout
     started: float = field(default_factory=time.perf_counter, repr=False)
 
-    def note_generation(self, *, model: str, prompt_tokens: int, completion_tokens: int, ttft: float | None) -> None:
+    def note_settled(self, *, model: str, prompt_tokens: int, completion_tokens: int, ttft: float | None) -> None:
         self.model = model
         self.generations += 1
         self.prompt_tokens += prompt_tokens

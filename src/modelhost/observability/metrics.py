@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelhost.observability.report import GenerationReport
+from modelhost.observability.report import SettlementReport
 
 # Seconds; TTFT on two CPU cores ranges from ~20 ms (cached prefix) to seconds (long prompt, queued).
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -68,14 +68,14 @@ class Metrics:
         )
         self.in_flight = Gauge("modelhost_http_requests_in_flight", "Requests being answered now.", registry=r)
         self.prompt_tokens = Counter(
-            "modelhost_prompt_tokens", "Prompt tokens of settled generations.", ["model"], registry=r
+            "modelhost_prompt_tokens", "Prompt tokens of settled requests (generations and embeddings).", ["model"], registry=r
         )
         self.completion_tokens = Counter(
             "modelhost_completion_tokens", "Completion tokens generated (also of cancelled generations).", ["model"],
             registry=r,
         )
         self.generations = Counter(
-            "modelhost_generations", "Settled generations by outcome (completed, cancelled, failed).",
+            "modelhost_generations", "Settled model requests (generations, and embeddings by operation) by outcome (completed, cancelled, failed).",
             ["model", "operation", "outcome"], registry=r,
         )
         self.time_to_first_token = Histogram(
@@ -101,7 +101,7 @@ class Metrics:
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
 
-    def generation_settled(self, report: GenerationReport) -> None:
+    def settled(self, report: SettlementReport) -> None:
         model = report.model
         self.generations.labels(model=model, operation=report.operation, outcome=report.outcome).inc()
         self.prompt_tokens.labels(model=model).inc(report.prompt_tokens)

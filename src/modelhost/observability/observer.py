@@ -6,13 +6,13 @@ from typing import Protocol
 
 from modelhost.observability.access_log import AccessLog, current_exchange
 from modelhost.observability.metrics import Metrics
-from modelhost.observability.report import GenerationReport
+from modelhost.observability.report import SettlementReport
 
 
-class GenerationObserver(Protocol):
-    """Told once per settled generation (the pipeline calls it from `GenerationRun.settle`)."""
+class SettlementObserver(Protocol):
+    """Told once per settled request, generation or embeddings (the pipeline calls it from `Settlement.close`)."""
 
-    def generation_settled(self, report: GenerationReport) -> None: ...
+    def settled(self, report: SettlementReport) -> None: ...
 
 
 class Observability:
@@ -22,11 +22,11 @@ class Observability:
         self.metrics = Metrics()
         self.access_log = AccessLog(enabled=access_log)
 
-    def generation_settled(self, report: GenerationReport) -> None:
-        self.metrics.generation_settled(report)
+    def settled(self, report: SettlementReport) -> None:
+        self.metrics.settled(report)
         exchange = current_exchange()
         if exchange is not None:
-            exchange.note_generation(
+            exchange.note_settled(
                 model=report.model,
                 prompt_tokens=report.prompt_tokens,
                 completion_tokens=report.completion_tokens,

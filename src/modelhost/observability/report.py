@@ -1,4 +1,4 @@
-"""What the pipeline reports once per settled generation."""
+"""What the pipeline reports once per settled request (a generation or an embeddings run)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class GenerationReport:
+class SettlementReport:
     model: str
-    operation: str
+    operation: str  # chat.completions, completions, embeddings, ...
     outcome: str  # completed, cancelled, failed
     prompt_tokens: int
     completion_tokens: int
-    time_to_first_token: float | None  # seconds from submission to the first text
-    time_per_output_token: float | None  # seconds per token after each choice's first
+    time_to_first_token: float | None = None  # seconds from submission to the first text (generations)
+    time_per_output_token: float | None = None  # seconds per token after each choice's first (generations)

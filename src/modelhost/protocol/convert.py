@@ -1,28 +1,43 @@
-"""Wire types → plain engine inputs. The one place where request fields become sampling settings."""
+"""Wire requests → the pipeline's neutral inputs (`pipeline.inputs`).
+
+The one place where a chat or legacy completions request's fields become what planning takes;
+what only the wire format knows (content parts, the deprecated `functions`, which fields may be
+combined) is checked here, with the field names the client sent.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Protocol
-
-from pydantic import BaseModel
-
-from modelhost.engine.base import SamplingParams, UpstreamInput
 from modelhost.errors import InvalidRequest
+from modelhost.pipeline.inputs import (
+    CallRecord,
+    ChatInput,
+    Function,
+    OutputFormat,
+    Params,
+    Sampling,
+    TextInput,
+    Tools,
+    Turn,
+)
 from modelhost.protocol.chat import (
     AssistantMessage,
     ChatCompletionRequest,
     Content,
-    DeveloperMessage,
+    FunctionDefinition,
     FunctionMessage,
+    NamedFunction,
+    NamedToolChoice,
     OtherPart,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
     TextPart,
     ToolMessage,
 )
+from modelhost.protocol.completions import CompletionRequest
 
 
-def _text(content: Content | None, param: str) -> str:
+def content_text(content: Content | None, param: str) -> str:
+    """Text content, or text parts joined; 400 for parts this model cannot read (images, audio, files)."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -42,51 +57,67 @@ def _text(content: Content | None, param: str) -> str:
     return "".join(texts)
 
 
-def chat_messages(request: ChatCompletionRequest, *, structured_tool_calls: bool = False) -> list[dict[str, object]]:
-    """Messages as the chat template expects them: role + string content.
-
-    Earlier tool calls are written into the assistant's text in the `<tool_call>` convention, or,
-    for templates that render tools themselves (`structured_tool_calls`), also passed as
-    `tool_calls` with parsed arguments.
-    """
-    from modelhost.structured.tools import render_call
-
-    rendered: list[dict[str, object]] = []
+def _turns(request: ChatCompletionRequest) -> tuple[Turn, ...]:
+    turns: list[Turn] = []
     for i, message in enumerate(request.messages):
         param = f"messages[{i}].content"
-        role = message.role
-        entry: dict[str, object] = {}
-        if isinstance(message, DeveloperMessage):
-            role = "system"  # developer messages are system messages for models that predate them
         if isinstance(message, AssistantMessage):
-            content = _text(message.content, param) or (message.refusal or "")
-            calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or []]
-            if message.function_call is not None:
-                calls.append((message.function_call.name, message.function_call.arguments))
-            if calls and structured_tool_calls:
-                entry["tool_calls"] = [
-                    {"type": "function", "function": {"name": name, "arguments": _json_or_text(arguments)}}
-                    for name, arguments in calls
-                ]
-            elif calls:
-                content += "".join(render_call(name, arguments) for name, arguments in calls)
+            calls = tuple(CallRecord(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or [])
+            legacy = message.function_call
+            turns.append(
+                Turn(
+                    "assistant",
+                    content_text(message.content, param) or (message.refusal or ""),
+                    calls=calls,
+                    legacy_call=CallRecord("", legacy.name, legacy.arguments) if legacy is not None else None,
+                )
+            )
         elif isinstance(message, FunctionMessage):
-            role, content = "tool", message.content or ""
-            entry["name"] = message.name
+            turns.append(Turn("tool", message.content or "", name=message.name))
+        elif isinstance(message, ToolMessage):
+            turns.append(Turn("tool", content_text(message.content, param), tool_call_id=message.tool_call_id))
         else:
-            content = _text(message.content, param)
-        entry = {"role": role, "content": content, **entry}
-        if isinstance(message, ToolMessage):
-            entry["tool_call_id"] = message.tool_call_id
-        rendered.append(entry)
-    return rendered
+            turns.append(Turn(message.role, content_text(message.content, param)))
+    return tuple(turns)
 
 
-def _json_or_text(arguments: str) -> object:
-    try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
+def _function(f: FunctionDefinition) -> Function:
+    return Function(f.name, f.description, f.parameters, f.strict)
+
+
+def _tools(request: ChatCompletionRequest) -> tuple[Tools | None, Params]:
+    if request.tools and request.functions:
+        raise InvalidRequest("Send either 'tools' or the deprecated 'functions', not both.", param="functions", code="invalid_value")
+    if request.functions:
+        choice = request.function_call
+        named = isinstance(choice, NamedFunction)
+        tools = Tools(
+            tuple(_function(f) for f in request.functions),
+            choice.name if isinstance(choice, NamedFunction) else choice,
+            named=named,
+            parallel=False,
+            legacy=True,
+        )
+        return tools, Params(tools="functions", tool_choice="function_call")
+    choice_ = request.tool_choice
+    if not request.tools and choice_ is None:
+        return None, Params()
+    tools = Tools(
+        tuple(_function(t.function) for t in request.tools or []),
+        choice_.function.name if isinstance(choice_, NamedToolChoice) else choice_,
+        named=isinstance(choice_, NamedToolChoice),
+        parallel=request.parallel_tool_calls is not False,
+    )
+    return tools, Params()
+
+
+def _output(request: ChatCompletionRequest) -> OutputFormat | None:
+    fmt = request.response_format
+    if isinstance(fmt, ResponseFormatJsonSchema):
+        return OutputFormat("json_schema", fmt.json_schema.name, fmt.json_schema.schema_, fmt.json_schema.strict)
+    if isinstance(fmt, ResponseFormatJsonObject):
+        return OutputFormat("json_object")
+    return OutputFormat("text") if fmt is not None else None
 
 
 def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -95,109 +126,79 @@ def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
-class SamplingFields(Protocol):
-    """The sampling fields chat and legacy completion requests share."""
-
-    temperature: float | None
-    top_p: float | None
-    seed: int | None
-    presence_penalty: float | None
-    frequency_penalty: float | None
-    logit_bias: dict[str, float] | None
-    stop: str | list[str] | None
-
-
-def sampling_params(
-    request: SamplingFields,
-    *,
-    max_tokens: int,
-    n_vocab: int,
-    logprobs: int | None = None,
-    prompt_logprobs: bool = False,
-) -> SamplingParams:
-    """The request's sampling settings with OpenAI's defaults (temperature 1, top_p 1)."""
-    bias: dict[int, float] = {}
-    for key, value in (request.logit_bias or {}).items():
-        token = int(key)
-        if token >= n_vocab:
-            raise InvalidRequest(
-                f"Invalid key in 'logit_bias': {key} is not a token id of this model (vocabulary size {n_vocab}).",
-                param="logit_bias",
-                code="invalid_value",
-            )
-        bias[token] = float(value)
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
+def _sampling(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
+    return Sampling(
+        temperature=request.temperature,
+        top_p=request.top_p,
         seed=request.seed,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
-        logit_bias=bias,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=dict(request.logit_bias or {}),
         stop=stop_sequences(request.stop),
-        logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
     )
 
 
-# -- requests for engines that forward to another OpenAI-compatible server --------------------
-
-ANY_VOCAB = 2**31 - 1  # a forwarded request's token ids are checked by the server that knows the vocabulary
-# Fields a forwarded request carries; everything else (unknown fields, `user`, `stream`, `n`,
-# `model`, `best_of`, `suffix`, `echo` for chat) is never sent upstream.
-_CHAT_FIELDS = (
-    "messages", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
-    "logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions",
-    "function_call",
-)
-_COMPLETION_FIELDS = (
-    "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "echo",
-    "max_tokens",
-)
-
-
-def declared(value: object) -> object:
-    """`value` as JSON data with only the fields our wire types declare: unknown fields are dropped
-    at every depth (a forwarded request never carries what we did not validate)."""
-    if isinstance(value, BaseModel):
-        fields = type(value).model_fields
-        return {
-            (info.alias or name): declared(getattr(value, name))
-            for name, info in fields.items()
-            if name in value.model_fields_set or getattr(value, name) is not None  # set, or a default like type="function"
-        }
-    if isinstance(value, list):
-        return [declared(v) for v in value]
-    if isinstance(value, dict):
-        return {k: declared(v) for k, v in value.items()}
-    return value
+def chat_input(request: ChatCompletionRequest) -> ChatInput:
+    """A chat completions request as planning takes it."""
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options", code="invalid_value"
+        )
+    if request.top_logprobs is not None and not request.logprobs:
+        raise InvalidRequest(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    tools, params = _tools(request)
+    return ChatInput(
+        model=request.model,
+        turns=_turns(request),
+        sampling=_sampling(request),
+        max_tokens=request.max_completion_tokens or request.max_tokens,
+        n=request.n or 1,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        tools=tools,
+        output=_output(request),
+        params=params,
+    )
 
 
-def estimate_tokens(payload: object) -> int:
-    """About four bytes of JSON per token: sizes the limit reservation until the upstream reports usage."""
-    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
-
-
-def upstream_chat(request: ChatCompletionRequest, *, max_tokens: int | None) -> UpstreamInput:
-    """The chat request as an OpenAI-compatible upstream gets it (validated fields, re-serialized)."""
-    chat_messages(request)  # the same content checks as for a local model (text parts only)
-    data = declared(request)
-    assert isinstance(data, dict)
-    body = {name: data[name] for name in _CHAT_FIELDS if name in data and data[name] is not None}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens  # the name every server knows (max_completion_tokens is newer)
-    prompt = {k: body[k] for k in ("messages", "tools", "functions", "response_format") if k in body}
-    return UpstreamInput("chat/completions", body, estimate_tokens(prompt))
-
-
-def upstream_completion(request: BaseModel, prompt: str | list[int], *, logprobs: int | None) -> UpstreamInput:
-    """One prompt of a legacy completions request as an upstream gets it; `logprobs` as the plan needs them."""
-    data = declared(request)
-    assert isinstance(data, dict)
-    body: dict[str, object] = {name: data[name] for name in _COMPLETION_FIELDS if name in data and data[name] is not None}
-    body["prompt"] = prompt
-    if logprobs is not None:
-        body["logprobs"] = logprobs
-    estimate = len(prompt) if isinstance(prompt, list) else estimate_tokens(prompt)
-    return UpstreamInput("completions", body, max(1, estimate))
+def text_input(request: CompletionRequest) -> TextInput:
+    """A legacy completions request as planning takes it: one entry per prompt."""
+    n = request.n or 1
+    best_of = request.best_of or n
+    if best_of < n:
+        raise InvalidRequest("best_of must be greater than or equal to n.", param="best_of", code="invalid_value")
+    if request.stream and best_of > n:
+        raise InvalidRequest("Cannot stream results when best_of is greater than n.", param="best_of", code="invalid_value")
+    if request.suffix:
+        raise InvalidRequest(
+            "suffix is not supported by this model: it cannot insert text between a prefix and a suffix.",
+            param="suffix",
+            code="unsupported",
+        )
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options", code="invalid_value"
+        )
+    prompts: list[str | tuple[int, ...]] = []
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        prompts.append(prompt)
+    elif all(isinstance(t, int) for t in prompt):  # one prompt of token ids
+        prompts.append(tuple(t for t in prompt if isinstance(t, int)))
+    else:
+        for item in prompt:
+            prompts.append(item if isinstance(item, str) else tuple(item) if isinstance(item, list) else (item,))
+    return TextInput(
+        model=request.model,
+        prompts=tuple(prompts),
+        sampling=_sampling(request),
+        max_tokens=request.max_tokens,
+        n=n,
+        best_of=best_of,
+        logprobs=request.logprobs,
+        echo=bool(request.echo),
+        stream=bool(request.stream),
+    )

@@ -19,7 +19,7 @@ from modelhost.engine.grammar import GrammarError, compile_schema, rename_root
 from modelhost.engine.schema_refs import hoist_refs
 from modelhost.errors import InvalidRequest
 from modelhost.ids import new_id
-from modelhost.protocol.chat import ChatCompletionRequest, FunctionDefinition, NamedFunction, NamedToolChoice
+from modelhost.pipeline.inputs import Function, Params, Tools
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -29,35 +29,38 @@ class ToolPlan:
     """The tool request, resolved: `mode` none/auto/required, and the callable functions."""
 
     mode: Literal["none", "auto", "required"]
-    functions: tuple[FunctionDefinition, ...]
+    functions: tuple[Function, ...]
     parallel: bool
     legacy: bool  # asked with `functions`/`function_call`: answer with `message.function_call`
 
 
-def resolve(request: ChatCompletionRequest) -> ToolPlan | None:
-    """Map `tools`/`tool_choice` (or the deprecated `functions`/`function_call`) onto one plan."""
-    if request.tools and request.functions:
-        raise InvalidRequest("Send either 'tools' or the deprecated 'functions', not both.", param="functions", code="invalid_value")
-    legacy = bool(request.functions)
-    functions = tuple(request.functions or [t.function for t in request.tools or []])
-    choice = request.function_call if legacy else request.tool_choice
-    param = "function_call" if legacy else "tool_choice"
+def resolve(tools: Tools | None, params: Params = Params()) -> ToolPlan | None:
+    """Map the offered functions and the tool choice onto one plan (None: no tools were offered)."""
+    if tools is None:
+        return None
+    functions, choice = tools.functions, tools.choice
     if not functions:
-        if choice not in (None, "none"):
-            raise InvalidRequest(f"'{param}' is only allowed when '{'functions' if legacy else 'tools'}' are specified.", param=param, code="invalid_value")
+        if choice not in (None, "none") or tools.named:
+            raise InvalidRequest(
+                f"'{params.tool_choice}' is only allowed when '{params.tools}' are specified.", param=params.tool_choice, code="invalid_value"
+            )
         return None
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
-        raise InvalidRequest("Function names must be unique.", param="tools", code="invalid_value")
-    if isinstance(choice, (NamedToolChoice, NamedFunction)):
-        wanted = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name
-        chosen = tuple(f for f in functions if f.name == wanted)
+        raise InvalidRequest("Function names must be unique.", param=params.tools, code="invalid_value")
+    if tools.named:
+        chosen = tuple(f for f in functions if f.name == choice)
         if not chosen:
-            raise InvalidRequest(f"Invalid value for '{param}': no function named '{wanted}' in the request.", param=param, code="invalid_value")
-        return ToolPlan("required", chosen, parallel=False, legacy=legacy)
+            raise InvalidRequest(
+                f"Invalid value for '{params.tool_choice}': no function named '{choice}' in the request.",
+                param=params.tool_choice,
+                code="invalid_value",
+            )
+        return ToolPlan("required", chosen, parallel=False, legacy=tools.legacy)
     mode = choice or "auto"
-    parallel = request.parallel_tool_calls is not False and not legacy
-    return ToolPlan(mode, functions, parallel, legacy)  # type: ignore[arg-type]
+    if mode not in ("none", "auto", "required"):
+        raise InvalidRequest(f"Invalid value for '{params.tool_choice}': {mode!r}.", param=params.tool_choice, code="invalid_value")
+    return ToolPlan(mode, functions, tools.parallel and not tools.legacy, tools.legacy)  # type: ignore[arg-type]
 
 
 def openai_tools(plan: ToolPlan) -> list[dict[str, object]]:
@@ -77,16 +80,20 @@ def fallback_system_prompt(plan: ToolPlan) -> str:
     )
 
 
+def json_or_text(arguments: str) -> object:
+    """A call's arguments as JSON data, or as the text they are when they are not JSON."""
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
+
 def render_call(name: str, arguments: str) -> str:
     """An earlier call as the model would have written it."""
-    try:
-        args: object = json.loads(arguments)
-    except json.JSONDecodeError:
-        args = arguments
-    return f"{OPEN}{json.dumps({'name': name, 'arguments': args})}{CLOSE}"
+    return f"{OPEN}{json.dumps({'name': name, 'arguments': json_or_text(arguments)})}{CLOSE}"
 
 
-def call_grammar(plan: ToolPlan, alternative: str | None = None, *, tenant: str | None = None) -> str:
+def call_grammar(plan: ToolPlan, alternative: str | None = None, *, tenant: str | None = None, param: str = "tools") -> str:
     """GBNF for one call (or several, when parallel) to the plan's functions; optionally `| alternative`.
 
     Each function's parameters are their own JSON-schema document: their `#/$defs/…` references are
@@ -97,7 +104,7 @@ def call_grammar(plan: ToolPlan, alternative: str | None = None, *, tenant: str 
     tag = secrets.token_hex(4)
     try:
         for i, f in enumerate(plan.functions):
-            parameters, defs = hoist_refs(f.parameters or {"type": "object"}, prefix=f"t{tag}-{i}")
+            parameters, defs = hoist_refs(dict(f.parameters or {"type": "object"}), prefix=f"t{tag}-{i}")
             definitions.update(defs)
             variants.append(
                 {
@@ -112,7 +119,7 @@ def call_grammar(plan: ToolPlan, alternative: str | None = None, *, tenant: str 
             schema = {**schema, "$defs": definitions}
         body = rename_root(compile_schema(schema, prop_order=["name", "arguments"], tenant=tenant), "tool-json")
     except GrammarError as exc:
-        raise InvalidRequest(f"Invalid function parameters schema: {exc}", param="tools", code="invalid_value") from exc
+        raise InvalidRequest(f"Invalid function parameters schema: {exc}", param=param, code="invalid_value") from exc
     calls = 'tool-call ("\\n" tool-call)*' if plan.parallel else "tool-call"
     root = f"root ::= {calls}" if alternative is None else f"root ::= {calls} | response-json"
     grammar = f'{root}\ntool-call ::= "{OPEN}" tool-json "{CLOSE}"\n{body}'
