@@ -84,9 +84,11 @@ def stamped(engine: Engine, revision: str, old_rows: set[str]) -> None:
 def test_migration_history_is_one_line() -> None:
     script = ScriptDirectory.from_config(_alembic_config())
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002_admin", "0003_limits", "0004_hardening"]
+    in_order = [r.revision for r in reversed(revisions)]
+    assert in_order[:4] == ["0001", "0002_admin", "0003_limits", "0004_hardening"]
     assert all(not r.is_merge_point and not r.is_branch_point for r in revisions)
-    assert migration_heads() == {"0004_hardening"}
+    assert [r.down_revision for r in reversed(revisions)] == [None, *in_order[:-1]]  # each follows the one before
+    assert migration_heads() == {in_order[-1]}
 
 
 def test_fresh_database_migrates_to_the_one_head_and_the_models_schema(empty_engine: Engine) -> None:
@@ -114,11 +116,12 @@ def test_database_at_the_old_branch_heads_upgrades_to_head(empty_engine: Engine,
         assert connection.execute(text("SELECT name FROM organizations WHERE id = 'org-old'")).scalar_one() == "Old"
 
 
-def test_database_at_the_old_merge_revision_is_already_at_head(empty_engine: Engine) -> None:
+def test_database_at_the_old_merge_revision_upgrades_like_any_other(empty_engine: Engine, tmp_path: Path) -> None:
     stamped(empty_engine, "0004_hardening", {"0004_hardening"})
-    before = schema_of(empty_engine)
 
     migrate(empty_engine)
 
     assert versions(empty_engine) == migration_heads()
-    assert schema_of(empty_engine) == before
+    with empty_database(empty_engine.dialect.name, tmp_path / "fresh") as fresh:
+        migrate(fresh)
+        assert schema_of(empty_engine) == schema_of(fresh)
