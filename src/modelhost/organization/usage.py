@@ -39,7 +39,7 @@ WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 #: (default, maximum) buckets per page, as OpenAI documents them.
 BUCKET_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_LIMITS = (7, 180)
-COMPLETIONS_OPERATIONS = ("chat.completions", "completions")
+COMPLETIONS_OPERATIONS = ("chat.completions", "completions", "responses")  # OpenAI counts responses as completions
 EMBEDDINGS_OPERATIONS = ("embeddings",)
 _LEDGER_GROUPS = ("project_id", "user_id", "api_key_id", "model")
 

@@ -169,13 +169,17 @@ def _prepare(
     return prompt, plan, grammar, trigger
 
 
-async def plan_chat(chat: ChatInput, served: ServedModel, admission: Admission, *, max_n: int) -> ChatPlan:
-    """Check what depends on the model, render and tokenize the conversation, size the completion."""
+async def plan_chat(
+    chat: ChatInput, served: ServedModel, admission: Admission, *, max_n: int, operation: str = "chat.completions"
+) -> ChatPlan:
+    """Check what depends on the model, render and tokenize the conversation, size the completion.
+
+    `operation` names the endpoint in the ledger (`responses` for the Responses API)."""
     assert served.engine is not None, "plan chat only for a model that generates"
     _check_features(served, chat)
     check_n(served, chat.n, max_n)
     if served.engine.forwards_requests:
-        return _forwarded_chat(chat, served, admission)
+        return _forwarded_chat(chat, served, admission, operation)
     prompt, tool_plan, grammar, trigger = await to_thread.run_sync(_prepare, served, chat, admission.principal.organization_id)
     max_tokens = completion_budget(served, len(prompt), chat.max_tokens, param=chat.params.messages)
     sampling = replace(
@@ -186,7 +190,7 @@ async def plan_chat(chat: ChatInput, served: ServedModel, admission: Admission, 
     generation = GenerationPlan(
         principal=admission.principal,
         model=served,
-        operation="chat.completions",
+        operation=operation,
         request_id=admission.request_id,
         prompt_tokens=prompt,
         sampling=sampling,
@@ -196,7 +200,7 @@ async def plan_chat(chat: ChatInput, served: ServedModel, admission: Admission, 
     return ChatPlan(generation, tool_plan if tool_plan is not None and tool_plan.mode != "none" else None)
 
 
-def _forwarded_chat(chat: ChatInput, served: ServedModel, admission: Admission) -> ChatPlan:
+def _forwarded_chat(chat: ChatInput, served: ServedModel, admission: Admission, operation: str) -> ChatPlan:
     """A plan for an engine that forwards to another OpenAI-compatible server: no local template or
     tokenizer; the upstream applies tools and the output format itself and checks its context window."""
     assert served.engine is not None
@@ -208,7 +212,7 @@ def _forwarded_chat(chat: ChatInput, served: ServedModel, admission: Admission) 
     generation = GenerationPlan(
         principal=admission.principal,
         model=served,
-        operation="chat.completions",
+        operation=operation,
         request_id=admission.request_id,
         prompt_tokens=(),
         sampling=sampling,
