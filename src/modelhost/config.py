@@ -242,6 +242,25 @@ class Settings(BaseSettings):
         ),
     )
 
+    # -- stored objects (docs/deploy.md "Stored objects") ----------------------------------------
+    stored_objects_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=36500,
+        description=(
+            "How long stored responses, conversations and stored chat completions are kept after they were made; "
+            "past it the sweep deletes them and they are a 404."
+        ),
+    )
+    stored_objects_sweep_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "How often each replica deletes the stored objects whose retention ran out (idempotent, so every "
+            "replica may run it)."
+        ),
+    )
+
     # -- embeddings (README "Embeddings") -------------------------------------------------------
     embedding_model_enabled: bool = Field(
         default=True,
