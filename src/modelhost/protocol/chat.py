@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelhost.protocol.common import Usage, WireModel
+from modelhost.protocol.responses import Metadata
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Seeds are int64 on the wire, and the schema says so. Validation allows 1024 past either end:
@@ -203,6 +204,9 @@ class ChatCompletionRequest(WireModel):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     function_call: Literal["none", "auto"] | NamedFunction | None = None
+    # Stored chat completions: kept for `GET /v1/chat/completions…` until the retention runs out.
+    store: bool | None = None
+    metadata: Metadata | None = None
 
 
 # -- responses ---------------------------------------------------------------------------------
