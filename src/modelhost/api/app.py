@@ -16,6 +16,7 @@ from modelhost import __version__
 from modelhost.organization import bootstrap
 from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi
 from modelhost.api.errors import install_error_handlers
+from modelhost.api.responses import router as responses_router
 from modelhost.api.inflight import InFlightRequests
 from modelhost.api.middleware import RequestContextMiddleware
 from modelhost.api.state import AppState
@@ -195,6 +196,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(completions.router)
+    app.include_router(responses_router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(openapi.router)

@@ -1,0 +1,180 @@
+"""`/v1/responses`: create (JSON or SSE), retrieve, delete, list input items, count input tokens.
+
+A response takes the road chat completions take (convert → admitted → plan → run → assemble →
+settle, api/chat.py); what differs is its context (`responses.context`: a stored chain and item
+references) and its rendering (`responses.render`, `responses.events`). A stored response is
+written before the client is told it is complete: before `response.completed` is sent, before the
+JSON body is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from modelhost.api import generation as gen
+from modelhost.api.deps import app_state, in_thread, principal
+from modelhost.api.state import AppState
+from modelhost.auth import Principal
+from modelhost.engine.base import EngineEvent
+from modelhost.engine.registry import CHAT
+from modelhost.errors import APIError, InvalidRequest
+from modelhost.pipeline import GenerationRun
+from modelhost.pipeline.admission import admitted
+from modelhost.pipeline.assembly import Assembler, collect
+from modelhost.pipeline.planning import ChatPlan
+from modelhost.protocol.common import ErrorResponse, stored_text
+from modelhost.protocol.responses import CreateResponse, DeletedResponse, InputTokens, ItemList, ResponseObject
+from modelhost.responses import context as ctx
+from modelhost.responses import render
+from modelhost.responses import request as req
+from modelhost.responses.events import ResponseEvents, sse
+from modelhost.responses.items import page
+from modelhost.store.tenancy import utcnow
+
+logger = logging.getLogger(__name__)
+router = APIRouter(dependencies=[Depends(principal)])
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429)}
+MAX_PAGE = 100
+
+
+def _retention_days(state: AppState) -> int:
+    return int(getattr(state.settings, "stored_objects_retention_days", ctx.DEFAULT_RETENTION_DAYS))
+
+
+@router.post("/v1/responses", response_model=ResponseObject, responses=ERRORS)
+async def create_response(body: CreateResponse, request: Request, who: Principal = Depends(principal)) -> Response:
+    state = app_state(request)
+    if body.ignored_fields():
+        logger.info("responses: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
+    req.check(body)
+    now = utcnow()
+    context = await in_thread(ctx.load, state.sessions, who, body, now)
+    async with admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="resp_") as (served, admission):
+        chat = await ctx.plan(body, context, served, admission, max_n=state.settings.max_n)
+        run = state.pipeline.run(chat.generation)
+        await run.__aenter__()
+    frame = render.frame(body, chat.generation.request_id, served.id, created_at=int(now.timestamp()))
+    saving = _Saving(state, who, body, context, now)
+    if body.stream:
+        # A forwarded request starts its response once the upstream answered: its errors keep their status.
+        events = await gen.started(run) if chat.generation.upstream is not None else run.events()
+        response = gen.SettledStreamingResponse(_stream(run, events, chat, frame, body, saving), settle=run.settle)
+        response.headers.update(run.rate_limit_headers)
+        return response
+    try:
+        result = await gen.until_disconnect(request, collect(run, chat.tools))
+    except gen.ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the ledger has the partial usage
+    finally:
+        await run.settle()
+    choice = result.choices[0]
+    output = render.output_items(choice, with_logprobs=req.wants_logprobs(body))
+    final = render.finish(frame, output, choice.finish_reason, render.usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens))
+    await saving(final)
+    return JSONResponse(final, headers=run.rate_limit_headers)
+
+
+class _Saving:
+    """Stores a finished response (when the request asked for `store`) on a worker thread."""
+
+    def __init__(self, state: AppState, who: Principal, body: CreateResponse, context: ctx.Context, now: Any) -> None:
+        self._args = (state.sessions, who)
+        self._store, self._context, self._now, self._days = body.store, context, now, _retention_days(state)
+
+    async def __call__(self, response: dict[str, Any]) -> None:
+        if self._store:
+            await in_thread(ctx.save, *self._args, response, self._context, self._now, self._days)
+
+
+async def _stream(
+    run: GenerationRun, events: AsyncIterator[EngineEvent], chat: ChatPlan, frame: dict[str, Any], body: CreateResponse, saving: _Saving
+) -> AsyncIterator[bytes]:
+    renderer = ResponseEvents(frame, with_logprobs=req.wants_logprobs(body))
+    assembler = Assembler(1, chat.tools)
+    try:
+        for event in renderer.start():
+            yield sse(event)
+        async for engine_event in events:
+            for piece in assembler.feed(engine_event):
+                for event in renderer.feed(piece):
+                    yield sse(event)
+        await run.settle()
+        if not run.recorded:
+            message = "The response is complete, but its usage could not be recorded yet; it will be recorded when the database is back."
+            for event in renderer.failed("server_error", message, None, render.failed(frame, "server_error", message, renderer.output)):
+                yield sse(event)
+            return
+        usage = render.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
+        final = render.finish(frame, renderer.output, renderer.finish_reason, usage)
+        await saving(final)
+        yield sse(renderer.finished(final))
+    except APIError as exc:
+        # Headers are gone already: report the failure as events, then close.
+        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+        failed = render.failed(frame, code, str(exc.message), renderer.output)
+        for event in renderer.failed(exc.code, str(exc.message), exc.param, failed):
+            yield sse(event)
+    finally:
+        await run.settle()
+
+
+def _response_id(response_id: str) -> str:
+    try:
+        return stored_text(response_id)
+    except ValueError:
+        raise InvalidRequest("Invalid response id.", param="response_id", code="invalid_value") from None
+
+
+@router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS)
+async def retrieve_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> JSONResponse:
+    """The stored response (`include[]` is accepted: what a response includes was decided when it was created)."""
+    state = app_state(request)
+    if request.query_params.get("stream") in ("true", "1"):
+        raise InvalidRequest("Only background responses can be streamed again.", param="stream", code="invalid_value")
+    return JSONResponse(await in_thread(ctx.get, state.sessions, who, _response_id(response_id), utcnow()))
+
+
+@router.delete("/v1/responses/{response_id}", response_model=DeletedResponse, responses=ERRORS)
+async def delete_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> DeletedResponse:
+    state = app_state(request)
+    await in_thread(ctx.delete, state.sessions, who, _response_id(response_id), utcnow())
+    return DeletedResponse(id=response_id)
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 20
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise InvalidRequest(f"Invalid 'limit': an integer from 1 to {MAX_PAGE}.", param="limit", code="invalid_value")
+    return int(value)
+
+
+@router.get("/v1/responses/{response_id}/input_items", response_model=ItemList, responses=ERRORS)
+async def list_input_items(response_id: str, request: Request, who: Principal = Depends(principal)) -> JSONResponse:
+    state = app_state(request)
+    query = request.query_params
+    limit = _limit(query.get("limit"))
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid 'order': 'asc' or 'desc'.", param="order", code="invalid_value")
+    after = query.get("after")
+    items = await in_thread(ctx.input_items, state.sessions, who, _response_id(response_id), utcnow())
+    return JSONResponse(page(items, limit=limit, order=order, after=after))
+
+
+@router.post("/v1/responses/input_tokens", response_model=InputTokens, responses=ERRORS)
+async def count_input_tokens(body: CreateResponse, request: Request, who: Principal = Depends(principal)) -> InputTokens:
+    """The tokens the response's context would take, counted by planning it (nothing runs)."""
+    state = app_state(request)
+    req.check(body)
+    context = await in_thread(ctx.load, state.sessions, who, body, utcnow())
+    async with admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="resp_") as (served, admission):
+        chat = await ctx.plan(body, context, served, admission, max_n=state.settings.max_n)
+    generation = chat.generation
+    count = len(generation.prompt_tokens) if generation.upstream is None else generation.upstream.prompt_estimate
+    return InputTokens(input_tokens=count)

@@ -1,0 +1,3 @@
+"""The Responses API as plain functions, without HTTP: items → turns (`items`), the request's rules and
+its `ChatInput` (`request`), the stored chain and context (`context`), the Response object (`render`)
+and its stream of events (`events`). `api/responses.py` is the thin route over them."""

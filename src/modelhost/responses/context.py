@@ -1,0 +1,150 @@
+"""A response's context: the stored chain before it and its own input, planned to fit, then stored.
+
+`load` (blocking; run it on a worker thread) rebuilds everything a `previous_response_id` chain held
+— each earlier response's input items, then its output items (messages, function calls), oldest
+first — and resolves this request's `input` (item references included). The chain is bounded
+before any item is read: a chain longer than `MAX_CHAIN` responses, or a context of more than
+`MAX_CONTEXT_ITEMS` items, is a 400.
+
+`plan` plans the generation; with `truncation: "auto"` a context too long for the model loses its
+oldest items until it fits (OpenAI's documented behaviour), with `disabled` it is the
+context-length 400. `save` stores the finished response with its input items in one transaction,
+before the client is told the response is complete, so a follow-up works at once on any replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelhost.auth import Principal
+from modelhost.engine.registry import ServedModel
+from modelhost.errors import ContextLengthExceeded, InvalidRequest, NotFound
+from modelhost.limits import Admission
+from modelhost.pipeline.planning import ChatPlan, plan_chat
+from modelhost.protocol.responses import CreateResponse
+from modelhost.responses import items as items_mod
+from modelhost.responses import request as req
+from modelhost.store import responses as store
+
+MAX_CHAIN = 256  # responses in one previous_response_id chain
+MAX_CONTEXT_ITEMS = 8192
+DEFAULT_RETENTION_DAYS = 30
+OPERATION = "responses"  # the ledger's name for this endpoint
+
+
+@dataclass(frozen=True)
+class Context:
+    earlier: list[dict[str, Any]]  # the chain's items, oldest first
+    input: list[dict[str, Any]]  # this request's input, as it is stored
+    chain_length: int  # of the new response, itself included
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return [*self.earlier, *self.input]
+
+
+def previous_not_found(response_id: str) -> NotFound:
+    return NotFound(f"Previous response with id '{response_id}' not found.", param="previous_response_id")
+
+
+def _chain_items(session: Session, who: Principal, previous_id: str, now: datetime) -> tuple[list[dict[str, Any]], int]:
+    length = store.chain_length(session, who.organization_id, who.project_id, previous_id, now)
+    if length is None:
+        raise previous_not_found(previous_id)
+    if length >= MAX_CHAIN:
+        raise InvalidRequest(
+            f"The chain of 'previous_response_id' is {length} responses long; at most {MAX_CHAIN - 1} can be continued. "
+            "Start a new chain with the context you need as input.",
+            param="previous_response_id",
+            code="invalid_value",
+        )
+    rows = store.chain(session, who.organization_id, who.project_id, previous_id, now)
+    by_response: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for response_id, role, item in store.items(session, [r.id for r in rows]):
+        by_response.setdefault((response_id, role), []).append(item)
+    earlier: list[dict[str, Any]] = []
+    for row in rows:
+        earlier += by_response.get((row.id, store.INPUT), []) + by_response.get((row.id, store.OUTPUT), [])
+    return earlier, length + 1
+
+
+def load(sessions: sessionmaker[Session], who: Principal, body: CreateResponse, now: datetime) -> Context:
+    """The chain before the new response and its own input (blocking)."""
+    with sessions() as session:
+        earlier: list[dict[str, Any]] = []
+        length = 1
+        if body.previous_response_id is not None:
+            earlier, length = _chain_items(session, who, body.previous_response_id, now)
+        own = items_mod.input_items(
+            body.input, lambda ids: store.find_items(session, who.organization_id, who.project_id, ids, now)
+        )
+    if len(earlier) + len(own) > MAX_CONTEXT_ITEMS:
+        raise InvalidRequest(
+            f"The context holds {len(earlier) + len(own)} items; at most {MAX_CONTEXT_ITEMS} are allowed.",
+            param="previous_response_id" if earlier else "input",
+            code="invalid_value",
+        )
+    if not earlier and not own:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    return Context(earlier, own, length)
+
+
+def _without_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`items` less its oldest eighth (at least one), and less any call outputs left without their call."""
+    rest = items[max(1, len(items) // 8) :]
+    while rest and rest[0].get("type") == "function_call_output":
+        rest = rest[1:]
+    return rest
+
+
+async def plan(body: CreateResponse, context: Context, served: ServedModel, admission: Admission, *, max_n: int) -> ChatPlan:
+    """The generation's plan; with `truncation: auto`, the oldest items dropped until the context fits."""
+    items = context.items
+    while True:
+        chat = req.chat_input(body, items_mod.to_turns(items))
+        try:
+            return await plan_chat(chat, served, admission, max_n=max_n, operation=OPERATION)
+        except ContextLengthExceeded:
+            if body.truncation != "auto" or len(items) <= 1:
+                raise
+            items = _without_oldest(items)
+
+
+def save(
+    sessions: sessionmaker[Session], who: Principal, response: dict[str, Any], context: Context, now: datetime, retention_days: int
+) -> None:
+    """Store the finished response and its input items (blocking)."""
+    with sessions() as session:
+        store.add_response(
+            session,
+            who.organization_id,
+            who.project_id,
+            response,
+            context.input,
+            created_at=now,
+            expires_at=now + timedelta(days=retention_days),
+            chain_length=context.chain_length,
+        )
+        session.commit()
+
+
+def get(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> dict[str, Any]:
+    with sessions() as session:
+        return store.get_response(session, who.organization_id, who.project_id, response_id, now)
+
+
+def delete(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> None:
+    with sessions() as session:
+        store.delete_response(session, who.organization_id, who.project_id, response_id, now)
+        session.commit()
+
+
+def input_items(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> list[dict[str, Any]]:
+    """The response's own input items, in order (404 as for the response itself)."""
+    with sessions() as session:
+        store.get_response(session, who.organization_id, who.project_id, response_id, now)
+        return [item for _, _, item in store.items(session, [response_id], store.INPUT)]
