@@ -8,13 +8,16 @@ import hashlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from modelhost import __version__
 from modelhost.organization import bootstrap
-from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi
+from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi, stored_chat
+from modelhost.api.conversations import router as conversations_router
 from modelhost.api.errors import install_error_handlers
 from modelhost.api.responses import router as responses_router
 from modelhost.api.inflight import InFlightRequests
@@ -29,7 +32,7 @@ from modelhost.engine.grammar_compiler import close_default_compiler
 from modelhost.observability import Observability
 from modelhost.pipeline import Pipeline
 from modelhost.pipeline.ledger_writer import LedgerWriter
-from modelhost.store import UsageLedger, migrate, open_engine, session_factory
+from modelhost.store import UsageLedger, migrate, open_engine, retention, session_factory
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +158,13 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
         )
         await ledger_writer.start()  # also settles rows left pending by crashed replicas
         flusher = asyncio.create_task(_flush_key_use(authenticator, settings.last_used_flush_seconds))
+        sweeper = asyncio.create_task(_sweep_expired(sessions, settings.stored_objects_sweep_seconds))
         hangup = _reload_on_sighup(catalog)
         try:
             yield
         finally:
             flusher.cancel()
+            sweeper.cancel()
             if hangup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if catalog is not None:
@@ -194,9 +199,11 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(stored_chat.router)
     app.include_router(embeddings.router)
     app.include_router(completions.router)
     app.include_router(responses_router)
+    app.include_router(conversations_router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(openapi.router)
@@ -257,3 +264,15 @@ async def _flush_key_use(authenticator: Authenticator, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         await run_in_threadpool(_flush_quietly, authenticator)
+
+
+async def _sweep_expired(sessions: sessionmaker[Session], every: float) -> None:
+    """Delete expired stored objects now and every `every` seconds (store/retention.py); a failure waits for the next round."""
+    while True:
+        try:
+            deleted = await run_in_threadpool(retention.purge_expired, sessions, datetime.now(timezone.utc))
+            if any(deleted.values()):
+                logger.info("retention: deleted expired stored objects %s", deleted)
+        except Exception:
+            logger.warning("could not delete expired stored objects; will retry", exc_info=True)
+        await asyncio.sleep(every)

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from modelhost.api import generation as gen
 from modelhost.api.deps import app_state, principal
+from modelhost.api.state import AppState
 from modelhost.auth import Principal
+from modelhost.chat_completions import stored
 from modelhost.engine.base import EngineEvent, TokenLogprob
 from modelhost.engine.registry import CHAT
 from modelhost.errors import APIError
 from modelhost.pipeline import GenerationRun
 from modelhost.pipeline.admission import admitted
-from modelhost.pipeline.assembly import Assembler, CallPiece, ChoiceEnd, ContentPiece, RunResult, collect
+from modelhost.pipeline.assembly import Assembler, CallPiece, ChoiceEnd, ChoiceResult, ContentPiece, RunResult, collect
 from modelhost.pipeline.planning import ChatPlan, plan_chat
 from modelhost.protocol import convert
 from modelhost.protocol.chat import ChatCompletion, ChatCompletionRequest
@@ -43,11 +46,12 @@ async def create_chat_completion(
         chat = await plan_chat(convert.chat_input(body), served, admission, max_n=state.settings.max_n)
         run = state.pipeline.run(chat.generation)
         await run.__aenter__()
+    keep = _keeper(state, who, body) if body.store else None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # A forwarded request starts its response once the upstream answered: its errors keep their status.
         events = await gen.started(run) if chat.generation.upstream is not None else run.events()
-        response = gen.SettledStreamingResponse(_stream(run, events, chat, include_usage), settle=run.settle)
+        response = gen.SettledStreamingResponse(_stream(run, events, chat, include_usage, keep), settle=run.settle)
         response.headers.update(run.rate_limit_headers)
         return response
     try:
@@ -56,7 +60,23 @@ async def create_chat_completion(
         return Response(status_code=499)  # nobody is listening; the ledger has the partial usage
     finally:
         await run.settle()
-    return JSONResponse(_completion(chat, result), headers=run.rate_limit_headers)
+    completion = _completion(chat, result)
+    if keep is not None:
+        await keep(completion)
+    return JSONResponse(completion, headers=run.rate_limit_headers)
+
+
+Keeper = Callable[[dict[str, object]], Awaitable[None]]
+
+
+def _keeper(state: AppState, who: Principal, body: ChatCompletionRequest) -> Keeper:
+    """`store: true`: what saves the finished completion, before the client has its answer (or `[DONE]`)."""
+
+    async def keep(completion: dict[str, object]) -> None:
+        days = state.settings.stored_objects_retention_days
+        await run_in_threadpool(lambda: stored.save(state.sessions, who, body, completion, retention_days=days))
+
+    return keep
 
 
 def _logprobs(tokens: Sequence[TokenLogprob]) -> dict[str, object]:
@@ -73,7 +93,7 @@ def _function(name: str | None, arguments: str | None) -> dict[str, str]:
     return {k: v for k, v in (("name", name), ("arguments", arguments)) if v is not None}
 
 
-def _completion(chat: ChatPlan, result: RunResult) -> dict[str, object]:
+def _completion(chat: ChatPlan, result: RunResult, created: int | None = None) -> dict[str, object]:
     plan = chat.generation
     wants_logprobs = plan.sampling.logprobs is not None
     choices = []
@@ -96,7 +116,7 @@ def _completion(chat: ChatPlan, result: RunResult) -> dict[str, object]:
     return {
         "id": plan.request_id,
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": created or int(time.time()),
         "model": plan.model.id,
         "system_fingerprint": plan.model.fingerprint,
         "choices": choices,
@@ -115,11 +135,14 @@ def _call_delta(piece: CallPiece) -> dict[str, object]:
     return {"tool_calls": [call]}
 
 
-async def _stream(run: GenerationRun, events: AsyncIterator[EngineEvent], chat: ChatPlan, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    run: GenerationRun, events: AsyncIterator[EngineEvent], chat: ChatPlan, include_usage: bool, keep: Keeper | None = None
+) -> AsyncIterator[bytes]:
     plan = run.plan
     created = int(time.time())
     wants_logprobs = plan.sampling.logprobs is not None
     assembler = Assembler(plan.n, chat.tools)
+    answers = [ChoiceResult() for _ in range(plan.n)]  # the choices as streamed, whole, for `keep`
 
     def chunk(choices: list[dict[str, object]], **extra: object) -> bytes:
         payload: dict[str, object] = {
@@ -143,7 +166,9 @@ async def _stream(run: GenerationRun, events: AsyncIterator[EngineEvent], chat: 
             yield chunk([choice(i, {"role": "assistant", "content": "", "refusal": None})])
         async for event in events:
             for piece in assembler.feed(event):
+                answers[piece.index].add(piece)
                 if isinstance(piece, ContentPiece):
+                    answers[piece.index].logprobs.extend(piece.logprobs)
                     logprobs = _logprobs(piece.logprobs) if wants_logprobs and piece.logprobs else None
                     yield chunk([choice(piece.index, {"content": piece.text}, logprobs=logprobs)])
                 elif isinstance(piece, CallPiece):
@@ -153,6 +178,8 @@ async def _stream(run: GenerationRun, events: AsyncIterator[EngineEvent], chat: 
         if (unrecorded := await gen.settle_before_done([run])) is not None:
             yield unrecorded
             return
+        if keep is not None:
+            await keep(_completion(chat, RunResult(answers, (), run.prompt_tokens, run.completion_tokens, run.cached_tokens), created))
         if include_usage:
             yield chunk([], usage=gen.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens))
         yield gen.SSE_DONE

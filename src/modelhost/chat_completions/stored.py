@@ -75,9 +75,9 @@ def stored_message(message: Message, param: str) -> dict[str, Any]:
         "content": None if message.content is None else convert.content_text(message.content, param),
         "name": getattr(message, "name", None),
         "content_parts": [p.model_dump() for p in parts] if parts is not None else None,
+        "refusal": message.refusal if isinstance(message, AssistantMessage) else None,  # the spec requires it
     }
     if isinstance(message, AssistantMessage):
-        shown["refusal"] = message.refusal
         if message.tool_calls:
             shown["tool_calls"] = [c.model_dump() for c in message.tool_calls]
         if message.function_call is not None:

@@ -6,7 +6,7 @@ own transaction, so one kind's failure does not keep the others. Every replica r
 every `Settings.stored_objects_sweep_seconds`): deleting what has expired is idempotent, and an
 object past its `expires_at` is deleted whichever replica gets there first.
 
-    purge_expired(sessions, datetime.now(timezone.utc))   # {"chat_completions": 3, "conversations": 0}
+    purge_expired(sessions, datetime.now(timezone.utc))   # {"chat_completions": 3, "conversations": 0, "responses": 1}
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.store import chat_completions, conversations
+from modelhost.store import chat_completions, conversations, responses
 
 Purge = Callable[[Session, datetime], int]
 
 PURGES: dict[str, Purge] = {
     "chat_completions": chat_completions.purge_expired,
     "conversations": conversations.purge_expired,
+    "responses": responses.purge_expired,
 }
 
 
