@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from modelhost import __version__
 from modelhost.organization import bootstrap
 from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi, stored_chat
+from modelhost.api.conversations import router as conversations_router
 from modelhost.api.errors import install_error_handlers
 from modelhost.api.responses import router as responses_router
 from modelhost.api.inflight import InFlightRequests
@@ -202,6 +203,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(embeddings.router)
     app.include_router(completions.router)
     app.include_router(responses_router)
+    app.include_router(conversations_router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(openapi.router)
