@@ -64,7 +64,8 @@ def frame(body: CreateResponse, response_id: str, model: str, *, created_at: int
         user=body.user,
         metadata=body.metadata or {},
     )
-    return response.model_dump(mode="json")
+    # The spec's Response has no null `usage` or `user`: left out until there is one.
+    return response.model_dump(mode="json", exclude={k for k in ("usage", "user") if getattr(response, k) is None})
 
 
 def message_item(item_id: str, text: str, status: str, tokens: Sequence[TokenLogprob] = (), *, with_logprobs: bool = False) -> Json:
@@ -96,7 +97,7 @@ def output_items(choice: ChoiceResult, *, with_logprobs: bool) -> list[Json]:
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Json:
     return {
         "input_tokens": prompt_tokens,
-        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
         "output_tokens": completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt_tokens + completion_tokens,
