@@ -41,7 +41,7 @@ def test_a_request_finds_the_route_the_router_would_pick() -> None:
     assert gate.route(_scope("GET", "/v1/models/some/model:with-slashes")).path == "/v1/models/{model:path}"  # type: ignore[union-attr]
     assert gate.route(_scope("DELETE", "/v1/organization/projects/proj_x/users/u")).checks == (admin_principal,)  # type: ignore[union-attr]
     assert gate.route(_scope("GET", "/health")).checks == ()  # type: ignore[union-attr]
-    assert gate.route(_scope("GET", "/v1/chat/completions")) is None  # wrong method: the router's 405, no key asked
+    assert gate.route(_scope("PUT", "/v1/chat/completions")) is None  # wrong method: the router's 405, no key asked
     assert gate.route(_scope("POST", "/v1/nothing")) is None
 
 
