@@ -242,7 +242,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    # -- stored objects (docs/deploy.md "Stored objects") ----------------------------------------
+    # -- stored objects (docs/deploy.md section 8) ------------------------------------------------
     stored_objects_retention_days: int = Field(
         default=30,
         ge=1,
