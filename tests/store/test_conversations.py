@@ -5,6 +5,7 @@ Runs on SQLite and PostgreSQL (the `database` fixture).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -147,3 +148,24 @@ def test_deleting_a_conversation_deletes_its_items(database: Database) -> None:
     with database.sessions() as session:
         assert store.find_conversation(session, ORG, PROJECT, conversation_id) is None
         assert session.scalar(select(func.count()).select_from(StoredConversationItem)) == 0
+
+
+def test_concurrent_appends_take_distinct_positions(database: Database) -> None:
+    conversation_id = _new(database)
+
+    def append(writer: str) -> None:
+        for n in range(8):
+            with database.sessions() as session:
+                store.append_items(session, ORG, PROJECT, conversation_id, [_message(f"msg_{writer}{n}a"), _message(f"msg_{writer}{n}b")])
+                session.commit()
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(append, "xyz"))
+    with database.sessions() as session:
+        ids = [str(item["id"]) for item in store.conversation_items(session, ORG, PROJECT, conversation_id)]
+        conversation = store.find_conversation(session, ORG, PROJECT, conversation_id)
+        assert conversation is not None and conversation.item_count == len(ids) == 48
+    for writer in "xyz":  # each writer's items in its order, each pair together
+        mine = [i for i in ids if i.startswith(f"msg_{writer}")]
+        assert mine == [f"msg_{writer}{n}{half}" for n in range(8) for half in "ab"]
+        assert all(ids[ids.index(f"msg_{writer}{n}a") + 1] == f"msg_{writer}{n}b" for n in range(8))
