@@ -6,6 +6,7 @@ observer hears of it once. Embeddings keep the same account."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,3 +171,61 @@ def test_a_full_embedder_leaves_no_row(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert world.rows() == [] and world.observer.reports == []
+
+
+class _Leaving:
+    """A request whose client disconnects once `gone` is set (what `until_disconnect` watches)."""
+
+    def __init__(self, gone: asyncio.Event) -> None:
+        self.gone = gone
+
+    async def receive(self) -> dict[str, str]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+def test_a_disconnect_while_embeddings_settle_does_not_break_the_settlement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route runs the embeddings under `until_disconnect`: its cancellation must wait for the
+    shielded settling (limits, then the ledger row) instead of cutting it off halfway."""
+    from modelhost.api.generation import ClientDisconnected, until_disconnect
+
+    world = World(tmp_path)
+    settling, resume = asyncio.Event(), asyncio.Event()
+    settle_limits = world.limiter.settle
+
+    async def slow_settle(*args: object, **kwargs: object) -> None:
+        settling.set()  # the client leaves now, while the limit store answers
+        await resume.wait()
+        await settle_limits(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(world.limiter, "settle", slow_settle)
+
+    async def main() -> None:
+        plan = _embedding_plan(world, await world.admit("embd_1"), _Embedder())
+        leaving = asyncio.ensure_future(until_disconnect(_Leaving(settling), embed(world.pipeline, plan)))  # type: ignore[arg-type]
+        await settling.wait()
+        for _ in range(5):  # let the disconnect be seen and the cancellation delivered
+            await asyncio.sleep(0)
+        resume.set()
+        with contextlib.suppress(ClientDisconnected):  # or the result, had the embedding already come back
+            await leaving
+
+    asyncio.run(main())
+    assert world.rows() == [("embd_1", "completed", 5, 0)]
+    assert [r.outcome for r in world.observer.reports] == ["completed"]
+
+
+def test_an_observer_that_fails_costs_no_ledger_row(tmp_path: Path) -> None:
+    world = World(tmp_path)
+
+    def broken(report: object) -> None:
+        raise RuntimeError("metrics backend gone")
+
+    world.observer.settled = broken  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with world.pipeline.run(await _plan(world)) as run:
+            await _drain(run)
+
+    asyncio.run(main())
+    assert [row[1] for row in world.rows()] == ["completed"]

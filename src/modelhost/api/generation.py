@@ -7,7 +7,6 @@ and the assembly of answers are in `pipeline`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -64,28 +63,32 @@ class ClientDisconnected(Exception):
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it as soon as the client disconnects (so its slots are freed)."""
+    """Await `work`, cancelling it as soon as the client disconnects (so its slots are freed).
 
-    async def disconnected() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
+    The cancellation is anyio's, so the shielded scopes inside `work` (opening and settling a
+    request's account) finish before it ends; a bare `Task.cancel()` would break through them."""
+    outcome: list[T] = []
 
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
+    async def run() -> None:
+        outcome.append(await work)
+        group.cancel_scope.cancel()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
             pass
+        group.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            group.start_soon(watch)
+    except BaseExceptionGroup as failed:  # `work` raised (an APIError, ...): raise it as itself
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
+    if not outcome:
         raise ClientDisconnected()
-    return task.result()
+    return outcome[0]
 
 
 def sse(payload: dict[str, object]) -> bytes:

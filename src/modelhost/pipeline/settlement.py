@@ -110,18 +110,6 @@ class Settlement:
         if self.closed or self._reservation is None:
             return self.recorded
         self.closed = True
-        if self._observer is not None:
-            self._observer.settled(
-                SettlementReport(
-                    model=self.charge.model,
-                    operation=self.charge.operation,
-                    outcome=outcome,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    time_to_first_token=timing.time_to_first_token,
-                    time_per_output_token=timing.time_per_output_token,
-                )
-            )
         entry = self._entry(outcome, prompt_tokens, completion_tokens)
         # Shielded: a disconnect cancels the request's task, but its usage must still be written.
         with anyio.CancelScope(shield=True):
@@ -133,7 +121,27 @@ class Settlement:
                 logger.exception("could not settle the limits of %s", entry.request_id)
             # Retried until durable (or kept for the background to write): a stream's [DONE] waits on this.
             self.recorded = await self._ledger.settle(entry)
+        self._observe(outcome, prompt_tokens, completion_tokens, timing)
         return self.recorded
+
+    def _observe(self, outcome: str, prompt_tokens: int, completion_tokens: int, timing: Timing) -> None:
+        """Metrics and the access log, after the account is settled: a failing observer costs no row."""
+        if self._observer is None:
+            return
+        try:
+            self._observer.settled(
+                SettlementReport(
+                    model=self.charge.model,
+                    operation=self.charge.operation,
+                    outcome=outcome,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    time_to_first_token=timing.time_to_first_token,
+                    time_per_output_token=timing.time_per_output_token,
+                )
+            )
+        except Exception:
+            logger.exception("the observer failed on %s", self.charge.request_id)
 
     def _entry(self, outcome: str, prompt_tokens: int, completion_tokens: int) -> UsageEntry:
         who = self.charge.principal
