@@ -43,7 +43,7 @@ def _valid_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None
     if value is not None and len(value) > MAX_LOGIT_BIAS_ENTRIES:
         raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries are allowed")
     for token, bias in (value or {}).items():
-        if not token.isdigit() or len(token) > 9:
+        if not (token.isascii() and token.isdigit()) or len(token) > 9:  # '²' is a digit to isdigit
             raise ValueError(f"keys must be token ids (integers), got {token[:20]!r}")
         if not -100 <= bias <= 100:
             raise ValueError(f"bias values must be between -100 and 100, got {bias}")

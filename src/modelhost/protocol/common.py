@@ -70,7 +70,8 @@ class WireModel(BaseModel):
         return value
 
     def ignored_fields(self) -> list[str]:
-        return sorted((self.model_extra or {}).keys())
+        """The unknown fields' names, for an info log line: at most 20, each cut to 64 characters."""
+        return sorted(name[:64] for name in (self.model_extra or {}))[:20]
 
 
 class Usage(BaseModel):
