@@ -125,3 +125,13 @@ def test_database_at_the_old_merge_revision_upgrades_like_any_other(empty_engine
     with empty_database(empty_engine.dialect.name, tmp_path / "fresh") as fresh:
         migrate(fresh)
         assert schema_of(empty_engine) == schema_of(fresh)
+
+
+def test_a_database_at_the_old_limits_branch_alone_is_refused_not_skipped_past_admin(empty_engine: Engine) -> None:
+    """Under the old graph a database could be upgraded to 0003_limits alone; in the one line 0003
+    follows 0002, so upgrading it would skip 0002's tables without a word. It is refused instead."""
+    stamped(empty_engine, "0003_limits", {"0003_limits"})
+    with empty_engine.begin() as connection:  # what the old branch alone had: no 0002_admin tables
+        connection.execute(text("DROP TABLE invites"))
+    with pytest.raises(RuntimeError, match="0002_admin"):
+        migrate(empty_engine)

@@ -75,14 +75,25 @@ def forget_superseded_versions(connection: Connection, script: ScriptDirectory) 
     0003_limits, and keeping only the descendant says so in the new history. A table of one row,
     or of rows on separate branches, or naming revisions this release does not know, is left as is.
     """
-    if not inspect(connection).has_table("alembic_version"):
+    inspector = inspect(connection)
+    if not inspector.has_table("alembic_version"):
         return
     versions = {row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))}
+    if versions == {"0003_limits"} and not inspector.has_table(_ADMIN_TABLE):
+        # Only possible for a database upgraded by hand to 0003_limits alone under the old graph:
+        # in the new line 0003 follows 0002, so upgrading would silently skip 0002's tables.
+        raise RuntimeError(
+            "This database is at 0003_limits without 0002_admin's tables (an upgrade to one branch of the old "
+            "migration graph); run `alembic upgrade 0002_admin` from a modelhost release before issue #13 first."
+        )
     known = {revision.revision for revision in script.walk_revisions()}
     for version in versions & known:
         ancestors = {revision.revision for revision in script.iterate_revisions(version, "base")} - {version}
         for superseded in ancestors & versions:
             connection.execute(text("DELETE FROM alembic_version WHERE version_num = :v"), {"v": superseded})
+
+
+_ADMIN_TABLE = "invites"  # one of the tables 0002_admin creates
 
 
 def _alembic_config() -> Config:
