@@ -2,7 +2,10 @@
 
 Built from `MODELHOST_PRICES` and the models file's ``price = {…}`` entries (the operator's
 setting wins). Nothing changes a table in place: a reload builds a new one and hands it to the
-limiter beside the new model registry, so a request prices all its tokens by one table.
+limiter beside the new model registry, so every lookup sees one whole table, never a half-built
+one. A request reserved just before a reload is settled at the new table's price: its dollar
+counter holds actual tokens × the price in force when it settled (the ledger stores tokens, and
+the Costs API prices them with the current table).
 
 ``PriceTable({"m": ModelPrice(input=1.0)}).price_of("other")`` is the ``"*"`` price if there is
 one, else zero.
