@@ -46,7 +46,11 @@ def _save(database: Database, who: Principal, ident: str, *, at: datetime = NOW,
             "messages": [
                 {"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi"}]},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "refusal", "refusal": "No."}],
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
                 {"role": "tool", "content": "ok", "tool_call_id": "call_1"},
             ],
         }
@@ -129,6 +133,7 @@ def test_messages_are_the_request_messages_with_ids_in_pages(database: Database)
     rest = stored.messages(database.sessions, mine, "chatcmpl-a", MessageListQuery(limit=2, after=first.last_id))
     assistant, tool = rest.data
     assert not rest.has_more and assistant.tool_calls and assistant.tool_calls[0].id == "call_1"
+    assert (assistant.content, assistant.content_parts) == ("No.", [])  # a refusal part is text, not a spec part
     assert tool.model_dump()["tool_call_id"] == "call_1"
     newest = stored.messages(database.sessions, mine, "chatcmpl-a", MessageListQuery(order="desc", limit=1))
     assert [m.id for m in newest.data] == ["chatcmpl-a-3"]

@@ -22,7 +22,7 @@ from modelhost.auth import Principal
 from modelhost.errors import ServiceUnavailable
 from modelhost.organization.common import not_found, transaction
 from modelhost.protocol import convert
-from modelhost.protocol.chat import AssistantMessage, ChatCompletionRequest, Message, ToolMessage
+from modelhost.protocol.chat import AssistantMessage, ChatCompletionRequest, Message, TextPart, ToolMessage
 from modelhost.protocol.stored_chat import (
     ChatCompletionDeleted,
     ChatCompletionList,
@@ -74,7 +74,8 @@ def stored_message(message: Message, param: str) -> dict[str, Any]:
         "role": message.role,
         "content": None if message.content is None else convert.content_text(message.content, param),
         "name": getattr(message, "name", None),
-        "content_parts": [p.model_dump() for p in parts] if parts is not None else None,
+        # The spec's parts are text and image_url; a model that reads text takes nothing else (a refusal part is content).
+        "content_parts": [p.model_dump() for p in parts if isinstance(p, TextPart)] if parts is not None else None,
         "refusal": message.refusal if isinstance(message, AssistantMessage) else None,  # the spec requires it
     }
     if isinstance(message, AssistantMessage):
