@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from modelhost.api.admin.deps import parse_query, stored_path_params
+from modelhost.api.admin.deps import parse_query, query_doc, stored_path_params
 from modelhost.api.deps import app_state, principal
 from modelhost.auth import Principal
 from modelhost.chat_completions import stored
@@ -33,7 +33,20 @@ router = APIRouter(
 )
 
 
-@router.get("", response_model=ChatCompletionList, response_model_exclude_unset=True)
+# `metadata[key]=value` is parsed beside the query model (`_metadata_filter`): keys may be any text.
+METADATA_FILTER = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "schema": {"type": "object", "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE}, "maxProperties": MAX_METADATA_PAIRS},
+    "description": "Only the completions that have every one of these metadata pairs: metadata[key1]=value1&metadata[key2]=value2.",
+}
+LIST_QUERY = {"parameters": [*query_doc(ChatCompletionListQuery)["parameters"], METADATA_FILTER]}
+
+
+@router.get("", response_model=ChatCompletionList, response_model_exclude_unset=True, openapi_extra=LIST_QUERY)
 def list_chat_completions(request: Request, who: Principal = Depends(principal)) -> ChatCompletionList:
     query = parse_query(request, ChatCompletionListQuery)
     return stored.list_completions(app_state(request).sessions, who, query, _metadata_filter(request))
@@ -56,7 +69,12 @@ def delete_chat_completion(completion_id: str, request: Request, who: Principal 
     return stored.delete(app_state(request).sessions, who, completion_id)
 
 
-@router.get("/{completion_id}/messages", response_model=ChatCompletionMessageList, response_model_exclude_unset=True)
+@router.get(
+    "/{completion_id}/messages",
+    response_model=ChatCompletionMessageList,
+    response_model_exclude_unset=True,
+    openapi_extra=query_doc(MessageListQuery),
+)
 def list_chat_completion_messages(
     completion_id: str, request: Request, who: Principal = Depends(principal)
 ) -> ChatCompletionMessageList:
