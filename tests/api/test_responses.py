@@ -77,6 +77,8 @@ def test_stream_events_are_the_spec_sequence_and_the_final_response_is_stored(cl
             seen.append(event.type)
             if event.type == "response.output_text.delta":
                 deltas.append(event.delta)
+            if event.type == "response.completed":  # stored before this event was sent
+                assert client.responses.retrieve(event.response.id).status == "completed"
         final = stream.get_final_response()
     assert seen[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
     assert seen[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]

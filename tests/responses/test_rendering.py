@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from modelhost.api import responses as responses_api
+from modelhost.errors import ContextLengthExceeded
 from modelhost.pipeline.assembly import collect
 from modelhost.protocol.responses import CreateResponse
 from modelhost.responses import context as ctx
@@ -115,3 +118,32 @@ def test_a_whole_answer_with_a_call_is_a_spec_response(tmp_path: Path) -> None:
     assert [i["type"] for i in response["output"]] == ["function_call"]
     assert response["tool_choice"] == "required" and response["metadata"] == {"k": "v"}
     assert world.rows()[0][:2] == ("resp_w", "completed")
+
+
+def test_a_failure_mid_stream_is_an_error_event_then_response_failed(tmp_path: Path) -> None:
+    events = _stream(World(tmp_path, ScriptedEngine(fail=True, context_length=1024)), _body())
+    assert [t for t, _ in events][-2:] == ["error", "response.failed"]
+    failed = events[-1][1]["response"]
+    validate("Response", failed)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+
+
+def _long_context() -> ctx.Context:
+    old = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"old turn {i} " * 4}]} for i in range(8)]
+    return ctx.Context(old, [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "now?"}]}], 2)
+
+
+def test_truncation_auto_drops_the_oldest_items_and_disabled_is_the_context_400(tmp_path: Path) -> None:
+    world = World(tmp_path, ScriptedEngine(context_length=160))
+
+    async def plan(truncation: str) -> Any:
+        body = _body(truncation=truncation, instructions="Be brief.")
+        return await ctx.plan(body, _long_context(), world.model, await world.admit(f"resp_{truncation}"), max_n=4)
+
+    plan_ = asyncio.run(plan("auto"))
+    rendered = world.engine.rendered[-1]
+    assert rendered[0] == {"role": "system", "content": "Be brief."} and rendered[-1]["content"] == "now?"
+    assert 1 < len(rendered) < 10 and len(plan_.generation.prompt_tokens) < 160
+    with pytest.raises(ContextLengthExceeded) as refused:
+        asyncio.run(plan("disabled"))
+    assert refused.value.param == "input"

@@ -1,0 +1,96 @@
+"""Stored responses on SQLite and PostgreSQL: a chain read back in order, scoped to its project, expired by the sweep."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from modelhost.auth import Principal
+from modelhost.errors import InvalidRequest, NotFound
+from modelhost.protocol.responses import CreateResponse
+from modelhost.responses import context as ctx
+from modelhost.store import responses as store
+from modelhost.store import tenancy
+from store.databases import Database
+
+
+def _principals(database: Database) -> tuple[Principal, Principal, Principal]:
+    with database.sessions() as session:
+        org = tenancy.create_organization(session, "Mine")
+        other_org = tenancy.create_organization(session, "Theirs")
+        session.commit()
+        project = tenancy.default_project(session, org.id)
+        other_project = tenancy.create_project(session, org.id, "Elsewhere")
+        foreign = tenancy.default_project(session, other_org.id)
+        session.commit()
+        assert project is not None and foreign is not None
+        ids = (org.id, project.id), (org.id, other_project.id), (other_org.id, foreign.id)
+    return tuple(Principal(o, p, "user-1", "key_1", "project") for o, p in ids)  # type: ignore[return-value]
+
+
+def _respond(database: Database, who: Principal, response_id: str, text: str, previous: str | None = None, *, days: int = 30) -> ctx.Context:
+    body = CreateResponse.model_validate({"model": "m", "input": text, "previous_response_id": previous})
+    now = tenancy.utcnow()
+    context = ctx.load(database.sessions, who, body, now)
+    output = [{"id": f"fc_{response_id}", "type": "function_call", "call_id": f"call_{response_id}", "name": "f", "arguments": "{}", "status": "completed"}]
+    response = {"id": response_id, "status": "completed", "model": "m", "previous_response_id": previous, "output": output}
+    ctx.save(database.sessions, who, response, context, now, days)
+    return context
+
+
+def test_a_chain_is_read_back_in_order_with_its_calls(database: Database) -> None:
+    me, _, _ = _principals(database)
+    _respond(database, me, "resp_1", "first")
+    _respond(database, me, "resp_2", "second", "resp_1")
+    third = _respond(database, me, "resp_3", "third", "resp_2")
+    kinds = [(i["type"], i.get("call_id") or i["content"][0]["text"]) for i in third.items]
+    assert kinds == [
+        ("message", "first"),
+        ("function_call", "call_resp_1"),
+        ("message", "second"),
+        ("function_call", "call_resp_2"),
+        ("message", "third"),
+    ]
+    assert third.chain_length == 3
+
+
+def test_another_project_or_organization_sees_nothing(database: Database) -> None:
+    me, neighbour, stranger = _principals(database)
+    _respond(database, me, "resp_a", "mine")
+    now = tenancy.utcnow()
+    for who in (neighbour, stranger):
+        with pytest.raises(NotFound) as missing:
+            ctx.get(database.sessions, who, "resp_a", now)
+        assert missing.value.message == "Response with id 'resp_a' not found."
+        with pytest.raises(NotFound):
+            ctx.delete(database.sessions, who, "resp_a", now)
+        with pytest.raises(NotFound) as chained:
+            _respond(database, who, "resp_b", "theirs", "resp_a")
+        assert chained.value.param == "previous_response_id"
+    assert ctx.get(database.sessions, me, "resp_a", now)["id"] == "resp_a"
+
+
+def test_purge_expired_deletes_responses_and_items_past_their_time(database: Database) -> None:
+    me, _, _ = _principals(database)
+    _respond(database, me, "resp_old", "old", days=1)
+    _respond(database, me, "resp_new", "new", days=30)
+    later = tenancy.utcnow() + timedelta(days=2)
+    with pytest.raises(NotFound):  # expired is gone to readers before the sweep runs
+        ctx.get(database.sessions, me, "resp_old", later)
+    with database.sessions() as session:
+        assert store.purge_expired(session, later) == 1
+        session.commit()
+        assert store.items(session, ["resp_old"]) == []
+        assert len(store.items(session, ["resp_new"])) == 2
+    assert ctx.get(database.sessions, me, "resp_new", later)["id"] == "resp_new"
+
+
+def test_a_chain_too_long_is_refused_before_it_is_read(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    me, _, _ = _principals(database)
+    monkeypatch.setattr(ctx, "MAX_CHAIN", 2)
+    _respond(database, me, "resp_1", "first")
+    _respond(database, me, "resp_2", "second", "resp_1")
+    with pytest.raises(InvalidRequest) as refused:
+        _respond(database, me, "resp_3", "third", "resp_2")
+    assert refused.value.param == "previous_response_id"
