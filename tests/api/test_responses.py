@@ -191,3 +191,20 @@ def test_input_items_pages_with_limit_order_and_after(client: openai.OpenAI, mod
     assert [i.content[0].text for i in rest.data] == texts[2:] and not rest.has_more  # type: ignore[union-attr]
     with pytest.raises(openai.BadRequestError):
         client.responses.input_items.list(response.id, limit=101)
+
+
+def test_a_conversation_gives_the_context_and_receives_the_turn(client: openai.OpenAI, model: str) -> None:
+    conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": "My name is Ada."}])
+    response = client.responses.create(model=model, conversation=conversation.id, input="What is my name?", max_output_tokens=4, store=False)
+    body = response.model_dump(mode="json", exclude_unset=True)
+    validate("Response", body)
+    assert body["conversation"] == {"id": conversation.id}
+    items = client.conversations.items.list(conversation.id, order="asc")
+    assert [i.type for i in items.data] == ["message", "message", "message"]
+    assert [i.role for i in items.data] == ["user", "user", "assistant"]  # type: ignore[union-attr]
+    assert items.data[2].id == response.output[0].id
+    with pytest.raises(openai.BadRequestError) as both:
+        client.responses.create(model=model, conversation=conversation.id, previous_response_id=response.id, input="Hi")
+    assert both.value.body["param"] == "conversation"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=model, conversation="conv_unknown", input="Hi", max_output_tokens=2)

@@ -10,6 +10,7 @@ from modelhost.auth import Principal
 from modelhost.errors import InvalidRequest, NotFound
 from modelhost.protocol.responses import CreateResponse
 from modelhost.responses import context as ctx
+from modelhost.store import conversations
 from modelhost.store import responses as store
 from modelhost.store import tenancy
 from store.databases import Database
@@ -94,3 +95,31 @@ def test_a_chain_too_long_is_refused_before_it_is_read(database: Database, monke
     with pytest.raises(InvalidRequest) as refused:
         _respond(database, me, "resp_3", "third", "resp_2")
     assert refused.value.param == "previous_response_id"
+
+
+def test_a_conversation_is_read_before_the_input_and_the_turn_is_added_to_it(database: Database) -> None:
+    me, neighbour, _ = _principals(database)
+    with database.sessions() as session:
+        conversation = conversations.create_conversation(session, me.organization_id, me.project_id, {}, now=tenancy.utcnow())
+        conversations.append_items(
+            session, me.organization_id, me.project_id, conversation.id,
+            [{"id": "msg_seed", "type": "message", "role": "user", "status": "completed", "content": [{"type": "input_text", "text": "seed"}]}],
+        )
+        session.commit()
+        conversation_id = conversation.id
+    body = CreateResponse.model_validate({"model": "m", "input": "next", "conversation": conversation_id})
+    now = tenancy.utcnow()
+    context = ctx.load(database.sessions, me, body, now)
+    assert [i["content"][0]["text"] for i in context.items] == ["seed", "next"]
+    output = [{"id": "msg_out", "type": "message", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "ok", "annotations": []}]}]
+    ctx.save(database.sessions, me, {"id": "resp_c", "status": "completed", "model": "m", "store": False, "output": output}, context, now, 30)
+    with database.sessions() as session:
+        held = conversations.conversation_items(session, me.organization_id, me.project_id, conversation_id)
+        assert [i["id"] for i in held] == ["msg_seed", context.input[0]["id"], "msg_out"]
+        assert store.items(session, ["resp_c"]) == []  # store: false kept no response
+    with pytest.raises(NotFound) as missing:
+        ctx.load(database.sessions, neighbour, body, now)
+    assert missing.value.param == "conversation"
+    again = CreateResponse.model_validate({"model": "m", "input": [{"type": "item_reference", "id": "msg_out"}], "conversation": conversation_id})
+    with pytest.raises(InvalidRequest):  # the item is in the conversation already: refused before any work
+        ctx.load(database.sessions, me, again, now)

@@ -80,14 +80,15 @@ async def create_response(body: CreateResponse, request: Request, who: Principal
 
 
 class _Saving:
-    """Stores a finished response (when the request asked for `store`) on a worker thread."""
+    """Stores a finished response (when it asked for `store`, or continues a conversation) on a worker thread."""
 
     def __init__(self, state: AppState, who: Principal, body: CreateResponse, context: ctx.Context, now: Any) -> None:
         self._args = (state.sessions, who)
-        self._store, self._context, self._now, self._days = body.store, context, now, _retention_days(state)
+        self._context, self._now, self._days = context, now, _retention_days(state)
+        self._needed = body.store or context.conversation_id is not None
 
     async def __call__(self, response: dict[str, Any]) -> None:
-        if self._store:
+        if self._needed:
             await in_thread(ctx.save, *self._args, response, self._context, self._now, self._days)
 
 

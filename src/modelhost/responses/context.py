@@ -14,6 +14,7 @@ before the client is told the response is complete, so a follow-up works at once
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from modelhost.pipeline.planning import ChatPlan, plan_chat
 from modelhost.protocol.responses import CreateResponse
 from modelhost.responses import items as items_mod
 from modelhost.responses import request as req
+from modelhost.store import conversations
 from modelhost.store import responses as store
 
 MAX_CHAIN = 256  # responses in one previous_response_id chain
@@ -38,9 +40,10 @@ OPERATION = "responses"  # the ledger's name for this endpoint
 
 @dataclass(frozen=True)
 class Context:
-    earlier: list[dict[str, Any]]  # the chain's items, oldest first
+    earlier: list[dict[str, Any]]  # the chain's or the conversation's items, oldest first
     input: list[dict[str, Any]]  # this request's input, as it is stored
     chain_length: int  # of the new response, itself included
+    conversation_id: str | None = None  # the conversation this turn's input and output are added to
 
     @property
     def items(self) -> list[dict[str, Any]]:
@@ -72,16 +75,36 @@ def _chain_items(session: Session, who: Principal, previous_id: str, now: dateti
     return earlier, length + 1
 
 
+def _check_not_held(earlier: list[dict[str, Any]], own: list[dict[str, Any]]) -> None:
+    """An input item the conversation already holds is refused now, not when the turn is added after the model ran."""
+    held = {item.get("id") for item in earlier}
+    for i, item in enumerate(own):
+        if item.get("id") in held:
+            raise InvalidRequest(
+                f"Duplicate item found with id '{item['id']}': the conversation already holds it.", param=f"input[{i}]", code="invalid_value"
+            )
+
+
 def load(sessions: sessionmaker[Session], who: Principal, body: CreateResponse, now: datetime) -> Context:
-    """The chain before the new response and its own input (blocking)."""
+    """The chain or conversation before the new response, and its own input (blocking).
+
+    Item references name items of the project's stored responses, or of the conversation."""
+    conversation_id = req.conversation_id(body)
     with sessions() as session:
         earlier: list[dict[str, Any]] = []
         length = 1
         if body.previous_response_id is not None:
             earlier, length = _chain_items(session, who, body.previous_response_id, now)
-        own = items_mod.input_items(
-            body.input, lambda ids: store.find_items(session, who.organization_id, who.project_id, ids, now)
-        )
+        if conversation_id is not None:
+            earlier = [dict(i) for i in conversations.conversation_items(session, who.organization_id, who.project_id, conversation_id)]
+        in_conversation = {str(item.get("id")): item for item in earlier} if conversation_id is not None else {}
+
+        def find(ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+            found = store.find_items(session, who.organization_id, who.project_id, ids, now)
+            return {**found, **{i: in_conversation[i] for i in ids if i in in_conversation}}
+
+        own = items_mod.input_items(body.input, find)
+        _check_not_held(earlier if conversation_id is not None else [], own)
     if len(earlier) + len(own) > MAX_CONTEXT_ITEMS:
         raise InvalidRequest(
             f"The context holds {len(earlier) + len(own)} items; at most {MAX_CONTEXT_ITEMS} are allowed.",
@@ -90,7 +113,7 @@ def load(sessions: sessionmaker[Session], who: Principal, body: CreateResponse, 
         )
     if not earlier and not own:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
-    return Context(earlier, own, length)
+    return Context(earlier, own, length, conversation_id)
 
 
 def _without_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -117,18 +140,23 @@ async def plan(body: CreateResponse, context: Context, served: ServedModel, admi
 def save(
     sessions: sessionmaker[Session], who: Principal, response: dict[str, Any], context: Context, now: datetime, retention_days: int
 ) -> None:
-    """Store the finished response and its input items (blocking)."""
+    """Store the finished response (when it asked for `store`) and add its turn to its conversation
+    (when it has one), in one transaction (blocking)."""
     with sessions() as session:
-        store.add_response(
-            session,
-            who.organization_id,
-            who.project_id,
-            response,
-            context.input,
-            created_at=now,
-            expires_at=now + timedelta(days=retention_days),
-            chain_length=context.chain_length,
-        )
+        if response.get("store", True):
+            store.add_response(
+                session,
+                who.organization_id,
+                who.project_id,
+                response,
+                context.input,
+                created_at=now,
+                expires_at=now + timedelta(days=retention_days),
+                chain_length=context.chain_length,
+            )
+        if context.conversation_id is not None:
+            turn = [*context.input, *response.get("output", [])]
+            conversations.append_items(session, who.organization_id, who.project_id, context.conversation_id, turn)
         session.commit()
 
 

@@ -51,6 +51,7 @@ def frame(body: CreateResponse, response_id: str, model: str, *, created_at: int
         model=model,
         parallel_tool_calls=body.parallel_tool_calls is not False,
         previous_response_id=body.previous_response_id,
+        conversation={"id": conversation} if (conversation := req.conversation_id(body)) is not None else None,
         safety_identifier=body.safety_identifier,
         prompt_cache_key=body.prompt_cache_key,
         store=body.store,

@@ -56,8 +56,12 @@ def check(body: CreateResponse) -> None:
         )
     if body.background:
         raise InvalidRequest("Background responses are not supported yet.", param="background", code="unsupported_parameter")
-    if body.conversation is not None:
-        raise InvalidRequest("Conversations are not supported yet.", param="conversation", code="unsupported_parameter")
+
+
+def conversation_id(body: CreateResponse) -> str | None:
+    """The conversation the response continues, however the request named it."""
+    conversation = body.conversation
+    return conversation if isinstance(conversation, str) or conversation is None else conversation.id
 
 
 def instruction_turns(body: CreateResponse) -> tuple[Turn, ...]:
