@@ -5,6 +5,7 @@ object and event validated against the spec. Real generations are few and short 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Literal
 
 import httpx
@@ -208,3 +209,39 @@ def test_a_conversation_gives_the_context_and_receives_the_turn(client: openai.O
     assert both.value.body["param"] == "conversation"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=model, conversation="conv_unknown", input="Hi", max_output_tokens=2)
+
+
+def _settled(client: openai.OpenAI, response_id: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress"):
+            return response
+        time.sleep(0.2)
+    raise AssertionError(f"{response_id} still running")
+
+
+def test_a_background_response_returns_queued_then_runs_to_the_end(client: openai.OpenAI, model: str) -> None:
+    raw = client.responses.with_raw_response.create(model=model, input="Say hi", max_output_tokens=6, background=True)
+    queued = raw.http_response.json()
+    validate("Response", queued)
+    assert queued["status"] == "queued" and queued["background"] is True and queued["output"] == []
+    done = _settled(client, queued["id"])
+    validate("Response", done.model_dump(mode="json", exclude_unset=True))
+    assert done.status in ("completed", "incomplete") and done.output_text and done.usage.output_tokens > 0
+    assert client.responses.cancel(done.id).status == done.status  # a finished response is returned as it is
+
+
+def test_cancelling_a_background_response_is_idempotent(client: openai.OpenAI, model: str, server: ServerProcess) -> None:
+    started = client.responses.create(model=model, input="Write a long story.", max_output_tokens=256, background=True)
+    cancelled = client.responses.cancel(started.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.cancel(started.id).status == "cancelled"
+    assert client.responses.retrieve(started.id).status == "cancelled"
+    deadline = time.monotonic() + 30
+    while (entry := wait_for_entry(server, started.id)).outcome == "pending" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert entry.outcome == "cancelled" and entry.completion_tokens < 256  # the generation stopped when it was cancelled
+    plain = client.responses.create(model=model, input="Hi", max_output_tokens=1)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(plain.id)

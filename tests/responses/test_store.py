@@ -123,3 +123,17 @@ def test_a_conversation_is_read_before_the_input_and_the_turn_is_added_to_it(dat
     again = CreateResponse.model_validate({"model": "m", "input": [{"type": "item_reference", "id": "msg_out"}], "conversation": conversation_id})
     with pytest.raises(InvalidRequest):  # the item is in the conversation already: refused before any work
         ctx.load(database.sessions, me, again, now)
+
+
+def test_a_background_response_whose_replica_stopped_is_failed_not_running_forever(database: Database) -> None:
+    me, _, _ = _principals(database)
+    body = CreateResponse.model_validate({"model": "m", "input": "x", "background": True})
+    now = tenancy.utcnow()
+    context = ctx.load(database.sessions, me, body, now)
+    queued = {"id": "resp_bg", "status": "queued", "model": "m", "background": True, "output": []}
+    ctx.save(database.sessions, me, queued, context, now, 30, replica_id="replica-gone")
+    assert ctx.get(database.sessions, me, "resp_bg", now)["status"] == "queued"  # nobody asked about liveness
+    failed = ctx.get(database.sessions, me, "resp_bg", now, alive_since=now - timedelta(seconds=30))
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert not ctx.update(database.sessions, me, {**queued, "status": "completed"}, context)  # a late finish changes nothing
+    assert ctx.cancel(database.sessions, me, "resp_bg", now)["status"] == "failed"

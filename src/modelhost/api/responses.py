@@ -9,10 +9,13 @@ JSON body is returned.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -31,7 +34,9 @@ from modelhost.protocol.common import ErrorResponse, stored_text
 from modelhost.protocol.responses import CreateResponse, DeletedResponse, InputTokens, ItemList, ResponseObject
 from modelhost.responses import context as ctx
 from modelhost.responses import render
+from modelhost.pipeline.ledger_writer import STALE_HEARTBEATS
 from modelhost.responses import request as req
+from modelhost.responses.background import BackgroundResponses, run_detached
 from modelhost.responses.events import ResponseEvents, sse
 from modelhost.responses.items import page
 from modelhost.store.tenancy import utcnow
@@ -59,6 +64,8 @@ async def create_response(body: CreateResponse, request: Request, who: Principal
         run = state.pipeline.run(chat.generation)
         await run.__aenter__()
     frame = render.frame(body, chat.generation.request_id, served.id, created_at=int(now.timestamp()))
+    if body.background:
+        return await _in_background(request, run, chat, frame, body, context, who)
     saving = _Saving(state, who, body, context, now)
     if body.stream:
         # A forwarded request starts its response once the upstream answered: its errors keep their status.
@@ -77,6 +84,38 @@ async def create_response(body: CreateResponse, request: Request, who: Principal
     final = render.finish(frame, output, choice.finish_reason, render.usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens))
     await saving(final)
     return JSONResponse(final, headers=run.rate_limit_headers)
+
+
+def _background(request: Request) -> BackgroundResponses:
+    """This app's background responses (made on first use: nothing else needs them)."""
+    holder = request.app.state
+    if not hasattr(holder, "background_responses"):
+        holder.background_responses = BackgroundResponses()
+    return holder.background_responses  # type: ignore[no-any-return]
+
+
+async def _in_background(
+    request: Request, run: GenerationRun, chat: ChatPlan, frame: dict[str, Any], body: CreateResponse, context: ctx.Context, who: Principal
+) -> JSONResponse:
+    """Store the response `queued`, run it detached from this request, answer at once."""
+    state = app_state(request)
+    queued = {**frame, "status": "queued"}
+    try:
+        await in_thread(
+            functools.partial(ctx.save, replica_id=state.ledger_writer.replica_id),
+            state.sessions, who, queued, context, utcnow(), _retention_days(state),
+        )
+    except BaseException:
+        await run.settle()
+        raise
+
+    async def save(response: dict[str, Any]) -> None:
+        with anyio.CancelScope(shield=True):  # a cancelled task still records how it ended
+            await anyio.to_thread.run_sync(ctx.update, state.sessions, who, response, context)
+
+    work = run_detached(run, chat.tools, frame, with_logprobs=req.wants_logprobs(body), save=save)
+    _background(request).start(frame["id"], work)
+    return JSONResponse(queued, headers=run.rate_limit_headers)
 
 
 class _Saving:
@@ -136,8 +175,20 @@ async def retrieve_response(response_id: str, request: Request, who: Principal =
     """The stored response (`include[]` is accepted: what a response includes was decided when it was created)."""
     state = app_state(request)
     if request.query_params.get("stream") in ("true", "1"):
-        raise InvalidRequest("Only background responses can be streamed again.", param="stream", code="invalid_value")
-    return JSONResponse(await in_thread(ctx.get, state.sessions, who, _response_id(response_id), utcnow()))
+        raise InvalidRequest("Streaming a stored response again is not supported yet.", param="stream", code="unsupported_parameter")
+    now = utcnow()
+    alive_since = now - timedelta(seconds=STALE_HEARTBEATS * state.settings.ledger_heartbeat_seconds)
+    return JSONResponse(await in_thread(functools.partial(ctx.get, alive_since=alive_since), state.sessions, who, _response_id(response_id), now))
+
+
+@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS)
+async def cancel_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> JSONResponse:
+    """Cancel a background response (idempotent: a finished or cancelled one is returned as it is)."""
+    state = app_state(request)
+    response = await in_thread(ctx.cancel, state.sessions, who, _response_id(response_id), utcnow())
+    if response["status"] == "cancelled":
+        _background(request).cancel(response["id"])
+    return JSONResponse(response)
 
 
 @router.delete("/v1/responses/{response_id}", response_model=DeletedResponse, responses=ERRORS)

@@ -138,10 +138,18 @@ async def plan(body: CreateResponse, context: Context, served: ServedModel, admi
 
 
 def save(
-    sessions: sessionmaker[Session], who: Principal, response: dict[str, Any], context: Context, now: datetime, retention_days: int
+    sessions: sessionmaker[Session],
+    who: Principal,
+    response: dict[str, Any],
+    context: Context,
+    now: datetime,
+    retention_days: int,
+    *,
+    replica_id: str | None = None,
 ) -> None:
-    """Store the finished response (when it asked for `store`) and add its turn to its conversation
-    (when it has one), in one transaction (blocking)."""
+    """Store the response (when it asked for `store`) and, once it is finished, add its turn to its
+    conversation (when it has one), in one transaction (blocking). A queued background response is
+    stored with the replica that runs it."""
     with sessions() as session:
         if response.get("store", True):
             store.add_response(
@@ -153,15 +161,69 @@ def save(
                 created_at=now,
                 expires_at=now + timedelta(days=retention_days),
                 chain_length=context.chain_length,
+                replica_id=replica_id,
             )
-        if context.conversation_id is not None:
-            turn = [*context.input, *response.get("output", [])]
-            conversations.append_items(session, who.organization_id, who.project_id, context.conversation_id, turn)
+        if response["status"] in FINISHED:
+            _add_turn(session, who, response, context)
         session.commit()
 
 
-def get(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> dict[str, Any]:
+FINISHED = ("completed", "incomplete")  # an answer that goes into the conversation
+RUNNING = ("queued", "in_progress")
+
+
+def _add_turn(session: Session, who: Principal, response: dict[str, Any], context: Context) -> None:
+    if context.conversation_id is not None:
+        turn = [*context.input, *response.get("output", [])]
+        conversations.append_items(session, who.organization_id, who.project_id, context.conversation_id, turn)
+
+
+def update(sessions: sessionmaker[Session], who: Principal, response: dict[str, Any], context: Context) -> bool:
+    """A background response's new state, unless it was cancelled (or failed) meanwhile (blocking)."""
     with sessions() as session:
+        if not store.update_response(session, who.organization_id, who.project_id, response, from_statuses=RUNNING):
+            return False
+        if response["status"] in FINISHED:
+            _add_turn(session, who, response, context)
+        session.commit()
+        return True
+
+
+def cancel(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> dict[str, Any]:
+    """Mark a background response cancelled, if it is still running; its object either way (blocking).
+
+    400 for a response that was not made in the background, as OpenAI answers."""
+    with sessions() as session:
+        response = store.get_response(session, who.organization_id, who.project_id, response_id, now)
+        if not response.get("background"):
+            raise InvalidRequest("Only responses created with background=true can be cancelled.", param="response_id", code="invalid_value")
+        if response["status"] in RUNNING:
+            cancelled = {**response, "status": "cancelled"}
+            if store.update_response(session, who.organization_id, who.project_id, cancelled, from_statuses=RUNNING):
+                session.commit()
+                return cancelled
+            response = store.get_response(session, who.organization_id, who.project_id, response_id, now)
+        return response
+
+
+def get(
+    sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime, *, alive_since: datetime | None = None
+) -> dict[str, Any]:
+    """The stored response; a background one whose replica stopped (no heartbeat since `alive_since`)
+    is marked failed now rather than left running forever (blocking)."""
+    with sessions() as session:
+        response = store.get_response(session, who.organization_id, who.project_id, response_id, now)
+        replica = store.running_replica(session, who.organization_id, who.project_id, response_id, now)
+        if alive_since is None or replica is None or store.replica_alive(session, replica, alive_since):
+            return response
+        failed = {
+            **response,
+            "status": "failed",
+            "error": {"code": "server_error", "message": "The server running this response stopped before it finished."},
+        }
+        if store.update_response(session, who.organization_id, who.project_id, failed, from_statuses=RUNNING):
+            session.commit()
+            return failed
         return store.get_response(session, who.organization_id, who.project_id, response_id, now)
 
 

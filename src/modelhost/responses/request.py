@@ -54,8 +54,10 @@ def check(body: CreateResponse) -> None:
             param="tool_choice",
             code="unsupported_value",
         )
-    if body.background:
-        raise InvalidRequest("Background responses are not supported yet.", param="background", code="unsupported_parameter")
+    if body.background and not body.store:
+        raise InvalidRequest("Background responses must be stored: 'store' cannot be false.", param="store", code="invalid_value")
+    if body.background and body.stream:
+        raise InvalidRequest("Streaming a background response is not supported yet.", param="stream", code="unsupported_parameter")
 
 
 def conversation_id(body: CreateResponse) -> str | None:

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, delete, select
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelhost.errors import NotFound
-from modelhost.store.schema import Base
+from modelhost.store.schema import Base, LedgerReplica
+from modelhost.store.tenancy import as_utc
 
 INPUT, OUTPUT = "input", "output"
 
@@ -35,6 +36,7 @@ class StoredResponse(Base):
     model: Mapped[str] = mapped_column(String(256))
     previous_response_id: Mapped[str | None] = mapped_column(String(128))
     chain_length: Mapped[int] = mapped_column(Integer)  # responses in its chain, itself included
+    replica_id: Mapped[str | None] = mapped_column(String(64))  # a background response: the replica running it
     body: Mapped[dict[str, Any]] = mapped_column(JSON)  # the Response object
 
 
@@ -67,6 +69,7 @@ def add_response(
     created_at: datetime,
     expires_at: datetime,
     chain_length: int,
+    replica_id: str | None = None,
 ) -> None:
     """Store the Response object `body`, the items it was given and the items it answered with."""
     session.add(
@@ -80,23 +83,65 @@ def add_response(
             model=body["model"],
             previous_response_id=body.get("previous_response_id"),
             chain_length=chain_length,
+            replica_id=replica_id,
             body=body,
         )
     )
     session.flush()  # the items' foreign key needs the row on PostgreSQL
-    for role, items in ((INPUT, input_items), (OUTPUT, body.get("output") or [])):
-        for position, item in enumerate(items):
-            session.add(
-                StoredResponseItem(
-                    response_id=body["id"],
-                    organization_id=organization_id,
-                    project_id=project_id,
-                    role=role,
-                    position=position,
-                    item_id=str(item.get("id", "")),
-                    item=item,
-                )
+    _add_items(session, organization_id, project_id, body["id"], INPUT, input_items)
+    _add_items(session, organization_id, project_id, body["id"], OUTPUT, body.get("output") or [])
+
+
+def _add_items(
+    session: Session, organization_id: str, project_id: str, response_id: str, role: str, items: Sequence[dict[str, Any]]
+) -> None:
+    for position, item in enumerate(items):
+        session.add(
+            StoredResponseItem(
+                response_id=response_id,
+                organization_id=organization_id,
+                project_id=project_id,
+                role=role,
+                position=position,
+                item_id=str(item.get("id", "")),
+                item=item,
             )
+        )
+
+
+def update_response(
+    session: Session, organization_id: str, project_id: str, body: dict[str, Any], *, from_statuses: Sequence[str]
+) -> bool:
+    """Replace a response's object (and output items) with `body`, if its status is still one of
+    `from_statuses`: a response cancelled meanwhile stays cancelled. Whether it was replaced."""
+    changed = session.execute(
+        update(StoredResponse)
+        .where(
+            StoredResponse.id == body["id"],
+            StoredResponse.organization_id == organization_id,
+            StoredResponse.project_id == project_id,
+            StoredResponse.status.in_(list(from_statuses)),
+        )
+        .values(status=body["status"], body=body)
+        .execution_options(synchronize_session=False)
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.execute(delete(StoredResponseItem).where(StoredResponseItem.response_id == body["id"], StoredResponseItem.role == OUTPUT))
+    _add_items(session, organization_id, project_id, body["id"], OUTPUT, body.get("output") or [])
+    return True
+
+
+def running_replica(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> str | None:
+    """The replica running the project's background response `response_id`, if it is still queued or in progress."""
+    row = _row(session, organization_id, project_id, response_id, now)
+    return row.replica_id if row is not None and row.status in ("queued", "in_progress") else None
+
+
+def replica_alive(session: Session, replica_id: str, since: datetime) -> bool:
+    """Whether `replica_id` has beaten its ledger heartbeat since `since` (a replica that stopped has no row)."""
+    beat = session.scalars(select(LedgerReplica.heartbeat_at).where(LedgerReplica.replica_id == replica_id)).first()
+    return beat is not None and as_utc(beat) >= since  # type: ignore[operator]
 
 
 def _row(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> StoredResponse | None:

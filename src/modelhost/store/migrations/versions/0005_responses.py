@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(256), nullable=False),
         sa.Column("previous_response_id", sa.String(128), nullable=True),
         sa.Column("chain_length", sa.Integer, nullable=False),
+        sa.Column("replica_id", sa.String(64), nullable=True),
         sa.Column("body", sa.JSON, nullable=False),
     )
     op.create_index("ix_responses_owner", "responses", ["organization_id", "project_id"])
