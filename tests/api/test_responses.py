@@ -88,7 +88,10 @@ def test_stream_events_are_the_spec_sequence_and_the_final_response_is_stored(cl
 
     # The wire itself: `event:` equals `type`, sequence numbers rise by one, every event is the spec's.
     headers = {"Authorization": f"Bearer {project_key.secret}"}
-    payload = {"model": model, "input": "Hi", "max_output_tokens": 4, "stream": True, "store": False}
+    payload = {
+        "model": model, "input": "Hi", "max_output_tokens": 4, "stream": True, "store": False,
+        "include": ["message.output_text.logprobs"], "top_logprobs": 2,
+    }
     with httpx.stream("POST", f"{server.base_url}/responses", json=payload, headers=headers, timeout=120) as wire:
         blocks = wire.read().decode().strip().split("\n\n")
     events = []
@@ -99,6 +102,10 @@ def test_stream_events_are_the_spec_sequence_and_the_final_response_is_stored(cl
         validate_event(event)
         events.append(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    logprobs = [lp for e in events if e["type"] == "response.output_text.delta" for lp in e["logprobs"]]
+    assert logprobs and all(len(lp["top_logprobs"]) == 2 for lp in logprobs)
+    final_text = events[-1]["response"]["output"][0]["content"][0]
+    assert [lp["token"] for lp in final_text["logprobs"]] == [lp["token"] for lp in logprobs]
     with pytest.raises(openai.NotFoundError):  # store: false kept nothing
         client.responses.retrieve(events[0]["response"]["id"])
 
@@ -211,6 +218,14 @@ def test_a_conversation_gives_the_context_and_receives_the_turn(client: openai.O
         client.responses.create(model=model, conversation="conv_unknown", input="Hi", max_output_tokens=2)
 
 
+def _settled_entry(server: ServerProcess, request_id: str, timeout: float = 30.0) -> Any:
+    """The ledger row of `request_id` once it is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while (entry := wait_for_entry(server, request_id)).outcome == "pending" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return entry
+
+
 def _settled(client: openai.OpenAI, response_id: str, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -238,10 +253,31 @@ def test_cancelling_a_background_response_is_idempotent(client: openai.OpenAI, m
     assert cancelled.status == "cancelled"
     assert client.responses.cancel(started.id).status == "cancelled"
     assert client.responses.retrieve(started.id).status == "cancelled"
-    deadline = time.monotonic() + 30
-    while (entry := wait_for_entry(server, started.id)).outcome == "pending" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    entry = _settled_entry(server, started.id)
     assert entry.outcome == "cancelled" and entry.completion_tokens < 256  # the generation stopped when it was cancelled
     plain = client.responses.create(model=model, input="Hi", max_output_tokens=1)
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(plain.id)
+
+
+def test_responses_count_in_the_usage_api_completions_and_in_modelhost_usage(model: str, server: ServerProcess, project_key: Any) -> None:
+    start = int(time.time()) // 60 * 60
+    project = str(server.cli("projects", "create", "Responses usage", "--org", project_key.organization)["id"])
+    tenant = _sdk(server, str(server.cli("keys", "create", "--project", project)["secret"]))
+    made = tenant.responses.create(model=model, input="Hi", max_output_tokens=2)
+    assert _settled_entry(server, made.id).outcome == "completed"
+    admin = str(server.cli("keys", "create", "--kind", "admin", "--org", project_key.organization)["secret"])
+    usage = httpx.get(
+        f"{server.base_url}/organization/usage/completions",
+        params={"start_time": start, "bucket_width": "1d", "project_ids[]": project},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    assert usage.status_code == 200, usage.text
+    results = [r for bucket in usage.json()["data"] for r in bucket["results"]]
+    assert made.usage is not None
+    assert [(r["input_tokens"], r["output_tokens"], r["num_model_requests"]) for r in results] == [
+        (made.usage.input_tokens, made.usage.output_tokens, 1)
+    ]
+    rows = server.cli("usage", "--org", project_key.organization)["data"]
+    assert any(r["project_id"] == project and r["requests"] == 1 for r in rows)  # type: ignore[union-attr,index]
