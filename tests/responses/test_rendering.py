@@ -147,3 +147,21 @@ def test_truncation_auto_drops_the_oldest_items_and_disabled_is_the_context_400(
     with pytest.raises(ContextLengthExceeded) as refused:
         asyncio.run(plan("disabled"))
     assert refused.value.param == "input"
+
+
+def test_a_context_far_too_long_is_cut_or_refused_before_it_is_tokenized(tmp_path: Path) -> None:
+    world = World(tmp_path, ScriptedEngine(context_length=64))
+    huge = ctx.Context(
+        [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x" * 10_000}]}],
+        [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "now?"}]}],
+        2,
+    )
+
+    async def plan(truncation: str) -> Any:
+        return await ctx.plan(_body(truncation=truncation), huge, world.model, await world.admit(f"resp_h{truncation}"), max_n=4)
+
+    with pytest.raises(ContextLengthExceeded):
+        asyncio.run(plan("disabled"))
+    assert world.engine.rendered == []  # refused by its length alone
+    asyncio.run(plan("auto"))
+    assert len(world.engine.rendered) == 1 and world.engine.rendered[0][-1]["content"] == "now?"

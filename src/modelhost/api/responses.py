@@ -47,10 +47,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for 
 MAX_PAGE = 100
 
 
-def _retention_days(state: AppState) -> int:
-    return int(getattr(state.settings, "stored_objects_retention_days", ctx.DEFAULT_RETENTION_DAYS))
-
-
 @router.post("/v1/responses", response_model=ResponseObject, responses=ERRORS)
 async def create_response(body: CreateResponse, request: Request, who: Principal = Depends(principal)) -> Response:
     state = app_state(request)
@@ -103,7 +99,7 @@ async def _in_background(
     try:
         await in_thread(
             functools.partial(ctx.save, replica_id=state.ledger_writer.replica_id),
-            state.sessions, who, queued, context, utcnow(), _retention_days(state),
+            state.sessions, who, queued, context, utcnow(), state.settings.stored_objects_retention_days,
         )
     except BaseException:
         await run.settle()
@@ -123,7 +119,7 @@ class _Saving:
 
     def __init__(self, state: AppState, who: Principal, body: CreateResponse, context: ctx.Context, now: Any) -> None:
         self._args = (state.sessions, who)
-        self._context, self._now, self._days = context, now, _retention_days(state)
+        self._context, self._now, self._days = context, now, state.settings.stored_objects_retention_days
         self._needed = body.store or context.conversation_id is not None
 
     async def __call__(self, response: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Discriminator, Field, Tag
 
 from modelhost.protocol.common import StoredStr, WireModel
 
@@ -265,7 +265,7 @@ class CreateResponse(WireModel):
     user: StoredStr | None = Field(default=None, max_length=256)
     safety_identifier: StoredStr | None = Field(default=None, max_length=64)
     prompt_cache_key: StoredStr | None = Field(default=None, max_length=256)
-    store: bool = True
+    store: Annotated[bool, BeforeValidator(lambda value: True if value is None else value)] = True  # null: the default
     stream: bool | None = None
     background: bool | None = None
     previous_response_id: StoredStr | None = Field(default=None, max_length=MAX_ID_LENGTH)

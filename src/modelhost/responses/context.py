@@ -34,7 +34,7 @@ from modelhost.store import responses as store
 
 MAX_CHAIN = 256  # responses in one previous_response_id chain
 MAX_CONTEXT_ITEMS = 8192
-DEFAULT_RETENTION_DAYS = 30
+MAX_TOKEN_CHARACTERS = 64  # longer than any token of any vocabulary we serve
 OPERATION = "responses"  # the ledger's name for this endpoint
 
 
@@ -124,9 +124,33 @@ def _without_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rest
 
 
+def _characters(item: dict[str, Any]) -> int:
+    return len(items_mod.item_text(item.get("content", item.get("output", "")))) + len(str(item.get("arguments", "")))
+
+
+def _cannot_fit(items: list[dict[str, Any]], context_length: int) -> bool:
+    """Whether the items' text is too long for the context whatever the tokenizer (no token is
+    longer than `MAX_TOKEN_CHARACTERS`): such a context is refused, or truncated, before it is tokenized."""
+    return sum(_characters(item) for item in items) > context_length * MAX_TOKEN_CHARACTERS
+
+
 async def plan(body: CreateResponse, context: Context, served: ServedModel, admission: Admission, *, max_n: int) -> ChatPlan:
-    """The generation's plan; with `truncation: auto`, the oldest items dropped until the context fits."""
+    """The generation's plan; with `truncation: auto`, the oldest items dropped until the context fits.
+
+    A context far too long is dropped from (auto) or refused (disabled) by its length in characters
+    first, so a long chain costs one tokenization, not one per attempt."""
+    assert served.engine is not None, "responses are planned only for a model that generates"
     items = context.items
+    context_length = served.engine.context_length
+    if body.truncation == "auto":
+        while len(items) > 1 and _cannot_fit(items, context_length):
+            items = _without_oldest(items)
+    elif _cannot_fit(items, context_length):
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens, and your input is far longer. "
+            "Please reduce the length of the input, or set 'truncation' to 'auto'.",
+            param="input",
+        )
     while True:
         chat = req.chat_input(body, items_mod.to_turns(items))
         try:
