@@ -281,3 +281,35 @@ def test_responses_count_in_the_usage_api_completions_and_in_modelhost_usage(mod
     ]
     rows = server.cli("usage", "--org", project_key.organization)["data"]
     assert any(r["project_id"] == project and r["requests"] == 1 for r in rows)  # type: ignore[union-attr,index]
+
+
+def _events(wire: httpx.Response) -> list[dict[str, Any]]:
+    events = []
+    for block in wire.read().decode().strip().split("\n\n"):
+        head, data = block.split("\n", 1)
+        event = json.loads(data.removeprefix("data: "))
+        assert head == f"event: {event['type']}"
+        validate_event(event)
+        events.append(event)
+    return events
+
+
+def test_a_streamed_background_response_can_be_read_again_from_any_point(client: openai.OpenAI, model: str, project_key: Any, server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {project_key.secret}"}
+    payload = {"model": model, "input": "Say hi", "max_output_tokens": 6, "stream": True, "background": True}
+    with httpx.stream("POST", f"{server.base_url}/responses", json=payload, headers=headers, timeout=120) as wire:
+        live = _events(wire)
+    assert [e["type"] for e in live[:3]] == ["response.created", "response.queued", "response.in_progress"]
+    assert live[0]["response"]["status"] == "queued" and live[-1]["type"] in ("response.completed", "response.incomplete")
+    assert [e["sequence_number"] for e in live] == list(range(len(live)))
+    response_id = live[0]["response"]["id"]
+
+    # Read again through the SDK, after the third event: the same events, from the store.
+    again = client.responses.retrieve(response_id, stream=True, starting_after=2)
+    assert [e.model_dump(mode="json", exclude_unset=True) for e in again] == live[3:]
+    with client.responses.stream(response_id=response_id, starting_after=2) as resumed:
+        assert [e.sequence_number for e in resumed] == list(range(3, len(live)))
+
+    plain = client.responses.create(model=model, input="Hi", max_output_tokens=1)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.retrieve(plain.id, stream=True)

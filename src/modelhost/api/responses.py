@@ -12,12 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from modelhost.api import generation as gen
 from modelhost.api.deps import app_state, in_thread, principal
@@ -36,8 +36,8 @@ from modelhost.responses import context as ctx
 from modelhost.responses import render
 from modelhost.pipeline.ledger_writer import STALE_HEARTBEATS
 from modelhost.responses import request as req
-from modelhost.responses.background import BackgroundResponses, run_detached
-from modelhost.responses.events import ResponseEvents, sse
+from modelhost.responses.background import BackgroundResponses, EventLog, queued_events, run_detached
+from modelhost.responses.events import Event, ResponseEvents, sse
 from modelhost.responses.items import page
 from modelhost.store.tenancy import utcnow
 
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(principal)])
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429)}
 MAX_PAGE = 100
+REPLAY_WAIT_SECONDS, REPLAY_POLL_SECONDS = 600.0, 0.5  # following a response that runs on another replica
 
 
 @router.post("/v1/responses", response_model=ResponseObject, responses=ERRORS)
@@ -92,8 +93,9 @@ def _background(request: Request) -> BackgroundResponses:
 
 async def _in_background(
     request: Request, run: GenerationRun, chat: ChatPlan, frame: dict[str, Any], body: CreateResponse, context: ctx.Context, who: Principal
-) -> JSONResponse:
-    """Store the response `queued`, run it detached from this request, answer at once."""
+) -> Response:
+    """Store the response `queued` and run it detached from this request; answer at once, or follow
+    its events (a client that leaves stops following, not the response)."""
     state = app_state(request)
     queued = {**frame, "status": "queued"}
     try:
@@ -104,14 +106,29 @@ async def _in_background(
     except BaseException:
         await run.settle()
         raise
+    renderer = ResponseEvents(frame, with_logprobs=req.wants_logprobs(body))
+    log = EventLog()
+    log.add(queued_events(renderer, queued))
 
-    async def save(response: dict[str, Any]) -> None:
+    async def save(response: dict[str, Any], events: list[dict[str, Any]] | None) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled task still records how it ended
-            await anyio.to_thread.run_sync(ctx.update, state.sessions, who, response, context)
+            await anyio.to_thread.run_sync(ctx.update, state.sessions, who, response, context, events)
 
-    work = run_detached(run, chat.tools, frame, with_logprobs=req.wants_logprobs(body), save=save)
-    _background(request).start(frame["id"], work)
+    _background(request).start(frame["id"], log, run_detached(run, chat.tools, renderer, log, save=save))
+    if body.stream:
+        return _event_stream(_sse(log.follow(-1)), run.rate_limit_headers)
     return JSONResponse(queued, headers=run.rate_limit_headers)
+
+
+async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield sse(event)
+
+
+def _event_stream(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> StreamingResponse:
+    response = StreamingResponse(body, media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    response.headers.update(headers or {})
+    return response
 
 
 class _Saving:
@@ -167,14 +184,51 @@ def _response_id(response_id: str) -> str:
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS)
-async def retrieve_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> JSONResponse:
-    """The stored response (`include[]` is accepted: what a response includes was decided when it was created)."""
+async def retrieve_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> Response:
+    """The stored response (`include[]` is accepted: what a response includes was decided when it was
+    created); with `stream=true`, a background response's events after `starting_after`."""
     state = app_state(request)
+    response_id = _response_id(response_id)
     if request.query_params.get("stream") in ("true", "1"):
-        raise InvalidRequest("Streaming a stored response again is not supported yet.", param="stream", code="unsupported_parameter")
+        return await _replay(request, state, who, response_id, _starting_after(request.query_params.get("starting_after")))
     now = utcnow()
-    alive_since = now - timedelta(seconds=STALE_HEARTBEATS * state.settings.ledger_heartbeat_seconds)
-    return JSONResponse(await in_thread(functools.partial(ctx.get, alive_since=alive_since), state.sessions, who, _response_id(response_id), now))
+    return JSONResponse(await in_thread(functools.partial(ctx.get, alive_since=_alive_since(state, now)), state.sessions, who, response_id, now))
+
+
+def _alive_since(state: AppState, now: datetime) -> datetime:
+    return now - timedelta(seconds=STALE_HEARTBEATS * state.settings.ledger_heartbeat_seconds)
+
+
+def _starting_after(value: str | None) -> int:
+    if value is None:
+        return -1
+    if not value.lstrip("-").isdigit() or len(value) > 12 or int(value) < -1:
+        raise InvalidRequest("Invalid 'starting_after': a sequence number (an integer from -1).", param="starting_after", code="invalid_value")
+    return int(value)
+
+
+async def _replay(request: Request, state: AppState, who: Principal, response_id: str, after: int) -> StreamingResponse:
+    """A background response's events after `after`: live from this replica's log while it runs here;
+    else, once it has finished (polled on any replica), from the store."""
+    await in_thread(ctx.events, state.sessions, who, response_id, utcnow())  # 404 and 400 before the stream starts
+    log = _background(request).log(response_id)
+    if log is not None:
+        return _event_stream(_sse(log.follow(after)))
+
+    async def stored() -> AsyncIterator[bytes]:
+        deadline = anyio.current_time() + REPLAY_WAIT_SECONDS
+        while anyio.current_time() < deadline:
+            now = utcnow()
+            response = await in_thread(functools.partial(ctx.get, alive_since=_alive_since(state, now)), state.sessions, who, response_id, now)
+            if response["status"] not in ctx.RUNNING:
+                break
+            await anyio.sleep(REPLAY_POLL_SECONDS)
+        _, events = await in_thread(ctx.events, state.sessions, who, response_id, utcnow())
+        for payload in events or []:
+            if payload["sequence_number"] > after:
+                yield sse((payload["type"], payload))
+
+    return _event_stream(stored())
 
 
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS)

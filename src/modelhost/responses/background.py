@@ -1,10 +1,16 @@
-"""Background responses: run to the end detached from the request that made them.
+"""Background responses: run to the end detached from the request that made them, their events kept.
 
-The request stores the response `queued` (with the replica that runs it) and returns at once; a
-task on this replica then runs the generation, storing `in_progress` and then the finished object.
-Each state is stored only while the response is still running in the store, so a cancel (which
-marks it `cancelled` there, from any replica) always wins; on this replica it also cancels the
-task, which frees the engine's slots and settles the ledger with the tokens made so far.
+The request stores the response `queued` (with the replica that runs it) and returns at once, or
+streams; a task on this replica then runs the generation, storing `in_progress` and then the
+finished object with its whole event stream. Each state is stored only while the response is
+still running in the store, so a cancel (which marks it `cancelled` there, from any replica)
+always wins; on this replica it also cancels the task, which frees the engine's slots and settles
+the ledger with the tokens made so far.
+
+Events: `response.created` and `response.queued` (status queued), then the stream a foreground
+response has. While the task runs they are in its `EventLog` here, so a client can follow them
+live from any point (`GET …?stream=true&starting_after=N`); once it has finished they are read back
+from the store, on any replica.
 
 A replica that stops leaves nothing running forever: its heartbeat (the ledger's) goes stale, and
 the next read of the response marks it `failed` (`responses.context.get`).
@@ -14,31 +20,76 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
 
 from modelhost.errors import APIError
 from modelhost.pipeline import GenerationRun
-from modelhost.pipeline.assembly import collect
+from modelhost.pipeline.assembly import Assembler
 from modelhost.responses import render
+from modelhost.responses.events import Event, ResponseEvents
 from modelhost.structured.tools import ToolPlan
 
 logger = logging.getLogger(__name__)
-Save = Callable[[dict[str, Any]], Awaitable[object]]
+# Stores a state of the response; with its events once it has finished.
+Save = Callable[[dict[str, Any], "list[dict[str, Any]] | None"], Awaitable[object]]
+
+
+class EventLog:
+    """A running response's events so far; any number of followers read them as they come."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def add(self, events: list[Event]) -> None:
+        self.events.extend(events)
+        self._wake()
+
+    def close(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self, after: int) -> AsyncIterator[Event]:
+        """The events whose sequence number is above `after`, as they come, until the response ends."""
+        sent = after + 1
+        while True:
+            changed = self._changed
+            while sent < len(self.events):
+                yield self.events[sent]
+                sent += 1
+            if self.done:
+                return
+            await changed.wait()
 
 
 class BackgroundResponses:
-    """This replica's running background responses, by id."""
+    """This replica's running background responses, by id, with their event logs."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._logs: dict[str, EventLog] = {}
 
-    def start(self, response_id: str, work: Coroutine[Any, Any, None]) -> None:
+    def start(self, response_id: str, log: EventLog, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work, name=f"background response {response_id}")
-        self._tasks[response_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(response_id, None))
+        self._tasks[response_id], self._logs[response_id] = task, log
+
+        def finished(_: object) -> None:
+            self._tasks.pop(response_id, None)
+            self._logs.pop(response_id, None)
+            log.close()
+
+        task.add_done_callback(finished)
+
+    def log(self, response_id: str) -> EventLog | None:
+        return self._logs.get(response_id)
 
     def cancel(self, response_id: str) -> None:
         task = self._tasks.get(response_id)
@@ -49,21 +100,45 @@ class BackgroundResponses:
         return len(self._tasks)
 
 
-async def run_detached(run: GenerationRun, tools: ToolPlan | None, frame: dict[str, Any], *, with_logprobs: bool, save: Save) -> None:
-    """Run `run` to its end, storing each state of the response through `save`; settles it however it ends."""
+def queued_events(renderer: ResponseEvents, queued: dict[str, Any]) -> list[Event]:
+    return [renderer.event("response.created", response=queued), renderer.event("response.queued", response=queued)]
+
+
+async def run_detached(
+    run: GenerationRun,
+    tools: ToolPlan | None,
+    renderer: ResponseEvents,
+    log: EventLog,
+    *,
+    save: Save,
+) -> None:
+    """Run `run` to its end, logging its events and storing each state of the response through
+    `save`; settles the run however it ends."""
+    frame = renderer.response
     try:
-        await save({**frame, "status": "in_progress"})
-        result = await collect(run, tools)
+        log.add([renderer.event("response.in_progress", response=frame)])
+        await save(frame, None)
+        assembler = Assembler(1, tools)
+        async for engine_event in run.events():
+            for piece in assembler.feed(engine_event):
+                log.add(renderer.feed(piece))
         await run.settle()
-        choice = result.choices[0]
-        usage = render.usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
-        await save(render.finish(frame, render.output_items(choice, with_logprobs=with_logprobs), choice.finish_reason, usage))
+        usage = render.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
+        final = render.finish(frame, renderer.output, renderer.finish_reason, usage)
+        log.add([renderer.finished(final)])
+        await save(final, [payload for _, payload in log.events])
     except APIError as exc:
         code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
-        await save(render.failed(frame, code, exc.message, []))
+        await _failed(renderer, log, save, code, exc.message, exc.code, exc.param)
     except Exception:
         logger.exception("background response %s failed", frame["id"])
-        await save(render.failed(frame, "server_error", "The server failed while generating this response.", []))
+        await _failed(renderer, log, save, "server_error", "The server failed while generating this response.", None, None)
     finally:
         with anyio.CancelScope(shield=True):
             await run.settle()
+
+
+async def _failed(renderer: ResponseEvents, log: EventLog, save: Save, code: str, message: str, error_code: str | None, param: str | None) -> None:
+    failed = render.failed(renderer.response, code, message, renderer.output)
+    log.add(renderer.failed(error_code, message, param, failed))
+    await save(failed, [payload for _, payload in log.events])

@@ -202,10 +202,13 @@ def _add_turn(session: Session, who: Principal, response: dict[str, Any], contex
         conversations.append_items(session, who.organization_id, who.project_id, context.conversation_id, turn)
 
 
-def update(sessions: sessionmaker[Session], who: Principal, response: dict[str, Any], context: Context) -> bool:
-    """A background response's new state, unless it was cancelled (or failed) meanwhile (blocking)."""
+def update(
+    sessions: sessionmaker[Session], who: Principal, response: dict[str, Any], context: Context, events: list[dict[str, Any]] | None = None
+) -> bool:
+    """A background response's new state (with its events once finished), unless it was cancelled
+    (or failed) meanwhile (blocking)."""
     with sessions() as session:
-        if not store.update_response(session, who.organization_id, who.project_id, response, from_statuses=RUNNING):
+        if not store.update_response(session, who.organization_id, who.project_id, response, from_statuses=RUNNING, events=events):
             return False
         if response["status"] in FINISHED:
             _add_turn(session, who, response, context)
@@ -249,6 +252,18 @@ def get(
             session.commit()
             return failed
         return store.get_response(session, who.organization_id, who.project_id, response_id, now)
+
+
+def events(
+    sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """A background response and its stored events, None while it runs (blocking); 400 for a response
+    not made in the background, which has no stream to read again."""
+    with sessions() as session:
+        response, stored = store.response_events(session, who.organization_id, who.project_id, response_id, now)
+    if not response.get("background"):
+        raise InvalidRequest("Only responses created with background=true can be streamed again.", param="stream", code="invalid_value")
+    return response, stored
 
 
 def delete(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> None:

@@ -56,8 +56,6 @@ def check(body: CreateResponse) -> None:
         )
     if body.background and not body.store:
         raise InvalidRequest("Background responses must be stored: 'store' cannot be false.", param="store", code="invalid_value")
-    if body.background and body.stream:
-        raise InvalidRequest("Streaming a background response is not supported yet.", param="stream", code="unsupported_parameter")
 
 
 def conversation_id(body: CreateResponse) -> str | None:

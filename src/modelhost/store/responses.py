@@ -38,6 +38,7 @@ class StoredResponse(Base):
     chain_length: Mapped[int] = mapped_column(Integer)  # responses in its chain, itself included
     replica_id: Mapped[str | None] = mapped_column(String(64))  # a background response: the replica running it
     body: Mapped[dict[str, Any]] = mapped_column(JSON)  # the Response object
+    events: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # a finished background response's stream
 
 
 class StoredResponseItem(Base):
@@ -110,10 +111,16 @@ def _add_items(
 
 
 def update_response(
-    session: Session, organization_id: str, project_id: str, body: dict[str, Any], *, from_statuses: Sequence[str]
+    session: Session,
+    organization_id: str,
+    project_id: str,
+    body: dict[str, Any],
+    *,
+    from_statuses: Sequence[str],
+    events: list[dict[str, Any]] | None = None,
 ) -> bool:
-    """Replace a response's object (and output items) with `body`, if its status is still one of
-    `from_statuses`: a response cancelled meanwhile stays cancelled. Whether it was replaced."""
+    """Replace a response's object (and output items, and its events when given) with `body`, if its
+    status is still one of `from_statuses`: a response cancelled meanwhile stays cancelled. Whether it was replaced."""
     changed = session.execute(
         update(StoredResponse)
         .where(
@@ -122,7 +129,7 @@ def update_response(
             StoredResponse.project_id == project_id,
             StoredResponse.status.in_(list(from_statuses)),
         )
-        .values(status=body["status"], body=body)
+        .values(status=body["status"], body=body, **({"events": events} if events is not None else {}))
         .execution_options(synchronize_session=False)
     )
     if changed.rowcount != 1:  # type: ignore[attr-defined]
@@ -130,6 +137,16 @@ def update_response(
     session.execute(delete(StoredResponseItem).where(StoredResponseItem.response_id == body["id"], StoredResponseItem.role == OUTPUT))
     _add_items(session, organization_id, project_id, body["id"], OUTPUT, body.get("output") or [])
     return True
+
+
+def response_events(
+    session: Session, organization_id: str, project_id: str, response_id: str, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The response and its stored events (None until a background response has finished)."""
+    row = _row(session, organization_id, project_id, response_id, now)
+    if row is None:
+        raise not_found(response_id)
+    return dict(row.body), row.events
 
 
 def running_replica(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> str | None:

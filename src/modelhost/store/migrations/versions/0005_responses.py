@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("chain_length", sa.Integer, nullable=False),
         sa.Column("replica_id", sa.String(64), nullable=True),
         sa.Column("body", sa.JSON, nullable=False),
+        sa.Column("events", sa.JSON, nullable=True),
     )
     op.create_index("ix_responses_owner", "responses", ["organization_id", "project_id"])
     op.create_index("ix_responses_expires_at", "responses", ["expires_at"])
