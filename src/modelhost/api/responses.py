@@ -29,12 +29,12 @@ from modelhost.errors import APIError, InvalidRequest
 from modelhost.pipeline import GenerationRun
 from modelhost.pipeline.admission import admitted
 from modelhost.pipeline.assembly import Assembler, collect
+from modelhost.pipeline.ledger_writer import STALE_HEARTBEATS
 from modelhost.pipeline.planning import ChatPlan
 from modelhost.protocol.common import ErrorResponse, stored_text
 from modelhost.protocol.responses import CreateResponse, DeletedResponse, InputTokens, ItemList, ResponseObject
 from modelhost.responses import context as ctx
 from modelhost.responses import render
-from modelhost.pipeline.ledger_writer import STALE_HEARTBEATS
 from modelhost.responses import request as req
 from modelhost.responses.background import BackgroundResponses, EventLog, queued_events, run_detached
 from modelhost.responses.events import Event, ResponseEvents, sse
@@ -134,7 +134,7 @@ def _event_stream(body: AsyncIterator[bytes], headers: dict[str, str] | None = N
 class _Saving:
     """Stores a finished response (when it asked for `store`, or continues a conversation) on a worker thread."""
 
-    def __init__(self, state: AppState, who: Principal, body: CreateResponse, context: ctx.Context, now: Any) -> None:
+    def __init__(self, state: AppState, who: Principal, body: CreateResponse, context: ctx.Context, now: datetime) -> None:
         self._args = (state.sessions, who)
         self._context, self._now, self._days = context, now, state.settings.stored_objects_retention_days
         self._needed = body.store or context.conversation_id is not None
