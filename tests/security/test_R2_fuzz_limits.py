@@ -54,6 +54,7 @@ from modelhost.limits import Admission, LimitPolicy, Limiter, QuotaExceeded, Rat
 from modelhost.limits.base import Adjustment, Budget, LimitBackend, Lease
 from modelhost.limits.memory import MemoryBackend
 from modelhost.limits.policy import cost, current_period
+from modelhost.limits.prices import PriceTable
 from modelhost.limits.redis_backend import RedisBackend
 from modelhost.limits.service import LimitSettings
 from modelhost.organization import Scope as AdminScope
@@ -64,7 +65,7 @@ from modelhost.store import tenancy
 MODEL = "m"
 NO_LIMITS = RateLimits(0, 0, 0, 0)
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=timezone.utc)  # the limiter's clock: one quota period throughout
-PRICES = {MODEL: ModelPrice(input=3.0, output=7.5)}  # millionths of a dollar per token
+PRICES = PriceTable({MODEL: ModelPrice(input=3.0, output=7.5)})  # millionths of a dollar per token
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
