@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from modelhost.errors import InvalidRequest, NotFound
 from modelhost.pipeline.inputs import CallRecord, Turn
@@ -104,3 +105,12 @@ def test_a_page_of_items_follows_order_and_after() -> None:
     assert [i["id"] for i in first["data"]] == ["msg_4", "msg_3"] and first["has_more"]
     rest = items.page(stored, limit=10, order="desc", after=first["last_id"])
     assert [i["id"] for i in rest["data"]] == ["msg_2", "msg_1", "msg_0"] and not rest["has_more"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"tool_choice": {"type": {}}}, {"tools": [{"type": [1]}, False, "x"]}, {"input": [{"type": [1]}, 0, {"type": {}}]}],
+)
+def test_a_type_that_is_not_a_string_is_a_validation_error_not_a_crash(body: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        CreateResponse.model_validate({"model": "m", **body})

@@ -45,7 +45,7 @@ def _by_type(tags: frozenset[str], other: str = "other") -> Discriminator:
 
     def tag(value: Any) -> str:
         kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        return kind if kind in tags else other
+        return kind if isinstance(kind, str) and kind in tags else other
 
     return Discriminator(tag)
 
@@ -137,6 +137,9 @@ class UnsupportedItem(WireModel):
     type: str
 
 
+_ITEM_TAGS = frozenset({"message", "function_call", "function_call_output", "item_reference"})
+
+
 def _item_tag(value: Any) -> str:
     if isinstance(value, dict):
         kind = value.get("type")
@@ -144,7 +147,7 @@ def _item_tag(value: Any) -> str:
             return "message" if "role" in value else "item_reference"
     else:
         kind = getattr(value, "type", None)
-    return kind if kind in {"message", "function_call", "function_call_output", "item_reference"} else "other"
+    return kind if isinstance(kind, str) and kind in _ITEM_TAGS else "other"
 
 
 InputItem = Annotated[
