@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from modelhost.api import generation as gen
 from modelhost.api.deps import app_state, in_thread, principal
@@ -42,6 +43,22 @@ from modelhost.responses.items import page
 from modelhost.store.tenancy import utcnow
 
 logger = logging.getLogger(__name__)
+
+
+class ResponseIdConvertor(Convertor[str]):
+    """A response id in a path: any segment but the fixed names beside it (`input_tokens`, `compact`),
+    so `/v1/responses/input_tokens` is only the POST that counts tokens (its `Allow` says so too)."""
+
+    regex = r"(?!(?:input_tokens|compact)(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("response_id", ResponseIdConvertor())  # Starlette's registry of path types
 router = APIRouter(dependencies=[Depends(principal)])
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429)}
 MAX_PAGE = 100
@@ -183,7 +200,7 @@ def _response_id(response_id: str) -> str:
         raise InvalidRequest("Invalid response id.", param="response_id", code="invalid_value") from None
 
 
-@router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS)
+@router.get("/v1/responses/{response_id:response_id}", response_model=ResponseObject, responses=ERRORS)
 async def retrieve_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> Response:
     """The stored response (`include[]` is accepted: what a response includes was decided when it was
     created); with `stream=true`, a background response's events after `starting_after`."""
@@ -231,7 +248,7 @@ async def _replay(request: Request, state: AppState, who: Principal, response_id
     return _event_stream(stored())
 
 
-@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS)
+@router.post("/v1/responses/{response_id:response_id}/cancel", response_model=ResponseObject, responses=ERRORS)
 async def cancel_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> JSONResponse:
     """Cancel a background response (idempotent: a finished or cancelled one is returned as it is)."""
     state = app_state(request)
@@ -241,7 +258,7 @@ async def cancel_response(response_id: str, request: Request, who: Principal = D
     return JSONResponse(response)
 
 
-@router.delete("/v1/responses/{response_id}", response_model=DeletedResponse, responses=ERRORS)
+@router.delete("/v1/responses/{response_id:response_id}", response_model=DeletedResponse, responses=ERRORS)
 async def delete_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> DeletedResponse:
     state = app_state(request)
     await in_thread(ctx.delete, state.sessions, who, _response_id(response_id), utcnow())
@@ -256,7 +273,7 @@ def _limit(value: str | None) -> int:
     return int(value)
 
 
-@router.get("/v1/responses/{response_id}/input_items", response_model=ItemList, responses=ERRORS)
+@router.get("/v1/responses/{response_id:response_id}/input_items", response_model=ItemList, responses=ERRORS)
 async def list_input_items(response_id: str, request: Request, who: Principal = Depends(principal)) -> JSONResponse:
     state = app_state(request)
     query = request.query_params
