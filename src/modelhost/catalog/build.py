@@ -114,7 +114,7 @@ def build_models(
                     id=spec.id,
                     created=spec.created if spec.created is not None else model.created,
                     owned_by=spec.owned_by or settings.model_owned_by,
-                    engine=model.engine,  # type: ignore[arg-type]
+                    engine=model.engine,
                     fingerprint=model.fingerprint,
                     embedder=model.embedder,  # type: ignore[arg-type]
                     aliases=tuple(spec.aliases),

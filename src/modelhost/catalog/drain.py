@@ -14,6 +14,7 @@ import numpy as np
 
 from modelhost.engine.base import Engine, EngineEvent, EngineOverloaded, Generation, GenerationRequest
 from modelhost.engine.embedding.base import Embedder, EmbedderOverloaded
+from modelhost.engine.wrapper import EngineWrapper
 
 
 class _CountedGeneration:
@@ -47,16 +48,13 @@ class _CountedGeneration:
             self._release()
 
 
-class DrainableEngine:
+class DrainableEngine(EngineWrapper):
     """`Engine` wrapper; see the module docstring."""
 
     def __init__(self, inner: Engine) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.open = 0
         self.closed = False
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
 
     def submit(self, request: GenerationRequest) -> _CountedGeneration:
         if self.closed:

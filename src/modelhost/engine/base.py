@@ -186,10 +186,24 @@ class Engine(Protocol):
     `GenerationRequest.upstream` instead of tokens; its tokenizer methods are never called.
     """
 
-    model_id: str
-    context_length: int  # tokens one sequence may hold: prompt + completion
-    max_n: int  # most choices one request may ask for
-    forwards_requests: bool
+    # Read-only to callers: an engine may hold these as plain attributes or compute them.
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def context_length(self) -> int:
+        """Tokens one sequence may hold: prompt + completion."""
+        ...
+
+    @property
+    def max_n(self) -> int:
+        """The most choices one request may ask for."""
+        ...
+
+    @property
+    def forwards_requests(self) -> bool:
+        """Whether requests go to another OpenAI-compatible server (`GenerationRequest.upstream`)."""
+        ...
 
     def tokenize(self, text: str) -> list[int]: ...
 

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from modelhost.engine.base import Engine, EngineEvent, EngineFailed, EngineOverloaded, Generation, GenerationRequest
+from modelhost.engine.wrapper import EngineWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +201,10 @@ def _failure(error: Exception) -> EngineFailed:
     return EngineFailed(f"{type(error).__name__}: {error}")
 
 
-class FairShareEngine:
+class FairShareEngine(EngineWrapper):
     """An engine whose sequences in flight are shared out by `InFlightLimits`, the rest waiting here
     in places shared by `ShareLimits` (for engines that queue elsewhere: an upstream server, vLLM).
-    Every other attribute is the inner engine's. Use it from the event loop's thread only.
+    Every other attribute is the inner engine's (`EngineWrapper`). Use it from the event loop's thread only.
 
     `in_flight` None: the inner engine's ``capacity`` (vLLM's ``max_num_seqs``), known once started.
     """
@@ -217,7 +218,7 @@ class FairShareEngine:
         per_organization: int | None = None,
         per_project: int | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.queue = QueueShares(queue)
         self._shares = (per_organization, per_project)
         self.limits: InFlightLimits | None = InFlightLimits.of(in_flight, *self._shares) if in_flight is not None else None
@@ -227,9 +228,6 @@ class FairShareEngine:
         self._waiting: list[_FairGeneration] = []  # in arrival order
         self._served = 0
         self._served_at: dict[object, int] = {}  # organization, (organization, project) → when last handed on
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
 
     @property
     def in_flight(self) -> int:
@@ -251,7 +249,7 @@ class FairShareEngine:
         )
 
     def state(self) -> dict[str, object]:
-        state = dict(self.inner.state())  # type: ignore[attr-defined]
+        state = dict(self.inner.state())
         state["queue_depth"] = len(self._waiting)
         if self.limits is not None:
             state["slots_total"] = self.limits.total

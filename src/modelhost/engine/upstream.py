@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -128,11 +129,35 @@ class UpstreamEngine:
         return self._salt_requests or (self._cache_salts is not None and self._cache_salts.shared)
 
     # -- what a forwarding engine does not have ------------------------------------------------
-    def _no_tokenizer(self, *_: object, **__: object) -> None:
+    def _no_tokenizer(self) -> NoReturn:
         raise TypeError(f"model {self.model_id} forwards requests upstream; it has no tokenizer or chat template")
 
-    tokenize = detokenize = render_chat = tokenize_chat = check_grammar = _no_tokenizer  # type: ignore[assignment]
-    start_token = vocab_size = template_supports_tools = property(_no_tokenizer)  # type: ignore[assignment]
+    def tokenize(self, text: str) -> list[int]:
+        self._no_tokenizer()
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        self._no_tokenizer()
+
+    def render_chat(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> str:
+        self._no_tokenizer()
+
+    def tokenize_chat(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> list[int]:
+        self._no_tokenizer()
+
+    def check_grammar(self, grammar: str) -> None:
+        self._no_tokenizer()
+
+    @property
+    def start_token(self) -> int:
+        self._no_tokenizer()
+
+    @property
+    def vocab_size(self) -> int:
+        self._no_tokenizer()
+
+    @property
+    def template_supports_tools(self) -> bool:
+        self._no_tokenizer()
 
     # -- the engine interface ------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> UpstreamGeneration:
