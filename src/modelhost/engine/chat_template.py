@@ -6,7 +6,7 @@ Jinja's immutable sandbox (no attribute tricks, no file or import access) with a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from jinja2 import TemplateError
@@ -36,7 +36,7 @@ class ChatTemplate:
         # Templates written for tool use read a `tools` variable; others never mention it.
         self.supports_tools = "tools" in source
 
-    def render(self, messages: Sequence[dict[str, object]], tools: Sequence[dict[str, object]] | None = None) -> str:
+    def render(self, messages: Sequence[Mapping[str, object]], tools: Sequence[Mapping[str, object]] | None = None) -> str:
         try:
             text = self._template.render(
                 messages=list(messages),

@@ -85,7 +85,8 @@ class GrammarConstraint:
             self.spent += time.perf_counter() - started
 
     def _allows(self, token: int) -> bool:
-        self._one[0].id = token
+        # llama_cpp annotates the field as its ctypes type (c_int32); a Structure field takes a plain int.
+        self._one[0].id = token  # type: ignore[assignment]
         self._one[0].logit = 0.0
         self._one[0].p = 0.0
         array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)

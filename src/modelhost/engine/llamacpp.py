@@ -421,10 +421,10 @@ class LlamaCppEngine:
         work.sort(key=lambda w: w[0].seq)
         decoding: list[tuple[_Job, _Choice, int]] = []
         prefilling: list[tuple[_Job, int, int, dict[int, int]]] = []
-        for slot, job, choice, start, end in work:
-            if choice is not None:
-                decoding.append((job, choice, ctx.add(choice.next_token, len(slot.cached), slot.seq, True)))
-                slot.cached.append(choice.next_token)
+        for slot, job, decoded, start, end in work:
+            if decoded is not None:
+                decoding.append((job, decoded, ctx.add(decoded.next_token, len(slot.cached), slot.seq, True)))
+                slot.cached.append(decoded.next_token)
                 continue
             prompt = job.request.prompt_tokens
             every = job.request.sampling.prompt_logprobs

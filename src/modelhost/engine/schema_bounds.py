@@ -330,6 +330,7 @@ def pattern_cost(pattern: str, name_len: int = len("root")) -> int:
 
 def _quantifier(inside: str) -> tuple[int, int | None]:
     parts = [p.strip() for p in inside.split(",")]
+    high: int | None
     try:
         if len(parts) == 1:
             low = high = int(parts[0])
@@ -437,7 +438,7 @@ def grammar_width(document: object) -> int:
             if not deps:
                 widths[name] = twice
             return twice, deps
-        deps: frozenset[str] = frozenset()
+        deps = frozenset()
         alternatives = next((node[k] for k in ("anyOf", "oneOf") if isinstance(node.get(k), list)), None)
         if alternatives is not None:
             per_type = dict.fromkeys(_JSON_TYPES, 0)

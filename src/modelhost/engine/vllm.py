@@ -27,9 +27,10 @@ import functools
 import inspect
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any, Protocol
 
 from jinja2 import TemplateError
 
@@ -99,6 +100,19 @@ class VllmOptions:
     trust_remote_code: bool = False
 
 
+class _VllmCore(Protocol):
+    """The calls the adapter makes on vLLM's engine; what they return is vLLM's own (untyped here:
+    vLLM is optional and not installed where this is type-checked). Some versions return coroutines."""
+
+    def generate(self, prompt: object, sampling_params: object, request_id: str) -> AsyncIterator[Any]: ...
+
+    def abort(self, request_id: str) -> object: ...
+
+    def get_tokenizer(self) -> object: ...
+
+    def get_model_config(self) -> object: ...
+
+
 async def _maybe_await(value: object) -> object:
     return await value if inspect.isawaitable(value) else value
 
@@ -131,10 +145,12 @@ class VllmGeneration(CoroutineGenerationTask):
         engine, request = self._engine, self._request
         sampling = request.sampling
         finished = set()
+        core = engine.core
+        assert core is not None, "submit() checks that the engine is started"
         engine.running += 1
         try:
             prompt = engine.prompt(request)
-            async for output in engine.core.generate(prompt, engine.sampling_params(request), self._vllm_id):
+            async for output in core.generate(prompt, engine.sampling_params(request), self._vllm_id):
                 if engine.reports_cached_tokens:
                     self.cached = max(self.cached, int(getattr(output, "num_cached_tokens", 0) or 0))
                 if sampling.prompt_logprobs and getattr(output, "prompt_logprobs", None):
@@ -180,7 +196,7 @@ class VllmEngine:
         self.context_length = context_length or 0  # from the model's config at start() when not set
         self._options = options
         self._max_model_len = context_length
-        self.core: object = None
+        self.core: _VllmCore | None = None
         self._tokenizer: object = None
         self.running = 0
         self.capacity = options.max_num_seqs or _VLLM_MAX_NUM_SEQS  # sequences in one batch; vLLM's own once started
@@ -210,11 +226,11 @@ class VllmEngine:
             trust_remote_code=o.trust_remote_code,
             **extra,
         )
-        self.core = self.vllm.Engine.from_engine_args(args)
-        self.capacity = _max_num_seqs(self.core) or self.capacity  # vLLM picks its default by GPU when not given
-        self._tokenizer = await _maybe_await(self.core.get_tokenizer())  # type: ignore[attr-defined]
+        self.core = core = self.vllm.Engine.from_engine_args(args)
+        self.capacity = _max_num_seqs(core) or self.capacity  # vLLM picks its default by GPU when not given
+        self._tokenizer = await _maybe_await(core.get_tokenizer())
         if not self.context_length:
-            config = await _maybe_await(self.core.get_model_config())  # type: ignore[attr-defined]
+            config = await _maybe_await(core.get_model_config())
             self.context_length = int(config.max_model_len)  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
@@ -224,8 +240,9 @@ class VllmEngine:
                 await asyncio.to_thread(shutdown)
 
     async def abort(self, vllm_id: str) -> None:
+        assert self.core is not None, "only a started engine has requests to abort"
         try:
-            await _maybe_await(self.core.abort(vllm_id))  # type: ignore[attr-defined]
+            await _maybe_await(self.core.abort(vllm_id))
         except Exception:
             logger.warning("model %s: vLLM could not abort a request", self.model_id, exc_info=True)
 

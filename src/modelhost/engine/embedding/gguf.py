@@ -117,7 +117,8 @@ class LlamaEmbedder:
             for seq, i in enumerate(pack):
                 for pos, token in enumerate(sequences[i]):
                     batch.token[n] = token
-                    batch.pos[n] = pos
+                    # llama_cpp annotates `pos` as an array of arrays; in C it is llama_pos*, one per token.
+                    batch.pos[n] = pos  # type: ignore[call-overload]
                     batch.n_seq_id[n] = 1
                     batch.seq_id[n][0] = seq
                     batch.logits[n] = 1
