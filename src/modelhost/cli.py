@@ -13,7 +13,7 @@ import ipaddress
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,14 +47,14 @@ def _open_store(settings: Settings) -> sessionmaker[Session]:
     return sessions
 
 
-def _emit(args: argparse.Namespace, payload: BaseModel | dict[str, object], human: Callable[[], str]) -> None:
+def _emit(args: argparse.Namespace, payload: BaseModel | Mapping[str, object], human: Callable[[], str]) -> None:
     if args.json:
         print(payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, default=str))
     else:
         print(human())
 
 
-def _table(rows: list[dict[str, object]], columns: Sequence[str]) -> str:
+def _table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}

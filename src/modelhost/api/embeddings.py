@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -75,7 +76,8 @@ def _sequences(embedder: Embedder, body: EmbeddingRequest, settings: Settings) -
             )
     sequences: list[list[int]] = []
     total = 0
-    for i, content in enumerate(texts or arrays):
+    contents: Sequence[str | Sequence[int]] = texts or arrays  # a request holds texts or token arrays, never both
+    for i, content in enumerate(contents):
         framed = embedder.frame(embedder.tokenize(content) if isinstance(content, str) else content)
         if not framed:
             raise _invalid_input(f"input[{i}] has no tokens for this model.")
