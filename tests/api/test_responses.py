@@ -319,3 +319,12 @@ def test_a_streamed_background_response_can_be_read_again_from_any_point(client:
     plain = client.responses.create(model=model, input="Hi", max_output_tokens=1)
     with pytest.raises(openai.BadRequestError):
         client.responses.retrieve(plain.id, stream=True)
+
+
+def test_deleting_a_running_background_response_stops_it(client: openai.OpenAI, model: str, server: ServerProcess) -> None:
+    started = client.responses.create(model=model, input="Write a long story.", max_output_tokens=256, background=True)
+    client.responses.delete(started.id)
+    entry = _settled_entry(server, started.id)
+    assert entry.outcome == "cancelled" and entry.completion_tokens < 256
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(started.id)

@@ -260,8 +260,10 @@ async def cancel_response(response_id: str, request: Request, who: Principal = D
 
 @router.delete("/v1/responses/{response_id:response_id}", response_model=DeletedResponse, responses=ERRORS)
 async def delete_response(response_id: str, request: Request, who: Principal = Depends(principal)) -> DeletedResponse:
+    """Delete a stored response; one still running in the background here stops (its run settles as cancelled)."""
     state = app_state(request)
     await in_thread(ctx.delete, state.sessions, who, _response_id(response_id), utcnow())
+    _background(request).cancel(response_id)
     return DeletedResponse(id=response_id)
 
 
