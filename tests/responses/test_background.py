@@ -52,3 +52,31 @@ def test_followers_read_the_log_live_from_any_point_and_states_are_stored(tmp_pa
 
 async def _read(log: EventLog, after: int) -> list[dict[str, Any]]:
     return [payload async for _, payload in log.follow(after)]
+
+
+def test_a_cancel_made_on_another_replica_stops_the_run(tmp_path: Path) -> None:
+    gate = asyncio.Event()  # never opened: the generation waits until it is cancelled
+    world = World(tmp_path, ScriptedEngine(context_length=1024, gate=gate))
+    body = CreateResponse.model_validate({"model": "scripted", "input": "hi", "background": True})
+    saved: list[str] = []
+
+    async def save(response: dict[str, Any], events: list[dict[str, Any]] | None) -> None:
+        saved.append(response["status"])
+
+    async def cancelled_elsewhere() -> bool:
+        return False
+
+    async def main() -> None:
+        context = ctx.Context([], [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}], 1)
+        plan = await ctx.plan(body, context, world.model, await world.admit("resp_x"), max_n=4)
+        run = await world.pipeline.run(plan.generation).__aenter__()
+        renderer, log = ResponseEvents(render.frame(body, "resp_x", "scripted"), with_logprobs=False), EventLog()
+        background = BackgroundResponses()
+        work = run_detached(run, plan.tools, renderer, log, save=save, still_running=cancelled_elsewhere, poll_seconds=0.01)
+        background.start("resp_x", log, work)
+        await asyncio.wait_for(_read(log, -1), timeout=5)  # the log closes when the task ends
+        assert len(background) == 0
+
+    asyncio.run(main())
+    assert saved == ["in_progress"]  # nothing stored after the cancel
+    assert world.rows()[0][:2] == ("resp_x", "cancelled")

@@ -131,7 +131,11 @@ async def _in_background(
         with anyio.CancelScope(shield=True):  # a cancelled task still records how it ended
             await anyio.to_thread.run_sync(ctx.update, state.sessions, who, response, context, events)
 
-    _background(request).start(frame["id"], log, run_detached(run, chat.tools, renderer, log, save=save))
+    async def still_running() -> bool:
+        return await anyio.to_thread.run_sync(ctx.still_running, state.sessions, who, frame["id"])
+
+    work = run_detached(run, chat.tools, renderer, log, save=save, still_running=still_running)
+    _background(request).start(frame["id"], log, work)
     if body.stream:
         return _event_stream(_sse(log.follow(-1)), run.rate_limit_headers)
     return JSONResponse(queued, headers=run.rate_limit_headers)

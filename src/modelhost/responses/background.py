@@ -35,6 +35,9 @@ from modelhost.structured.tools import ToolPlan
 logger = logging.getLogger(__name__)
 # Stores a state of the response; with its events once it has finished.
 Save = Callable[[dict[str, Any], "list[dict[str, Any]] | None"], Awaitable[object]]
+# Whether the store still has the response running (a cancel or delete on any replica ends that).
+StillRunning = Callable[[], Awaitable[bool]]
+CANCEL_POLL_SECONDS = 2.0
 
 
 class EventLog:
@@ -104,6 +107,20 @@ def queued_events(renderer: ResponseEvents, queued: dict[str, Any]) -> list[Even
     return [renderer.event("response.created", response=queued), renderer.event("response.queued", response=queued)]
 
 
+async def _stop_when_not_running(still_running: StillRunning, task: asyncio.Task[Any], every: float) -> None:
+    """Cancel `task` once the store says its response no longer runs (cancelled or deleted on another replica)."""
+    while True:
+        await anyio.sleep(every)
+        try:
+            running = await still_running()
+        except Exception:
+            logger.warning("could not read whether a background response still runs; will ask again", exc_info=True)
+            continue
+        if not running:
+            task.cancel()
+            return
+
+
 async def run_detached(
     run: GenerationRun,
     tools: ToolPlan | None,
@@ -111,10 +128,16 @@ async def run_detached(
     log: EventLog,
     *,
     save: Save,
+    still_running: StillRunning | None = None,
+    poll_seconds: float = CANCEL_POLL_SECONDS,
 ) -> None:
     """Run `run` to its end, logging its events and storing each state of the response through
-    `save`; settles the run however it ends."""
+    `save`; settles the run however it ends. With `still_running`, a cancel made on another replica
+    stops it within `poll_seconds`."""
     frame = renderer.response
+    task = asyncio.current_task()
+    assert task is not None, "run_detached runs as a task"
+    watcher = asyncio.create_task(_stop_when_not_running(still_running, task, poll_seconds)) if still_running else None
     try:
         log.add([renderer.event("response.in_progress", response=frame)])
         await save(frame, None)
@@ -134,6 +157,8 @@ async def run_detached(
         logger.exception("background response %s failed", frame["id"])
         await _failed(renderer, log, save, "server_error", "The server failed while generating this response.", None, None)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         with anyio.CancelScope(shield=True):
             await run.settle()
 

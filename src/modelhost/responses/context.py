@@ -31,6 +31,7 @@ from modelhost.responses import items as items_mod
 from modelhost.responses import request as req
 from modelhost.store import conversations
 from modelhost.store import responses as store
+from modelhost.store import tenancy
 
 MAX_CHAIN = 256  # responses in one previous_response_id chain
 MAX_CONTEXT_ITEMS = 8192
@@ -214,6 +215,12 @@ def update(
             _add_turn(session, who, response, context)
         session.commit()
         return True
+
+
+def still_running(sessions: sessionmaker[Session], who: Principal, response_id: str) -> bool:
+    """Whether the response is still queued or in progress in the store (blocking)."""
+    with sessions() as session:
+        return store.status(session, who.organization_id, who.project_id, response_id, tenancy.utcnow()) in RUNNING
 
 
 def cancel(sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime) -> dict[str, Any]:

@@ -149,6 +149,12 @@ def response_events(
     return dict(row.body), row.events
 
 
+def status(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> str | None:
+    """The response's status; None if the project has no such response (any longer)."""
+    row = _row(session, organization_id, project_id, response_id, now)
+    return None if row is None else row.status
+
+
 def running_replica(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> str | None:
     """The replica running the project's background response `response_id`, if it is still queued or in progress."""
     row = _row(session, organization_id, project_id, response_id, now)
