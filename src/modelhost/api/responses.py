@@ -1,4 +1,4 @@
-"""`/v1/responses`: create (JSON or SSE), retrieve, delete, list input items, count input tokens.
+"""`/v1/responses`: create (JSON or SSE), retrieve, delete, list input items, count input tokens, compact.
 
 A response takes the road chat completions take (convert → admitted → plan → run → assemble →
 settle, api/chat.py); what differs is its context (`responses.context`: a stored chain and item
@@ -27,13 +27,23 @@ from modelhost.auth import Principal
 from modelhost.engine.base import EngineEvent
 from modelhost.engine.registry import CHAT
 from modelhost.errors import APIError, InvalidRequest
+from modelhost.ids import new_id
 from modelhost.pipeline import GenerationRun
 from modelhost.pipeline.admission import admitted
 from modelhost.pipeline.assembly import Assembler, collect
 from modelhost.pipeline.ledger_writer import STALE_HEARTBEATS
 from modelhost.pipeline.planning import ChatPlan
 from modelhost.protocol.common import ErrorResponse, stored_text
-from modelhost.protocol.responses import CreateResponse, DeletedResponse, InputTokens, ItemList, ResponseObject
+from modelhost.protocol.responses import (
+    CompactedResponse,
+    CompactRequest,
+    CreateResponse,
+    DeletedResponse,
+    InputTokens,
+    ItemList,
+    ResponseObject,
+)
+from modelhost.responses import compaction
 from modelhost.responses import context as ctx
 from modelhost.responses import render
 from modelhost.responses import request as req
@@ -303,3 +313,30 @@ async def count_input_tokens(body: CreateResponse, request: Request, who: Princi
     generation = chat.generation
     count = len(generation.prompt_tokens) if generation.upstream is None else generation.upstream.prompt_estimate
     return InputTokens(input_tokens=count)
+
+
+@router.post("/v1/responses/compact", response_model=CompactedResponse, responses=ERRORS)
+async def compact_response(body: CompactRequest, request: Request, who: Principal = Depends(principal)) -> Response:
+    """The context (`input`, the `previous_response_id` chain) compacted to a budget: older turns
+    summarised by the model or dropped, the newest turn kept verbatim (`responses.compaction`)."""
+    state = app_state(request)
+    if body.ignored_fields():
+        logger.info("responses.compact: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
+    now = utcnow()
+    context = await in_thread(ctx.load, state.sessions, who, compaction.as_create(body), now)
+    async with admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="resp_") as (served, admission):
+        split = await compaction.plan(body, context, served, admission, max_n=state.settings.max_n)
+        if split.summary is None:
+            return JSONResponse(compaction.compacted(new_id("resp_"), int(now.timestamp()), split, None, render.usage(0, 0, 0)))
+        run = state.pipeline.run(split.summary.generation)
+        await run.__aenter__()
+    try:
+        result = await gen.until_disconnect(request, collect(run))
+    except gen.ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the ledger has the partial usage
+    finally:
+        await run.settle()
+    usage = render.usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
+    summary = (result.choices[0].content or "").strip() or None
+    response_id = split.summary.generation.request_id
+    return JSONResponse(compaction.compacted(response_id, int(now.timestamp()), split, summary, usage), headers=run.rate_limit_headers)

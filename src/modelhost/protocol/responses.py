@@ -1,7 +1,7 @@
 """`/v1/responses`: the request, its input items and the Response object, as OpenAI defines them.
 
 The item models (messages with `input_text`/`output_text` parts, `function_call`,
-`function_call_output`, item references) are shared with the Conversations API, which stores
+`function_call_output`, item references, the `compaction` summary) are shared with the Conversations API, which stores
 the same items. Types this server cannot take (image, audio and file parts; built-in tools and
 their call items) are parsed, not refused by pydantic, so that the converter can answer a 400
 that names them (`input[0].content[1]`, `tools[2]`).
@@ -24,6 +24,7 @@ MAX_TOOLS = 128
 MAX_INCLUDE = 16
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 MAX_ID_LENGTH = 128
+MAX_COMPACTION_CHARACTERS = 1 << 20  # a summary is at most a few hundred tokens; the spec allows 20 MiB
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 
 # What `include` may ask for (the spec's IncludeEnum); only the logprobs change anything here.
@@ -131,13 +132,23 @@ class ItemReference(WireModel):
     id: StoredStr = Field(min_length=1, max_length=MAX_ID_LENGTH)
 
 
+class CompactionItem(WireModel):
+    """The summary `POST /v1/responses/compact` wrote of the turns it replaced, sent back as input.
+
+    Not encrypted here: `encrypted_content` is the summary's plain text (docs/responses.md)."""
+
+    type: Literal["compaction"]
+    encrypted_content: StoredStr = Field(max_length=MAX_COMPACTION_CHARACTERS)
+    id: StoredStr | None = Field(default=None, max_length=MAX_ID_LENGTH)
+
+
 class UnsupportedItem(WireModel):
     """Any other item (reasoning, built-in tool calls, …): parsed so the 400 can name it."""
 
     type: str
 
 
-_ITEM_TAGS = frozenset({"message", "function_call", "function_call_output", "item_reference"})
+_ITEM_TAGS = frozenset({"message", "function_call", "function_call_output", "item_reference", "compaction"})
 
 
 def _item_tag(value: Any) -> str:
@@ -156,6 +167,7 @@ InputItem = Annotated[
         Annotated[FunctionCallItem, Tag("function_call")],
         Annotated[FunctionCallOutputItem, Tag("function_call_output")],
         Annotated[ItemReference, Tag("item_reference")],
+        Annotated[CompactionItem, Tag("compaction")],
         Annotated[UnsupportedItem, Tag("other")],
     ],
     Discriminator(_item_tag),
@@ -283,6 +295,17 @@ class CreateResponse(WireModel):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
 
+class CompactRequest(WireModel):
+    """The body of `POST /v1/responses/compact`: the context to compact, as a create would read it."""
+
+    model: str
+    input: str | InputItems | None = None
+    previous_response_id: StoredStr | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    instructions: str | None = None
+    prompt_cache_key: StoredStr | None = Field(default=None, max_length=64)
+    service_tier: Literal["auto", "default", "fast", "flex", "scale", "priority"] | None = None
+
+
 # -- the Response object -----------------------------------------------------------------------
 
 
@@ -385,6 +408,16 @@ class ResponseObject(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
+class CompactedResponse(BaseModel):
+    """What `POST /v1/responses/compact` returns (the spec's CompactResource): items to send as the next `input`."""
+
+    id: str
+    object: Literal["response.compaction"] = "response.compaction"
+    created_at: int
+    output: list[dict[str, Any]]
+    usage: ResponseUsage
+
+
 class DeletedResponse(BaseModel):
     id: str
     object: Literal["response"] = "response"
@@ -409,7 +442,7 @@ class ItemList(BaseModel):
 # -- items as stored and listed ----------------------------------------------------------------
 
 # The id prefixes of the items the server names.
-MESSAGE_ID, FUNCTION_CALL_ID, FUNCTION_CALL_OUTPUT_ID = "msg_", "fc_", "fco_"
+MESSAGE_ID, FUNCTION_CALL_ID, FUNCTION_CALL_OUTPUT_ID, COMPACTION_ID = "msg_", "fc_", "fco_", "cmp_"
 
 
 def _parts(content: Content, role: str) -> list[dict[str, Any]]:
@@ -420,7 +453,10 @@ def _parts(content: Content, role: str) -> list[dict[str, Any]]:
     return [part.model_dump(mode="json", by_alias=True) for part in content]
 
 
-def item_resource(item: MessageItem | FunctionCallItem | FunctionCallOutputItem, item_id: str) -> dict[str, Any]:
+StoredItem = Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, CompactionItem]
+
+
+def item_resource(item: StoredItem, item_id: str) -> dict[str, Any]:
     """An input item as it is stored and listed (the spec's ItemResource): an id, a status, content as parts.
 
     >>> item_resource(MessageItem(role="user", content="Hi"), "msg_1")
@@ -434,6 +470,8 @@ def item_resource(item: MessageItem | FunctionCallItem | FunctionCallOutputItem,
             "status": item.status or "completed",
             "content": _parts(item.content, item.role),
         }
+    if isinstance(item, CompactionItem):
+        return {"id": item.id or item_id, "type": "compaction", "encrypted_content": item.encrypted_content}
     if isinstance(item, FunctionCallItem):
         return {
             "id": item.id or item_id,
@@ -453,8 +491,10 @@ def item_resource(item: MessageItem | FunctionCallItem | FunctionCallOutputItem,
     }
 
 
-def item_id_prefix(item: MessageItem | FunctionCallItem | FunctionCallOutputItem) -> str:
+def item_id_prefix(item: StoredItem) -> str:
     """The prefix of the id the server gives `item` when the client sent none."""
+    if isinstance(item, CompactionItem):
+        return COMPACTION_ID
     if isinstance(item, FunctionCallItem):
         return FUNCTION_CALL_ID
     if isinstance(item, FunctionCallOutputItem):

@@ -117,7 +117,7 @@ def load(sessions: sessionmaker[Session], who: Principal, body: CreateResponse, 
     return Context(earlier, own, length, conversation_id)
 
 
-def _without_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def without_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`items` less its oldest eighth (at least one), and less any call outputs left without their call."""
     rest = items[max(1, len(items) // 8) :]
     while rest and rest[0].get("type") == "function_call_output":
@@ -125,14 +125,16 @@ def _without_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rest
 
 
-def _characters(item: dict[str, Any]) -> int:
-    return len(items_mod.item_text(item.get("content", item.get("output", "")))) + len(str(item.get("arguments", "")))
+def characters(item: dict[str, Any]) -> int:
+    """The length of the item's text as the model reads it (content or output, call arguments, a summary)."""
+    text = items_mod.item_text(item.get("content", item.get("output", "")))
+    return len(text) + len(str(item.get("arguments", ""))) + len(str(item.get("encrypted_content", "")))
 
 
-def _cannot_fit(items: list[dict[str, Any]], context_length: int) -> bool:
+def cannot_fit(items: list[dict[str, Any]], context_length: int) -> bool:
     """Whether the items' text is too long for the context whatever the tokenizer (no token is
     longer than `MAX_TOKEN_CHARACTERS`): such a context is refused, or truncated, before it is tokenized."""
-    return sum(_characters(item) for item in items) > context_length * MAX_TOKEN_CHARACTERS
+    return sum(characters(item) for item in items) > context_length * MAX_TOKEN_CHARACTERS
 
 
 async def plan(body: CreateResponse, context: Context, served: ServedModel, admission: Admission, *, max_n: int) -> ChatPlan:
@@ -144,9 +146,9 @@ async def plan(body: CreateResponse, context: Context, served: ServedModel, admi
     items = context.items
     context_length = served.engine.context_length
     if body.truncation == "auto":
-        while len(items) > 1 and _cannot_fit(items, context_length):
-            items = _without_oldest(items)
-    elif _cannot_fit(items, context_length):
+        while len(items) > 1 and cannot_fit(items, context_length):
+            items = without_oldest(items)
+    elif cannot_fit(items, context_length):
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_length} tokens, and your input is far longer. "
             "Please reduce the length of the input, or set 'truncation' to 'auto'.",
@@ -159,7 +161,7 @@ async def plan(body: CreateResponse, context: Context, served: ServedModel, admi
         except ContextLengthExceeded:
             if body.truncation != "auto" or len(items) <= 1:
                 raise
-            items = _without_oldest(items)
+            items = without_oldest(items)
 
 
 def save(

@@ -20,6 +20,7 @@ from modelhost.errors import InvalidRequest, NotFound
 from modelhost.ids import new_id
 from modelhost.pipeline.inputs import CallRecord, Turn
 from modelhost.protocol.responses import (
+    CompactionItem,
     Content,
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -36,6 +37,8 @@ Item = dict[str, Any]  # an item in its stored shape
 FindItems = Callable[[Sequence[str]], Mapping[str, Item]]
 
 _TEXT_PARTS = frozenset({"input_text", "output_text", "refusal"})
+# How a compaction item's summary reads to the model (a developer turn, rendered as system).
+SUMMARY_HEADING = "Summary of the earlier conversation:\n"
 
 
 def _check_parts(content: Content, param: str) -> None:
@@ -52,7 +55,7 @@ def _check_parts(content: Content, param: str) -> None:
 
 
 def input_items(
-    input: str | Sequence[MessageItem | FunctionCallItem | FunctionCallOutputItem | ItemReference | UnsupportedItem] | None,
+    input: str | Sequence[MessageItem | FunctionCallItem | FunctionCallOutputItem | ItemReference | CompactionItem | UnsupportedItem] | None,
     find: FindItems,
     *,
     param: str = "input",
@@ -97,7 +100,8 @@ def item_text(content: object) -> str:
 
 def to_turns(items: Sequence[Item]) -> tuple[Turn, ...]:
     """Stored items as conversation turns: an assistant message and the function calls after it are
-    one assistant turn (its text, then its calls); a call's output is a tool turn answering it."""
+    one assistant turn (its text, then its calls); a call's output is a tool turn answering it; a
+    compaction item's summary is a developer turn."""
     turns: list[Turn] = []
     for item in items:
         kind = item.get("type")
@@ -112,6 +116,8 @@ def to_turns(items: Sequence[Item]) -> tuple[Turn, ...]:
                 turns.append(Turn("assistant", "", calls=(call,)))
         elif kind == "function_call_output":
             turns.append(Turn("tool", item_text(item.get("output")), tool_call_id=str(item["call_id"])))
+        elif kind == "compaction":
+            turns.append(Turn("developer", SUMMARY_HEADING + str(item.get("encrypted_content", ""))))
     return tuple(turns)
 
 
