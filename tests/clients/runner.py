@@ -17,7 +17,8 @@ install has its own INSTALL_TIMEOUT. To force a reinstall, delete the SDK's
 directory in the cache.
 
 Errors: :class:`ClientUnavailable` when a toolchain is missing (the test should
-skip with its message); :class:`ClientInstallError` when an install fails;
+skip with its message); :class:`ClientInstallError` when an install fails
+(:func:`registry_reachable` tells a test whether that was the network);
 :class:`ClientError` when a program fails, times out or prints no JSON. Each
 message carries the tail of the program's stderr.
 
@@ -48,13 +49,32 @@ NODE_OPENAI_V3 = "3.3.0"
 # `npm install openai` on 2026-11-25 gave 7.57.0, which declares node>=22.
 # It was checked working on node 20.20 (the image's node) against the fake server.
 NODE_OPENAI_CURRENT = "7.57.0"
+# The Vercel AI SDK, `npm install ai @ai-sdk/openai zod` on 2026-12-01. Both declare node>=22;
+# they were checked working on node 20.20 against modelhost's Responses API.
+NODE_AI = "7.0.173"
+NODE_AI_OPENAI = "4.0.118"
+NODE_ZOD = "4.6.7"  # the AI SDK's peer dependency (schemas)
+# The OpenAI Agents SDK, `pip install openai-agents` on 2026-12-01 (requires openai>=3,<4).
+PY_OPENAI_AGENTS = "0.24.0"
 
-# Which SDK version each Node program is written for.
+# Each Node install: its cache directory name -> the npm packages in it, pinned.
+NODE_INSTALLS: dict[str, dict[str, str]] = {
+    f"node-openai-{NODE_OPENAI_V3}": {"openai": NODE_OPENAI_V3},
+    f"node-openai-{NODE_OPENAI_CURRENT}": {"openai": NODE_OPENAI_CURRENT},
+    f"node-ai-{NODE_AI}-openai-{NODE_AI_OPENAI}-zod-{NODE_ZOD}": {
+        "ai": NODE_AI, "@ai-sdk/openai": NODE_AI_OPENAI, "zod": NODE_ZOD,
+    },
+}
+_NODE_OPENAI_V3_DIR, _NODE_OPENAI_CURRENT_DIR, _NODE_AI_DIR = NODE_INSTALLS
+
+# Which install each Node program runs under.
 NODE_SCRIPTS: dict[str, str] = {
-    "node_v3.js": NODE_OPENAI_V3,
-    "node_current.mjs": NODE_OPENAI_CURRENT,
-    "node_embeddings.mjs": NODE_OPENAI_CURRENT,
-    "node_generation_features.mjs": NODE_OPENAI_CURRENT,
+    "node_v3.js": _NODE_OPENAI_V3_DIR,
+    "node_current.mjs": _NODE_OPENAI_CURRENT_DIR,
+    "node_embeddings.mjs": _NODE_OPENAI_CURRENT_DIR,
+    "node_generation_features.mjs": _NODE_OPENAI_CURRENT_DIR,
+    "node_responses.mjs": _NODE_OPENAI_CURRENT_DIR,
+    "node_ai_sdk.mjs": _NODE_AI_DIR,
 }
 
 REQUIRED_ENV = ("MODELHOST_BASE_URL", "MODELHOST_API_KEY", "MODELHOST_ORG", "MODELHOST_MODEL")
@@ -167,6 +187,42 @@ def _run_install(cmd: Sequence[str], what: str) -> None:
                                  f"stdout:\n{_tail(proc.stdout)}")
 
 
+def registry_reachable(tool: str, timeout: float = 30.0) -> bool:
+    """True when ``tool``'s package registry ("npm" or "pip") answers a look-up of a known package.
+
+    Tests call this after a failed install: an unreachable registry is a reason to skip, any
+    other install failure is a failure.
+    """
+    if tool == "npm":
+        cmd = ["npm", "view", "openai", "version", "--loglevel=error"]
+    elif tool == "pip":
+        cmd = [sys.executable, "-m", "pip", "index", "versions", "--no-input",
+               "--disable-pip-version-check", "openai-agents"]
+    else:
+        raise ValueError(f"unknown package tool {tool!r}; known: npm, pip")
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _pip_target_install(name: str, requirement: str, dist_info: str) -> Path:
+    """``pip install --target`` of ``requirement`` (+ deps) into the cache dir ``name``; return it."""
+    def populate(tmp: Path) -> None:
+        probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL)
+        if probe.returncode != 0:
+            raise ClientUnavailable(f"pip is not available for {sys.executable}: "
+                                    f"{_tail(probe.stderr)}")
+        _run_install([sys.executable, "-m", "pip", "install", "--quiet", "--no-input",
+                      "--disable-pip-version-check", "--target", str(tmp), requirement], requirement)
+
+    def check(tmp: Path) -> str | None:
+        return None if (tmp / dist_info).is_dir() else f"no {dist_info} in {tmp}"
+
+    return _cached_install(name, populate, check)
+
+
 def legacy_python_dir() -> str:
     """Cache directory name for openai==PY_LEGACY_OPENAI under this interpreter.
 
@@ -177,45 +233,47 @@ def legacy_python_dir() -> str:
 
 def ensure_legacy_python() -> Path:
     """Install openai==PY_LEGACY_OPENAI (+ deps) with pip --target; return that dir."""
-    def populate(tmp: Path) -> None:
-        probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True,
-                               text=True, stdin=subprocess.DEVNULL)
-        if probe.returncode != 0:
-            raise ClientUnavailable(f"pip is not available for {sys.executable}: "
-                                    f"{_tail(probe.stderr)}")
-        _run_install([sys.executable, "-m", "pip", "install", "--quiet", "--no-input",
-                      "--disable-pip-version-check", "--target", str(tmp),
-                      f"openai=={PY_LEGACY_OPENAI}"], f"openai=={PY_LEGACY_OPENAI}")
-
-    def check(tmp: Path) -> str | None:
-        if not (tmp / f"openai-{PY_LEGACY_OPENAI}.dist-info").is_dir():
-            return f"no openai-{PY_LEGACY_OPENAI}.dist-info in {tmp}"
-        return None
-
-    return _cached_install(legacy_python_dir(), populate, check)
+    return _pip_target_install(legacy_python_dir(), f"openai=={PY_LEGACY_OPENAI}",
+                               f"openai-{PY_LEGACY_OPENAI}.dist-info")
 
 
-def ensure_node_sdk(version: str) -> Path:
-    """Install npm ``openai@version`` under its own prefix; return the prefix dir.
+def agents_python_dir() -> str:
+    """Cache directory name for openai-agents==PY_OPENAI_AGENTS under this interpreter."""
+    return f"py-openai-agents-{PY_OPENAI_AGENTS}-{sys.implementation.cache_tag}"
 
-    The package lives in ``<dir>/node_modules/openai``.
+
+def ensure_agents_python() -> Path:
+    """Install openai-agents==PY_OPENAI_AGENTS (+ deps, its own openai) with pip --target; return that dir."""
+    return _pip_target_install(agents_python_dir(), f"openai-agents=={PY_OPENAI_AGENTS}",
+                               f"openai_agents-{PY_OPENAI_AGENTS}.dist-info")
+
+
+def ensure_node_sdk(install: str) -> Path:
+    """Install the npm packages of ``NODE_INSTALLS[install]`` under their own prefix; return it.
+
+    The packages live in ``<dir>/node_modules/<package>``.
     """
     if not node_available():
         raise ClientUnavailable("node and npm are required for the Node clients")
+    packages = NODE_INSTALLS[install]
+    specs = [f"{name}@{version}" for name, version in packages.items()]
 
     def populate(tmp: Path) -> None:
         _run_install(["npm", "install", "--prefix", str(tmp), "--no-audit", "--no-fund",
-                      "--loglevel=error", f"openai@{version}"], f"npm openai@{version}")
+                      "--loglevel=error", *specs], f"npm {' '.join(specs)}")
 
     def check(tmp: Path) -> str | None:
-        pkg = tmp / "node_modules" / "openai" / "package.json"
-        try:
-            got = json.loads(pkg.read_text())["version"]
-        except (OSError, ValueError, KeyError) as exc:
-            return f"cannot read {pkg}: {exc}"
-        return None if got == version else f"npm installed openai@{got}, wanted {version}"
+        for name, version in packages.items():
+            pkg = tmp / "node_modules" / name / "package.json"
+            try:
+                got = json.loads(pkg.read_text())["version"]
+            except (OSError, ValueError, KeyError) as exc:
+                return f"cannot read {pkg}: {exc}"
+            if got != version:
+                return f"npm installed {name}@{got}, wanted {version}"
+        return None
 
-    return _cached_install(f"node-openai-{version}", populate, check)
+    return _cached_install(install, populate, check)
 
 
 # --- running the programs ------------------------------------------------------------
@@ -273,6 +331,17 @@ def run_legacy_python(env: dict[str, str], timeout: float = 120) -> dict[str, An
     return _run_program([sys.executable, CLIENTS_DIR / "legacy_python.py"], child, timeout)
 
 
+def run_agents_python(env: dict[str, str], timeout: float = 240) -> dict[str, Any]:
+    """Run python_agents.py under openai-agents==PY_OPENAI_AGENTS and return its JSON summary.
+
+    The cached install comes first on PYTHONPATH, so its own openai (and pydantic, httpx...)
+    shadow the venv's; the program reports the versions it imported.
+    """
+    target = ensure_agents_python()
+    child = _child_env(env, PYTHONPATH=str(target))
+    return _run_program([sys.executable, CLIENTS_DIR / "python_agents.py"], child, timeout)
+
+
 def run_node(script_name: str, env: dict[str, str], timeout: float = 120) -> dict[str, Any]:
     """Run a Node program from this directory (a key of NODE_SCRIPTS) and return its JSON.
 
@@ -313,11 +382,14 @@ def install_all() -> dict[str, float]:
     start = time.monotonic()
     ensure_legacy_python()
     timings[f"python openai=={PY_LEGACY_OPENAI}"] = time.monotonic() - start
+    start = time.monotonic()
+    ensure_agents_python()
+    timings[f"python openai-agents=={PY_OPENAI_AGENTS}"] = time.monotonic() - start
     if node_available():
-        for version in dict.fromkeys(NODE_SCRIPTS.values()):
+        for install in NODE_INSTALLS:
             start = time.monotonic()
-            ensure_node_sdk(version)
-            timings[f"npm openai@{version}"] = time.monotonic() - start
+            ensure_node_sdk(install)
+            timings[f"npm {install}"] = time.monotonic() - start
     return timings
 
 
