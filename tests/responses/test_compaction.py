@@ -68,3 +68,9 @@ def test_with_no_room_for_a_summary_every_older_item_is_dropped(tmp_path: Path) 
     world = World(tmp_path, ScriptedEngine(context_length=40))  # a budget of 20 tokens: 15 left after the kept turn
     split = _plan(world, [_message("user", "old"), _message("user", "z" * 5)])
     assert (split.kept, split.summarised, split.dropped, split.summary) == ([_message("user", "z" * 5)], [], 1, None)
+
+
+def test_the_create_request_it_reads_keeps_the_parsed_items_as_they_are() -> None:
+    body = CompactRequest.model_validate({"model": "m", "input": [{"id": "0", "type": None}], "previous_response_id": "resp_1"})
+    create = compaction.as_create(body)  # an item reference with a null type (allowed) is not validated again
+    assert create.input == body.input and create.previous_response_id == "resp_1" and create.store is False and create.conversation is None

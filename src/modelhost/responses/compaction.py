@@ -65,8 +65,10 @@ class Compaction:
 
 
 def as_create(body: CompactRequest) -> CreateResponse:
-    """The create request whose context the compaction reads (so the chain is loaded and bounded alike)."""
-    return CreateResponse(
+    """The create request whose context the compaction reads (so the chain is loaded and bounded alike).
+
+    Built from the fields as parsed, not validated again: the parsed items are models already."""
+    return CreateResponse.model_construct(
         model=body.model, input=body.input, previous_response_id=body.previous_response_id, instructions=body.instructions, store=False
     )
 
