@@ -68,3 +68,20 @@ def test_collect_runs_a_generation_to_its_answer(tmp_path: Path) -> None:
         assert result.completion_tokens == len(choice.text.encode())
 
     asyncio.run(main())
+
+
+def test_after_a_call_a_separator_and_a_cut_tag_are_not_an_answer() -> None:
+    """A forced call, then the newline before a second call and its first bytes, cut by max tokens
+    (what the Agents SDK got: an extra message "<tool" beside the call)."""
+    for pieces in ((CALL, "\n", "<tool"), (CALL + "\n<to", "ol"), (CALL, "\n")):
+        assembler = Assembler(1, PLAN)
+        out = [p for text in pieces for p in assembler.feed(TextDelta(0, text))]
+        out += assembler.feed(ChoiceFinished(0, "length", 32))
+        assert [type(p).__name__ for p in out] == ["CallPiece", "ChoiceEnd"], (pieces, out)
+
+
+def test_text_between_parallel_calls_that_is_only_a_newline_is_not_content() -> None:
+    assembler = Assembler(1, PLAN)
+    out = [p for text in (CALL, "\n", CALL) for p in assembler.feed(TextDelta(0, text))]
+    assert [type(p).__name__ for p in out] == ["CallPiece", "CallPiece"]
+    assert [p.call_index for p in out if isinstance(p, CallPiece)] == [0, 1]

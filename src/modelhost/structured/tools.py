@@ -137,7 +137,10 @@ class ParsedCall:
 
 @dataclass
 class ToolCallParser:
-    """Splits streamed model text into content and completed calls, holding back a partial `<tool_call>`."""
+    """Splits streamed model text into content and completed calls, holding back a partial `<tool_call>`.
+
+    Once a call was made, whitespace is held back too: the newline between parallel calls, or after
+    the last one, is the calls' separator, not an answer (it would become an empty message)."""
 
     buffer: str = ""
     calls: list[ParsedCall] = field(default_factory=list)
@@ -149,12 +152,14 @@ class ToolCallParser:
             start = self.buffer.find(OPEN)
             if start < 0:
                 keep = next((k for k in range(min(len(OPEN) - 1, len(self.buffer)), 0, -1) if OPEN.startswith(self.buffer[-k:])), 0)
-                if len(self.buffer) > keep:
-                    out.append(self.buffer[: len(self.buffer) - keep])
-                    self.buffer = self.buffer[len(self.buffer) - keep :]
+                text_part = self.buffer[: len(self.buffer) - keep]
+                if text_part and not (self.calls and text_part.isspace()):
+                    out.append(text_part)
+                    self.buffer = self.buffer[len(text_part) :]
                 return out
             if start > 0:
-                out.append(self.buffer[:start])
+                if not (self.calls and self.buffer[:start].isspace()):
+                    out.append(self.buffer[:start])
                 self.buffer = self.buffer[start:]
             end = self.buffer.find(CLOSE)
             if end < 0:
@@ -174,8 +179,10 @@ class ToolCallParser:
         stays visible as text, so nothing the model wrote silently disappears.
         """
         rest, self.buffer = self.buffer, ""
-        if drop_unfinished_call and self.calls and rest.startswith(OPEN):
-            return []
+        if self.calls:
+            unfinished = rest.lstrip()
+            if not unfinished or (drop_unfinished_call and (unfinished.startswith(OPEN) or OPEN.startswith(unfinished))):
+                return []  # a separator, or a call (or the start of its tag) that max_tokens cut short
         return [rest] if rest else []
 
     def _parse(self, body: str) -> ParsedCall | None:
