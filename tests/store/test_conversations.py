@@ -119,7 +119,7 @@ def test_purge_deletes_expired_conversations_with_their_items(database: Database
     fresh = _new(database, at=NOW - timedelta(days=1))
     for conversation_id in (old, touched, fresh):
         with database.sessions() as session:
-            conversation = store.find_conversation(session, ORG, PROJECT, conversation_id)
+            conversation = store.find_conversation(session, ORG, PROJECT, conversation_id, now=NOW - timedelta(days=31))
             assert conversation is not None
             added_at = NOW - timedelta(days=2) if conversation_id == touched else conversation.created_at
             store.add_items(session, conversation, [_message(f"msg_{conversation_id}")], now=added_at)
@@ -169,3 +169,33 @@ def test_concurrent_appends_take_distinct_positions(database: Database) -> None:
         mine = [i for i in ids if i.startswith(f"msg_{writer}")]
         assert mine == [f"msg_{writer}{n}{half}" for n in range(8) for half in "ab"]
         assert all(ids[ids.index(f"msg_{writer}{n}a") + 1] == f"msg_{writer}{n}b" for n in range(8))
+
+
+def test_an_expired_conversation_not_yet_swept_is_not_found(database: Database) -> None:
+    conversation_id = _new(database, at=datetime.now(timezone.utc) - timedelta(days=31))
+    with database.sessions() as session:
+        assert store.find_conversation(session, ORG, PROJECT, conversation_id) is None
+        with pytest.raises(NotFound):
+            store.conversation_items(session, ORG, PROJECT, conversation_id)
+
+
+def test_a_conversation_holds_a_bounded_number_of_characters_counted_as_items_come_and_go(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "MAX_CHARACTERS_PER_CONVERSATION", 1000)
+    conversation_id = _new(database)
+    big = _message("msg_big", "x" * 600)
+    with database.sessions() as session:
+        store.append_items(session, ORG, PROJECT, conversation_id, [big])
+        session.commit()
+    with database.sessions() as session:
+        with pytest.raises(InvalidRequest) as caught:
+            store.append_items(session, ORG, PROJECT, conversation_id, [_message("msg_more", "y" * 600)])
+        assert "characters" in caught.value.message and caught.value.param == "conversation"
+    with database.sessions() as session:
+        conversation = store.found_conversation(session, ORG, PROJECT, conversation_id)
+        assert conversation.total_characters == store.item_characters(big)
+        assert store.delete_item(session, conversation, "msg_big")
+        assert conversation.total_characters == 0
+        store.append_items(session, ORG, PROJECT, conversation_id, [_message("msg_more", "y" * 600)])
+        session.commit()

@@ -163,3 +163,12 @@ def test_the_sweep_deletes_what_expired_and_keeps_the_rest(database: Database) -
         assert session.scalar(select(func.count()).select_from(StoredChatMessage)) == 4
         assert session.scalar(select(func.count()).select_from(StoredChatMetadata)) == 1
     assert retention.purge_expired(database.sessions, NOW + timedelta(days=30))["chat_completions"] == 0  # idempotent
+
+
+def test_an_expired_completion_not_yet_swept_is_neither_read_nor_listed(database: Database) -> None:
+    mine, _, _ = _principals(database)
+    _save(database, mine, "chatcmpl-stale", at=datetime.now(timezone.utc) - timedelta(days=31))
+    _save(database, mine, "chatcmpl-live")
+    assert _ids(database, mine) == ["chatcmpl-live"]
+    with pytest.raises(NotFound):
+        stored.get(database.sessions, mine, "chatcmpl-stale")

@@ -10,7 +10,7 @@ query takes the owner (organization, project): another project's id is simply no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, delete, exists, select
@@ -74,12 +74,18 @@ def add(
     session.add_all(StoredChatMetadata(completion_id=row.id, key=k, value=v) for k, v in metadata.items())
 
 
+def _live() -> Any:
+    """Only completions not yet expired: one past its time is gone before the sweep deletes it."""
+    return StoredChatCompletion.expires_at > datetime.now(timezone.utc)
+
+
 def get(session: Session, organization_id: str, project_id: str, completion_id: str) -> StoredChatCompletion | None:
     return session.scalars(
         select(StoredChatCompletion).where(
             StoredChatCompletion.id == completion_id,
             StoredChatCompletion.organization_id == organization_id,
             StoredChatCompletion.project_id == project_id,
+            _live(),
         )
     ).first()
 
@@ -110,7 +116,7 @@ def list_page(
 ) -> Page[StoredChatCompletion]:
     """The owner's completions by creation time, narrowed to `model` and to every `metadata` pair."""
     query = select(StoredChatCompletion).where(
-        StoredChatCompletion.organization_id == organization_id, StoredChatCompletion.project_id == project_id
+        StoredChatCompletion.organization_id == organization_id, StoredChatCompletion.project_id == project_id, _live()
     )
     if model is not None:
         query = query.where(StoredChatCompletion.model == model)

@@ -8,7 +8,8 @@ one leaves a gap, never renumbers.
 Writers hold the conversation row while they add items: the `UPDATE … WHERE item_count + n <= cap`
 that reserves their positions locks it on PostgreSQL (SQLite has one writer at a time), so two
 requests appending to one conversation at once get consecutive positions, never the same ones,
-and together never pass `MAX_ITEMS_PER_CONVERSATION`.
+and together never pass `MAX_ITEMS_PER_CONVERSATION` items or `MAX_CHARACTERS_PER_CONVERSATION`
+characters (`total_characters`, reserved in the same UPDATE).
 
 Retention slides: a conversation expires `retention` after its last change (items added, metadata
 updated), the interval it was created with (`expires_at - updated_at`). `purge_expired` deletes
@@ -21,7 +22,8 @@ what has expired, items first. Nothing here commits: the caller's transaction do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, delete, select, update
@@ -36,6 +38,9 @@ from modelhost.store.tenancy import as_utc
 #: The most items one conversation holds; adding past it is a 400 (a conversation is context for a
 #: model, and every response that uses it reads all of it: tens of thousands of items fit no model).
 MAX_ITEMS_PER_CONVERSATION = 10_000
+#: The most characters of item JSON one conversation holds (8 MiB of text): a response that uses the
+#: conversation reads all of it, so its size is bounded where it is stored, not only its item count.
+MAX_CHARACTERS_PER_CONVERSATION = 8 * 1024 * 1024
 #: How long an untouched conversation is kept when the caller names no retention (issue #14: 30 days).
 DEFAULT_RETENTION = timedelta(days=30)
 CONVERSATION_ID = "conv_"
@@ -57,6 +62,7 @@ class StoredConversation(Base):
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON)
     item_count: Mapped[int] = mapped_column(Integer)  # items it holds now
     next_position: Mapped[int] = mapped_column(Integer)  # the position the next item takes
+    total_characters: Mapped[int] = mapped_column(Integer)  # the characters of its items' JSON (`item_characters`)
 
 
 class StoredConversationItem(Base):
@@ -82,6 +88,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def item_characters(item: Mapping[str, object]) -> int:
+    """The size an item counts for in a conversation's bound: the characters of its JSON."""
+    return len(json.dumps(item))
+
+
 def create_conversation(
     session: Session,
     organization_id: str,
@@ -102,6 +113,7 @@ def create_conversation(
         metadata_=dict(metadata),
         item_count=0,
         next_position=0,
+        total_characters=0,
     )
     session.add(conversation)
     session.flush()
@@ -109,21 +121,31 @@ def create_conversation(
 
 
 def find_conversation(
-    session: Session, organization_id: str, project_id: str, conversation_id: str, *, for_update: bool = False
+    session: Session,
+    organization_id: str,
+    project_id: str,
+    conversation_id: str,
+    *,
+    for_update: bool = False,
+    now: datetime | None = None,
 ) -> StoredConversation | None:
-    """The project's conversation `conversation_id`, or None (also when another project owns it).
+    """The project's live conversation `conversation_id`, or None (also when another project owns it,
+    or it has expired and waits for the sweep).
 
     `for_update` locks its row until commit (PostgreSQL), so no item is added while it is deleted.
+    `now` (the clock's time when None) is when it must still be live.
     """
     query = select(StoredConversation).where(
         StoredConversation.id == conversation_id,
         StoredConversation.organization_id == organization_id,
         StoredConversation.project_id == project_id,
+        StoredConversation.expires_at > (now or _now()),
     )
     return session.scalars(query.with_for_update() if for_update else query).one_or_none()
 
 
-def _found(session: Session, organization_id: str, project_id: str, conversation_id: str) -> StoredConversation:
+def found_conversation(session: Session, organization_id: str, project_id: str, conversation_id: str) -> StoredConversation:
+    """The project's live conversation; NotFound (param `conversation`) if it has none by that id."""
     conversation = find_conversation(session, organization_id, project_id, conversation_id)
     if conversation is None:
         raise conversation_not_found(conversation_id, param="conversation")
@@ -133,8 +155,11 @@ def _found(session: Session, organization_id: str, project_id: str, conversation
 def conversation_items(
     session: Session, organization_id: str, project_id: str, conversation_id: str
 ) -> list[dict[str, object]]:
-    """Every item of the project's conversation, in the order added; NotFound (param `conversation`) if none."""
-    conversation = _found(session, organization_id, project_id, conversation_id)
+    """Every item of the project's conversation, in the order added; NotFound (param `conversation`) if none.
+
+    It reads the whole conversation: a caller that must bound what it reads checks the conversation's
+    `item_count` and `total_characters` (`found_conversation`) first."""
+    conversation = found_conversation(session, organization_id, project_id, conversation_id)
     return list(
         session.scalars(
             select(StoredConversationItem.item)
@@ -156,7 +181,7 @@ def append_items(
     NotFound (param `conversation`) for a conversation the project does not have; 400 for an id
     the conversation already holds, or for more items than it may hold.
     """
-    conversation = _found(session, organization_id, project_id, conversation_id)
+    conversation = found_conversation(session, organization_id, project_id, conversation_id)
     add_items(session, conversation, items, now=_now(), param="conversation")
 
 
@@ -172,7 +197,8 @@ def add_items(
     ids = [str(item["id"]) for item in items]
     assert all(0 < len(i) <= MAX_ITEM_ID_LENGTH for i in ids), "item ids are given and bounded by the caller"
     _check_new_ids(session, conversation.id, ids, param)
-    first = _reserve_positions(session, conversation, len(items), now=now, param=param)
+    characters = sum(item_characters(item) for item in items)
+    first = _reserve_positions(session, conversation, len(items), characters, now=now, param=param)
     session.add_all(
         StoredConversationItem(
             conversation_id=conversation.id, position=first + offset, item_id=item_id, item=item, created_at=now
@@ -206,17 +232,22 @@ def _duplicate(item_id: str, param: str | None) -> InvalidRequest:
 
 
 def _reserve_positions(
-    session: Session, conversation: StoredConversation, count: int, *, now: datetime, param: str | None
+    session: Session, conversation: StoredConversation, count: int, characters: int, *, now: datetime, param: str | None
 ) -> int:
-    """The first of `count` positions taken for new items (the row stays locked until commit)."""
+    """The first of `count` positions taken for new items of `characters` in all (the row stays locked until commit)."""
     table = StoredConversation
     retention = as_utc(conversation.expires_at) - as_utc(conversation.updated_at)  # type: ignore[operator]
     reserved = session.execute(
         update(table)
-        .where(table.id == conversation.id, table.item_count + count <= MAX_ITEMS_PER_CONVERSATION)
+        .where(
+            table.id == conversation.id,
+            table.item_count + count <= MAX_ITEMS_PER_CONVERSATION,
+            table.total_characters + characters <= MAX_CHARACTERS_PER_CONVERSATION,
+        )
         .values(
             item_count=table.item_count + count,
             next_position=table.next_position + count,
+            total_characters=table.total_characters + characters,
             updated_at=now,
             expires_at=now + retention,
         )
@@ -226,8 +257,9 @@ def _reserve_positions(
         if session.get(StoredConversation, conversation.id, populate_existing=True) is None:
             raise conversation_not_found(conversation.id, param=param)  # deleted or purged meanwhile
         raise InvalidRequest(
-            f"Conversation '{conversation.id}' may hold at most {MAX_ITEMS_PER_CONVERSATION} items; adding "
-            f"{count} would go past it. Start a new conversation.",
+            f"Conversation '{conversation.id}' may hold at most {MAX_ITEMS_PER_CONVERSATION} items and "
+            f"{MAX_CHARACTERS_PER_CONVERSATION} characters of items; adding {count} items of {characters} "
+            "characters would go past it. Start a new conversation.",
             param=param,
             code="invalid_value",
         )
@@ -290,7 +322,10 @@ def delete_item(session: Session, conversation: StoredConversation, item_id: str
     session.execute(
         update(StoredConversation)
         .where(StoredConversation.id == conversation.id)
-        .values(item_count=StoredConversation.item_count - 1)
+        .values(
+            item_count=StoredConversation.item_count - 1,
+            total_characters=StoredConversation.total_characters - item_characters(row.item),
+        )
         .execution_options(synchronize_session=False)
     )
     session.flush()

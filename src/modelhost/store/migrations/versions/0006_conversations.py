@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON, nullable=False),
         sa.Column("item_count", sa.Integer, nullable=False),
         sa.Column("next_position", sa.Integer, nullable=False),
+        sa.Column("total_characters", sa.Integer, nullable=False),
     )
     op.create_index("ix_conversations_expires_at", "conversations", ["expires_at"])  # the retention sweep
     op.create_table(
