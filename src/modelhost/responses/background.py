@@ -12,8 +12,13 @@ response has. While the task runs they are in its `EventLog` here, so a client c
 live from any point (`GET …?stream=true&starting_after=N`); once it has finished they are read back
 from the store, on any replica.
 
-A replica that stops leaves nothing running forever: its heartbeat (the ledger's) goes stale, and
-the next read of the response marks it `failed` (`responses.context.get`).
+A run has a deadline (`deadline_seconds`, shorter than its concurrency lease): past it, it ends
+`failed`, settled and stored. Its final state is stored before its last event is published, and
+that save is retried for a while (`FINAL_SAVE_DELAYS`) should the store fail.
+
+Nothing is left running forever: a replica that stops has a heartbeat (the ledger's) that goes
+stale, and a run whose final state could not be stored has no task left on its replica; either
+way the next read of the response marks it `failed` (`responses.context.get`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ Save = Callable[[dict[str, Any], "list[dict[str, Any]] | None"], Awaitable[objec
 # Whether the store still has the response running (a cancel or delete on any replica ends that).
 StillRunning = Callable[[], Awaitable[bool]]
 CANCEL_POLL_SECONDS = 2.0
+FINAL_SAVE_DELAYS = (1.0, 3.0, 6.0)  # seconds before each retry of a final save that failed: ~10 s in all
 
 
 class EventLog:
@@ -79,10 +85,20 @@ class BackgroundResponses:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._logs: dict[str, EventLog] = {}
+        self._reserved: set[str] = set()
+
+    def reserve(self, response_id: str) -> None:
+        """Count `response_id` as running here from before it is stored `queued` until it starts (or
+        `release`): a read in between must not take it for a run this replica lost."""
+        self._reserved.add(response_id)
+
+    def release(self, response_id: str) -> None:
+        self._reserved.discard(response_id)
 
     def start(self, response_id: str, log: EventLog, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work, name=f"background response {response_id}")
         self._tasks[response_id], self._logs[response_id] = task, log
+        self._reserved.discard(response_id)
 
         def finished(_: object) -> None:
             self._tasks.pop(response_id, None)
@@ -90,6 +106,10 @@ class BackgroundResponses:
             log.close()
 
         task.add_done_callback(finished)
+
+    def runs(self, response_id: str) -> bool:
+        """Whether this replica runs `response_id` now (or is about to start it)."""
+        return response_id in self._tasks or response_id in self._reserved
 
     def log(self, response_id: str) -> EventLog | None:
         return self._logs.get(response_id)
@@ -130,32 +150,42 @@ async def run_detached(
     save: Save,
     still_running: StillRunning | None = None,
     poll_seconds: float = CANCEL_POLL_SECONDS,
+    deadline_seconds: float | None = None,
 ) -> None:
     """Run `run` to its end, logging its events and storing each state of the response through
     `save`; settles the run however it ends. With `still_running`, a cancel made on another replica
-    stops it within `poll_seconds`."""
+    stops it within `poll_seconds`; past `deadline_seconds` it ends failed."""
     frame = renderer.response
     task = asyncio.current_task()
     assert task is not None, "run_detached runs as a task"
     watcher = asyncio.create_task(_stop_when_not_running(still_running, task, poll_seconds)) if still_running else None
+    limit = asyncio.timeout(deadline_seconds)
     try:
-        log.add([renderer.event("response.in_progress", response=frame)])
-        await save(frame, None)
-        assembler = Assembler(1, tools)
-        async for engine_event in run.events():
-            for piece in assembler.feed(engine_event):
-                log.add(renderer.feed(piece))
-        await run.settle()
-        usage = render.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
-        final = render.finish(frame, renderer.output, renderer.finish_reason, usage)
-        log.add([renderer.finished(final)])
-        await save(final, [payload for _, payload in log.events])
-    except APIError as exc:
-        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
-        await _failed(renderer, log, save, code, exc.message, exc.code, exc.param)
+        try:
+            async with limit:
+                log.add([renderer.event("response.in_progress", response=frame)])
+                await save(frame, None)
+                assembler = Assembler(1, tools)
+                async for engine_event in run.events():
+                    for piece in assembler.feed(engine_event):
+                        log.add(renderer.feed(piece))
+            await run.settle()
+            usage = render.usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
+            final = render.finish(frame, renderer.output, renderer.finish_reason, usage)
+            await _finish(log, save, [renderer.finished(final)], final)
+        except APIError as exc:
+            code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+            await _failed(renderer, log, save, code, exc.message, exc.code, exc.param)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and limit.expired():
+                message = f"The response did not finish within the server's limit of {deadline_seconds:g} seconds."
+                await _failed(renderer, log, save, "server_error", message, "timeout", None)
+            else:
+                logger.exception("background response %s failed", frame["id"])
+                await _failed(renderer, log, save, "server_error", "The server failed while generating this response.", None, None)
     except Exception:
-        logger.exception("background response %s failed", frame["id"])
-        await _failed(renderer, log, save, "server_error", "The server failed while generating this response.", None, None)
+        # Its final state could not be stored: with no task left here, its next read marks it failed.
+        logger.exception("background response %s: its final state could not be stored", frame["id"])
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -165,5 +195,21 @@ async def run_detached(
 
 async def _failed(renderer: ResponseEvents, log: EventLog, save: Save, code: str, message: str, error_code: str | None, param: str | None) -> None:
     failed = render.failed(renderer.response, code, message, renderer.output)
-    log.add(renderer.failed(error_code, message, param, failed))
-    await save(failed, [payload for _, payload in log.events])
+    await _finish(log, save, renderer.failed(error_code, message, param, failed), failed)
+
+
+async def _finish(log: EventLog, save: Save, last: list[Event], response: dict[str, Any]) -> None:
+    """Store the response's final state with all its events, then publish the last ones: a follower
+    told it ended can read it back. The save is retried (`FINAL_SAVE_DELAYS`), whatever cancels the task."""
+    events = [payload for _, payload in [*log.events, *last]]
+    with anyio.CancelScope(shield=True):
+        for delay in (*FINAL_SAVE_DELAYS, None):
+            try:
+                await save(response, events)
+                break
+            except Exception:
+                if delay is None:
+                    raise
+                logger.warning("could not store background response %s; retrying in %gs", response["id"], delay, exc_info=True)
+                await anyio.sleep(delay)
+    log.add(last)

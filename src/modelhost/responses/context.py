@@ -14,7 +14,7 @@ before the client is told the response is complete, so a follow-up works at once
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -243,20 +243,33 @@ def cancel(sessions: sessionmaker[Session], who: Principal, response_id: str, no
 
 
 def get(
-    sessions: sessionmaker[Session], who: Principal, response_id: str, now: datetime, *, alive_since: datetime | None = None
+    sessions: sessionmaker[Session],
+    who: Principal,
+    response_id: str,
+    now: datetime,
+    *,
+    alive_since: datetime | None = None,
+    this_replica: str | None = None,
+    runs_here: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
-    """The stored response; a background one whose replica stopped (no heartbeat since `alive_since`)
-    is marked failed now rather than left running forever (blocking)."""
+    """The stored response; a background one that no replica runs any more is marked failed now
+    rather than left running forever (blocking). No replica runs it when its replica has not beaten
+    its heartbeat since `alive_since`, or is `this_replica` and that does not run it (`runs_here`):
+    its run ended without storing how."""
     with sessions() as session:
         response = store.get_response(session, who.organization_id, who.project_id, response_id, now)
         replica = store.running_replica(session, who.organization_id, who.project_id, response_id, now)
-        if alive_since is None or replica is None or store.replica_alive(session, replica, alive_since):
+        if replica is None:
             return response
-        failed = {
-            **response,
-            "status": "failed",
-            "error": {"code": "server_error", "message": "The server running this response stopped before it finished."},
-        }
+        if replica == this_replica and runs_here is not None:
+            if runs_here(response_id):
+                return response
+            message = "The server running this response could not store how it ended."
+        elif alive_since is None or store.replica_alive(session, replica, alive_since):
+            return response
+        else:
+            message = "The server running this response stopped before it finished."
+        failed = {**response, "status": "failed", "error": {"code": "server_error", "message": message}}
         if store.update_response(session, who.organization_id, who.project_id, failed, from_statuses=RUNNING):
             session.commit()
             return failed
