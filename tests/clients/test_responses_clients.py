@@ -143,10 +143,6 @@ def test_agents_sdk_runs_an_agent_with_a_function_tool(agents_run: dict[str, Any
     assert (stored.data[-1].call_id, stored.data[-2].call_id) == (call["call_id"], call["call_id"])  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: with tool_choice=required the forced-call response also carries a `message` item whose "
-    "output_text is the start of a second <tool_call> tag ('<tool'), placed before the function_call in "
-    "the non-streamed output, with status completed at output_tokens == max_output_tokens"))
 def test_agents_sdk_forced_call_answer_has_no_tool_markup_as_text(agents_run: dict[str, Any]) -> None:
     messages = [item["raw"] for item in agents_run["call_run"]["items"] if item["type"] == "message_output_item"]
     assert not any("<tool" in _message_text(m) for m in messages), messages
