@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
@@ -26,7 +28,7 @@ from modelhost.api.state import AppState
 from modelhost.auth import Principal
 from modelhost.engine.base import EngineEvent
 from modelhost.engine.registry import CHAT
-from modelhost.errors import APIError, InvalidRequest
+from modelhost.errors import APIError, InvalidRequest, ServiceUnavailable
 from modelhost.ids import new_id
 from modelhost.pipeline import GenerationRun
 from modelhost.pipeline.admission import admitted
@@ -47,7 +49,7 @@ from modelhost.responses import compaction
 from modelhost.responses import context as ctx
 from modelhost.responses import render
 from modelhost.responses import request as req
-from modelhost.responses.background import BackgroundResponses, EventLog, queued_events, run_detached
+from modelhost.responses.background import FINAL_SAVE_DELAYS, BackgroundResponses, EventLog, queued_events, run_detached
 from modelhost.responses.events import Event, ResponseEvents, sse
 from modelhost.responses.items import page
 from modelhost.store.tenancy import utcnow
@@ -72,6 +74,10 @@ register_url_convertor("response_id", ResponseIdConvertor())  # Starlette's regi
 router = APIRouter(dependencies=[Depends(principal)])
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429)}
 MAX_PAGE = 100
+NOT_STORED = (
+    "The response was generated and billed, but could not be stored, so it is not returned; "
+    "a retry generates (and bills) it again."
+)
 REPLAY_WAIT_SECONDS, REPLAY_POLL_SECONDS = 600.0, 0.5  # following a response that runs on another replica
 
 
@@ -125,12 +131,15 @@ async def _in_background(
     its events (a client that leaves stops following, not the response)."""
     state = app_state(request)
     queued = {**frame, "status": "queued"}
+    background = _background(request)
+    background.reserve(frame["id"])  # runs here from before it is stored: a read meanwhile must not fail it
     try:
         await in_thread(
             functools.partial(ctx.save, replica_id=state.ledger_writer.replica_id),
             state.sessions, who, queued, context, utcnow(), state.settings.stored_objects_retention_days,
         )
     except BaseException:
+        background.release(frame["id"])
         await run.settle()
         raise
     renderer = ResponseEvents(frame, with_logprobs=req.wants_logprobs(body))
@@ -144,11 +153,18 @@ async def _in_background(
     async def still_running() -> bool:
         return await anyio.to_thread.run_sync(ctx.still_running, state.sessions, who, frame["id"])
 
-    work = run_detached(run, chat.tools, renderer, log, save=save, still_running=still_running)
-    _background(request).start(frame["id"], log, work)
+    work = run_detached(run, chat.tools, renderer, log, save=save, still_running=still_running, deadline_seconds=_deadline(state))
+    background.start(frame["id"], log, work)
     if body.stream:
         return _event_stream(_sse(log.follow(-1)), run.rate_limit_headers)
     return JSONResponse(queued, headers=run.rate_limit_headers)
+
+
+def _deadline(state: AppState) -> float:
+    """How long a background run may take: as long as a request, and ending (its final save retried
+    included) before its concurrency lease does, so its slot is never freed while it still runs."""
+    settings = state.settings
+    return max(1.0, min(settings.request_timeout_seconds, settings.limits_lease_seconds - sum(FINAL_SAVE_DELAYS)))
 
 
 async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
@@ -171,8 +187,15 @@ class _Saving:
         self._needed = body.store or context.conversation_id is not None
 
     async def __call__(self, response: dict[str, Any]) -> None:
-        if self._needed:
+        """Store it; a store that fails is a 503 the SDKs do not retry (`x-should-retry: false`): a
+        retry would generate, and bill, the answer again."""
+        if not self._needed:
+            return
+        try:
             await in_thread(ctx.save, *self._args, response, self._context, self._now, self._days)
+        except SQLAlchemyError as exc:
+            logger.exception("responses: could not store %s", response["id"])
+            raise ServiceUnavailable(NOT_STORED, headers={"x-should-retry": "false"}) from exc
 
 
 async def _stream(
@@ -222,20 +245,33 @@ async def retrieve_response(response_id: str, request: Request, who: Principal =
     response_id = _response_id(response_id)
     if request.query_params.get("stream") in ("true", "1"):
         return await _replay(request, state, who, response_id, _starting_after(request.query_params.get("starting_after")))
+    return JSONResponse(await _get(request, state, who, response_id))
+
+
+async def _get(request: Request, state: AppState, who: Principal, response_id: str) -> dict[str, Any]:
+    """The stored response; one still running in the store is marked failed when its replica stopped
+    (a stale heartbeat) or is this replica, which has no task for it (its final state was not stored)."""
     now = utcnow()
-    return JSONResponse(await in_thread(functools.partial(ctx.get, alive_since=_alive_since(state, now)), state.sessions, who, response_id, now))
+    get = functools.partial(
+        ctx.get,
+        alive_since=now - timedelta(seconds=STALE_HEARTBEATS * state.settings.ledger_heartbeat_seconds),
+        this_replica=state.ledger_writer.replica_id,
+        runs_here=_background(request).runs,
+    )
+    return await in_thread(get, state.sessions, who, response_id, now)
 
 
-def _alive_since(state: AppState, now: datetime) -> datetime:
-    return now - timedelta(seconds=STALE_HEARTBEATS * state.settings.ledger_heartbeat_seconds)
+def _integer(value: str, name: str, lowest: int, highest: int | None = None) -> int:
+    """An ASCII decimal integer of at most 12 digits in [lowest, highest], else a 400 (never a 500,
+    nor another script's digits)."""
+    if re.fullmatch(r"-?[0-9]{1,12}", value) is None or int(value) < lowest or (highest is not None and int(value) > highest):
+        bound = f"from {lowest}" if highest is None else f"from {lowest} to {highest}"
+        raise InvalidRequest(f"Invalid '{name}': an integer {bound}.", param=name, code="invalid_value")
+    return int(value)
 
 
 def _starting_after(value: str | None) -> int:
-    if value is None:
-        return -1
-    if not value.lstrip("-").isdigit() or len(value) > 12 or int(value) < -1:
-        raise InvalidRequest("Invalid 'starting_after': a sequence number (an integer from -1).", param="starting_after", code="invalid_value")
-    return int(value)
+    return -1 if value is None else _integer(value, "starting_after", -1)
 
 
 async def _replay(request: Request, state: AppState, who: Principal, response_id: str, after: int) -> StreamingResponse:
@@ -249,17 +285,32 @@ async def _replay(request: Request, state: AppState, who: Principal, response_id
     async def stored() -> AsyncIterator[bytes]:
         deadline = anyio.current_time() + REPLAY_WAIT_SECONDS
         while anyio.current_time() < deadline:
-            now = utcnow()
-            response = await in_thread(functools.partial(ctx.get, alive_since=_alive_since(state, now)), state.sessions, who, response_id, now)
+            response = await _get(request, state, who, response_id)
             if response["status"] not in ctx.RUNNING:
                 break
             await anyio.sleep(REPLAY_POLL_SECONDS)
-        _, events = await in_thread(ctx.events, state.sessions, who, response_id, utcnow())
+        response, events = await in_thread(ctx.events, state.sessions, who, response_id, utcnow())
         for payload in events or []:
             if payload["sequence_number"] > after:
                 yield sse((payload["type"], payload))
+        last = _missing_terminal(response, events or [], after)
+        if last is not None:
+            yield sse(last)
 
     return _event_stream(stored())
+
+
+TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
+
+
+def _missing_terminal(response: dict[str, Any], events: list[dict[str, Any]], after: int) -> Event | None:
+    """The event that ends a stream whose stored events do not (a response marked failed when its
+    replica stopped has none after those it had stored), built from the stored response."""
+    kind = TERMINAL.get(response["status"])
+    if kind is None or any(payload["type"] in TERMINAL.values() for payload in events):
+        return None
+    sequence = max([after, *(payload["sequence_number"] for payload in events)]) + 1
+    return kind, {"type": kind, "response": response, "sequence_number": sequence}
 
 
 @router.post("/v1/responses/{response_id:response_id}/cancel", response_model=ResponseObject, responses=ERRORS)
@@ -284,9 +335,7 @@ async def delete_response(response_id: str, request: Request, who: Principal = D
 def _limit(value: str | None) -> int:
     if value is None:
         return 20
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
-        raise InvalidRequest(f"Invalid 'limit': an integer from 1 to {MAX_PAGE}.", param="limit", code="invalid_value")
-    return int(value)
+    return _integer(value, "limit", 1, MAX_PAGE)
 
 
 @router.get("/v1/responses/{response_id:response_id}/input_items", response_model=ItemList, responses=ERRORS)

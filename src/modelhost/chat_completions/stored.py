@@ -35,6 +35,11 @@ from modelhost.protocol.stored_chat import (
 )
 from modelhost.store import chat_completions as store
 
+NOT_STORED = (
+    "The completion was generated and billed, but could not be stored, so it is not returned; "
+    "a retry generates (and bills) it again."
+)
+
 
 def save(
     sessions: sessionmaker[Session],
@@ -47,7 +52,9 @@ def save(
 ) -> None:
     """Keep `completion` (the chat.completion object answered) with `request`'s messages and metadata.
 
-    A store that fails is a 503 (a stream's error event): the client is not told of an object it could not read back.
+    A store that fails is a 503 (a stream's error event): the client is not told of an object it could
+    not read back. It says `x-should-retry: false`, which the OpenAI SDKs honour: the answer was
+    generated and billed, and a retry would generate (and bill) it again.
     """
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)  # SQLite keeps no zone: UTC throughout
     row = store.StoredChatCompletion(
@@ -64,7 +71,7 @@ def save(
         with transaction(sessions) as session:
             store.add(session, row, messages, request.metadata or {})
     except SQLAlchemyError as exc:
-        raise ServiceUnavailable("The completion could not be stored; retry the request.") from exc
+        raise ServiceUnavailable(NOT_STORED, headers={"x-should-retry": "false"}) from exc
 
 
 def stored_message(message: Message, param: str) -> dict[str, Any]:
