@@ -137,3 +137,55 @@ def test_a_background_response_whose_replica_stopped_is_failed_not_running_forev
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
     assert not ctx.update(database.sessions, me, {**queued, "status": "completed"}, context)  # a late finish changes nothing
     assert ctx.cancel(database.sessions, me, "resp_bg", now)["status"] == "failed"
+
+
+def _conversation_with(database: Database, who: Principal, text: str) -> str:
+    with database.sessions() as session:
+        conversation = conversations.create_conversation(session, who.organization_id, who.project_id, {}, now=tenancy.utcnow())
+        item = {"id": "msg_seed", "type": "message", "role": "user", "status": "completed", "content": [{"type": "input_text", "text": text}]}
+        conversations.append_items(session, who.organization_id, who.project_id, conversation.id, [item])
+        session.commit()
+        return conversation.id
+
+
+def _unread(*_: object, **__: object) -> None:
+    raise AssertionError("the stored items were read before the context's size was checked")
+
+
+def test_a_conversation_too_large_is_refused_before_its_items_are_read(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    me, _, _ = _principals(database)
+    conversation_id = _conversation_with(database, me, "x" * 500)
+    monkeypatch.setattr(ctx, "MAX_CONTEXT_CHARACTERS", 400)
+    monkeypatch.setattr(conversations, "conversation_items", _unread)
+    body = CreateResponse.model_validate({"model": "m", "input": "next", "conversation": conversation_id})
+    with pytest.raises(InvalidRequest) as refused:
+        ctx.load(database.sessions, me, body, tenancy.utcnow())
+    assert refused.value.param == "conversation" and "characters" in refused.value.message
+    monkeypatch.setattr(ctx, "MAX_CONTEXT_CHARACTERS", 10_000)
+    monkeypatch.setattr(ctx, "MAX_CONTEXT_ITEMS", 0)  # the item count is checked before reading too
+    with pytest.raises(InvalidRequest) as refused:
+        ctx.load(database.sessions, me, body, tenancy.utcnow())
+    assert refused.value.param == "conversation" and "items" in refused.value.message
+
+
+def test_a_chain_too_large_is_refused_before_its_items_are_read(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    me, _, _ = _principals(database)
+    _respond(database, me, "resp_1", "x" * 500)
+    monkeypatch.setattr(ctx, "MAX_CONTEXT_CHARACTERS", 400)
+    monkeypatch.setattr(store, "items", _unread)
+    with pytest.raises(InvalidRequest) as refused:
+        _respond(database, me, "resp_2", "next", "resp_1")
+    assert refused.value.param == "previous_response_id" and "characters" in refused.value.message
+
+
+def test_an_input_naming_one_item_twice_is_refused_before_any_work(database: Database) -> None:
+    me, _, _ = _principals(database)
+    _respond(database, me, "resp_1", "first")
+    conversation_id = _conversation_with(database, me, "seed")
+    message = {"id": "msg_twice", "type": "message", "role": "user", "content": "hi"}
+    reference = {"type": "item_reference", "id": "fc_resp_1"}
+    for input in ([message, message], [reference, reference]):
+        body = CreateResponse.model_validate({"model": "m", "input": input, "conversation": conversation_id})
+        with pytest.raises(InvalidRequest) as refused:
+            ctx.load(database.sessions, me, body, tenancy.utcnow())
+        assert refused.value.param == "input[1]" and "twice" in refused.value.message

@@ -73,12 +73,6 @@ def as_create(body: CompactRequest) -> CreateResponse:
     )
 
 
-def _text(item: Item) -> str:
-    """The item's text as the model reads it (what its tokens are counted from)."""
-    text = items_mod.item_text(item.get("content", item.get("output", "")))
-    return "".join((text, str(item.get("name", "")), str(item.get("arguments", "")), str(item.get("encrypted_content", ""))))
-
-
 def _newest_turn_start(items: Sequence[Item]) -> int:
     for i in range(len(items) - 1, -1, -1):
         if items[i].get("type") == "message" and items[i].get("role") == "user":
@@ -90,15 +84,12 @@ def _kept(items: Sequence[Item], served: ServedModel, limit: int) -> tuple[int, 
     """Where the kept items start, and their tokens: the newest turn's items, newest first, while they
     fit in `limit` tokens (blocking: it tokenizes). An item whose characters alone exceed what is left
     is not tokenized (no token is longer than `context.MAX_TOKEN_CHARACTERS`)."""
-    assert served.engine is not None
-    engine = served.engine
     start, counts = len(items), dict[int, int]()
     for i in range(len(items) - 1, _newest_turn_start(items) - 1, -1):
-        text, used = _text(items[i]), sum(counts.values())
+        text, used = ctx.text(items[i]), sum(counts.values())
         if len(text) > (limit - used) * ctx.MAX_TOKEN_CHARACTERS:
             break
-        # An engine that forwards requests has no tokenizer here: 4 characters a token, rounded up.
-        tokens = -(-len(text) // 4) if engine.forwards_requests else len(engine.tokenize(text))
+        tokens = ctx.count_tokens(served, text)
         if used + tokens > limit:
             break
         start, counts[i] = i, tokens
@@ -135,18 +126,30 @@ async def plan(body: CompactRequest, context: ctx.Context, served: ServedModel, 
     max_tokens = min(SUMMARY_MAX_TOKENS, budget - kept_tokens, max(MIN_SUMMARY_TOKENS, characters // CHARACTERS_PER_SUMMARY_TOKEN))
     if max_tokens < MIN_SUMMARY_TOKENS:
         return Compaction(kept, [], len(older), None)
-    summarised = older
-    while summarised and ctx.cannot_fit(summarised, window - max_tokens):
-        summarised = ctx.without_oldest(summarised)
-    while summarised:
+    summarised = await to_thread.run_sync(_summarisable, body, older, served, window - max_tokens)
+    for _ in range(ctx.PLAN_ATTEMPTS):
+        if not summarised:
+            break
         try:
             chat = await plan_chat(_summary_input(body, summarised, max_tokens), served, admission, max_n=max_n, operation=ctx.OPERATION)
         except ContextLengthExceeded:
             chat = None
         if chat is not None and _prompt_tokens(chat) + max_tokens <= window:
             return Compaction(kept, summarised, len(older) - len(summarised), chat)
-        summarised = ctx.without_oldest(summarised)
+        summarised = ctx.without_oldest(summarised)  # the template's own tokens overflowed it
     return Compaction(kept, [], len(older), None)
+
+
+def _summarisable(body: CompactRequest, older: list[Item], served: ServedModel, room: int) -> list[Item]:
+    """The newest older items that fit in the summary prompt's `room` tokens beside the instructions and
+    the request to summarise (blocking: each item is tokenized once); none if nothing fits."""
+    while older and ctx.cannot_fit(older, room):
+        older = ctx.without_oldest(older)  # by characters: far too long whatever the tokenizer
+    try:
+        fixed = ctx.instruction_tokens(body.instructions, served) + ctx.count_tokens(served, SUMMARY_REQUEST) + ctx.TEMPLATE_TOKENS_PER_ITEM
+    except ContextLengthExceeded:
+        return []
+    return ctx.newest_that_fit(older, served, room - fixed - ctx.TEMPLATE_TOKENS_PER_ITEM)  # and the generation prompt
 
 
 def compacted(response_id: str, created_at: int, compaction: Compaction, summary: str | None, usage: dict[str, Any]) -> dict[str, Any]:
