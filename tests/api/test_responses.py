@@ -170,6 +170,19 @@ def test_another_project_or_organization_gets_the_same_404(client: openai.OpenAI
     assert client.responses.retrieve(mine.id).id == mine.id
 
 
+def test_an_unknown_model_is_its_404_before_any_stored_context_is_read(client: openai.OpenAI) -> None:
+    """The model lookup and the request count come before the stored context is read: a bogus model
+    naming a conversation or a chain reads nothing (were it read, this would be the conversation's 404)."""
+    for attempt in (
+        lambda: client.responses.create(model="no-such-model", input="Hi", conversation="conv_unknown"),
+        lambda: client.responses.input_tokens.count(model="no-such-model", input="Hi", previous_response_id="resp_unknown"),
+        lambda: client.responses.compact(model="no-such-model", input="Hi", previous_response_id="resp_unknown"),
+    ):
+        with pytest.raises(openai.NotFoundError) as info:
+            attempt()
+        assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [

@@ -88,8 +88,10 @@ async def create_response(body: CreateResponse, request: Request, who: Principal
         logger.info("responses: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
     req.check(body)
     now = utcnow()
-    context = await in_thread(ctx.load, state.sessions, who, body, now)
     async with admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="resp_") as (served, admission):
+        # The stored context is read once the model is found and the request counted: a bogus model or
+        # a spent limit reads nothing.
+        context = await in_thread(ctx.load, state.sessions, who, body, now)
         chat = await ctx.plan(body, context, served, admission, max_n=state.settings.max_n)
         run = state.pipeline.run(chat.generation)
         await run.__aenter__()
@@ -356,8 +358,8 @@ async def count_input_tokens(body: CreateResponse, request: Request, who: Princi
     """The tokens the response's context would take, counted by planning it (nothing runs)."""
     state = app_state(request)
     req.check(body)
-    context = await in_thread(ctx.load, state.sessions, who, body, utcnow())
     async with admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="resp_") as (served, admission):
+        context = await in_thread(ctx.load, state.sessions, who, body, utcnow())
         chat = await ctx.plan(body, context, served, admission, max_n=state.settings.max_n)
     generation = chat.generation
     count = len(generation.prompt_tokens) if generation.upstream is None else generation.upstream.prompt_estimate
@@ -372,8 +374,8 @@ async def compact_response(body: CompactRequest, request: Request, who: Principa
     if body.ignored_fields():
         logger.info("responses.compact: ignoring unsupported fields %s", ", ".join(body.ignored_fields()))
     now = utcnow()
-    context = await in_thread(ctx.load, state.sessions, who, compaction.as_create(body), now)
     async with admitted(state.registry, state.limiter, who, body.model, CHAT, id_prefix="resp_") as (served, admission):
+        context = await in_thread(ctx.load, state.sessions, who, compaction.as_create(body), now)
         split = await compaction.plan(body, context, served, admission, max_n=state.settings.max_n)
         if split.summary is None:
             return JSONResponse(compaction.compacted(new_id("resp_"), int(now.timestamp()), split, None, render.usage(0, 0, 0)))
