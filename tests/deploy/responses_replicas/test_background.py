@@ -186,12 +186,6 @@ def test_a_response_whose_replica_was_killed_fails_within_the_stale_window_and_i
     assert row is not None and row.outcome == "interrupted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server gap: resuming the stream of a background response failed because its replica died gives an empty "
-    "200 stream (its events were only in the dead replica's memory, and the failure written by responses.context.get "
-    "stores no events), so a client following it never learns how it ended; expected a final response.failed event",
-)
 def test_following_a_response_whose_replica_was_killed_ends_with_response_failed(pair: Pair, killed: Killed) -> None:
     _, survivor = pair
     began = time.monotonic()
