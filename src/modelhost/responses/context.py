@@ -106,14 +106,14 @@ def _chain_items(session: Session, who: Principal, previous_id: str, now: dateti
             param="previous_response_id",
             code="invalid_value",
         )
-    rows = store.chain(session, who.organization_id, who.project_id, previous_id, now)
-    _refuse_if_too_large(*_chain_size(session, [r.id for r in rows]), "previous_response_id")
+    ids = store.chain(session, who.organization_id, who.project_id, previous_id, now)
+    _refuse_if_too_large(*_chain_size(session, ids), "previous_response_id")
     by_response: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for response_id, role, item in store.items(session, [r.id for r in rows]):
+    for response_id, role, item in store.items(session, ids):
         by_response.setdefault((response_id, role), []).append(item)
     earlier: list[dict[str, Any]] = []
-    for row in rows:
-        earlier += by_response.get((row.id, store.INPUT), []) + by_response.get((row.id, store.OUTPUT), [])
+    for response_id in ids:
+        earlier += by_response.get((response_id, store.INPUT), []) + by_response.get((response_id, store.OUTPUT), [])
     return earlier, length + 1
 
 

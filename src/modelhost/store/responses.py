@@ -212,18 +212,26 @@ def items(session: Session, response_ids: Sequence[str], role: str | None = None
     return [(r.response_id, r.role, r.item) for r in rows]
 
 
-def chain(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> list[StoredResponse]:
-    """The responses of the chain ending at `response_id`, oldest first; a deleted or expired link ends it.
+def chain(session: Session, organization_id: str, project_id: str, response_id: str, now: datetime) -> list[str]:
+    """The ids of the chain's responses ending at `response_id`, oldest first; a deleted or expired link ends it.
 
-    The caller bounds its length first (`chain_length`): one query per response."""
-    found: list[StoredResponse] = []
+    Only ids are read (not the stored Response objects), so a chain costs its length in small rows
+    whatever its responses hold; the caller bounds that length first (`chain_length`)."""
+    found: list[str] = []
     next_id: str | None = response_id
     while next_id is not None:
-        row = _row(session, organization_id, project_id, next_id, now)
-        if row is None:
+        link = session.execute(
+            select(StoredResponse.id, StoredResponse.previous_response_id).where(
+                StoredResponse.id == next_id,
+                StoredResponse.organization_id == organization_id,
+                StoredResponse.project_id == project_id,
+                StoredResponse.expires_at > now,
+            )
+        ).first()
+        if link is None:
             break
-        found.append(row)
-        next_id = row.previous_response_id
+        found.append(link[0])
+        next_id = link[1]
     return found[::-1]
 
 
