@@ -20,7 +20,7 @@ from modelhost.engine.registry import CHAT
 from modelhost.errors import APIError
 from modelhost.pipeline import GenerationRun
 from modelhost.pipeline.admission import admitted
-from modelhost.pipeline.assembly import Assembler, CallPiece, ChoiceEnd, ChoiceResult, ContentPiece, RunResult, collect
+from modelhost.pipeline.assembly import Assembler, CallPiece, ChoiceEnd, ChoiceResult, ContentPiece, RunResult
 from modelhost.pipeline.planning import ChatPlan, plan_chat
 from modelhost.protocol import convert
 from modelhost.protocol.chat import ChatCompletion, ChatCompletionRequest
@@ -49,17 +49,10 @@ async def create_chat_completion(
     keep = _keeper(state, who, body) if body.store else None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        # A forwarded request starts its response once the upstream answered: its errors keep their status.
-        events = await gen.started(run) if chat.generation.upstream is not None else run.events()
-        response = gen.SettledStreamingResponse(_stream(run, events, chat, include_usage, keep), settle=run.settle)
-        response.headers.update(run.rate_limit_headers)
-        return response
-    try:
-        result = await gen.until_disconnect(request, collect(run, chat.tools))
-    except gen.ClientDisconnected:
-        return Response(status_code=499)  # nobody is listening; the ledger has the partial usage
-    finally:
-        await run.settle()
+        return await gen.stream_response(run, lambda events: _stream(run, events, chat, include_usage, keep))
+    result = await gen.collected(request, run, chat.tools)
+    if result is None:
+        return Response(status_code=499)
     completion = _completion(chat, result)
     if keep is not None:
         await keep(completion)

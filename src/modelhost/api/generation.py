@@ -19,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from modelhost.engine.base import EngineEvent
 from modelhost.errors import ServerError
 from modelhost.pipeline import GenerationRun
+from modelhost.pipeline.assembly import RunResult, collect
+from modelhost.structured.tools import ToolPlan
 
 T = TypeVar("T")
 
@@ -112,6 +114,29 @@ async def settle_before_done(runs: Sequence[GenerationRun]) -> bytes | None:
             code="usage_not_recorded",
         ).body()
     )
+
+
+async def stream_response(
+    run: GenerationRun, render: Callable[[AsyncIterator[EngineEvent]], AsyncIterator[bytes]]
+) -> SettledStreamingResponse:
+    """`run`'s SSE response: its events rendered by `render`, settled however the response ends,
+    with the rate-limit headers. A forwarded request starts once the upstream answered, so that
+    upstream's errors keep their HTTP status."""
+    events = await started(run) if run.plan.upstream is not None else run.events()
+    response = SettledStreamingResponse(render(events), settle=run.settle)
+    response.headers.update(run.rate_limit_headers)
+    return response
+
+
+async def collected(request: Request, run: GenerationRun, tools: ToolPlan | None) -> RunResult | None:
+    """`run` to its end, assembled, and settled; None when the client left first (answer 499:
+    nobody is listening, and the ledger has the partial usage)."""
+    try:
+        return await until_disconnect(request, collect(run, tools))
+    except ClientDisconnected:
+        return None
+    finally:
+        await run.settle()
 
 
 class SettledStreamingResponse(StreamingResponse):

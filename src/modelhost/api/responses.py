@@ -100,17 +100,10 @@ async def create_response(body: CreateResponse, request: Request, who: Principal
         return await _in_background(request, run, chat, frame, body, context, who)
     saving = _Saving(state, who, body, context, now)
     if body.stream:
-        # A forwarded request starts its response once the upstream answered: its errors keep their status.
-        events = await gen.started(run) if chat.generation.upstream is not None else run.events()
-        response = gen.SettledStreamingResponse(_stream(run, events, chat, frame, body, saving), settle=run.settle)
-        response.headers.update(run.rate_limit_headers)
-        return response
-    try:
-        result = await gen.until_disconnect(request, collect(run, chat.tools))
-    except gen.ClientDisconnected:
-        return Response(status_code=499)  # nobody is listening; the ledger has the partial usage
-    finally:
-        await run.settle()
+        return await gen.stream_response(run, lambda events: _stream(run, events, chat, frame, body, saving))
+    result = await gen.collected(request, run, chat.tools)
+    if result is None:
+        return Response(status_code=499)
     choice = result.choices[0]
     output = render.output_items(choice, with_logprobs=req.wants_logprobs(body))
     final = render.finish(frame, output, choice.finish_reason, render.usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens))
