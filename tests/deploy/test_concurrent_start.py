@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from modelhost.store.db import migration_heads
+from serverproc import private_database
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STARTERS = 4
 
 # What `modelhost serve` does before it loads a model (cli.cmd_serve), in a process of its own.
@@ -34,14 +33,8 @@ print(json.dumps({"created": first.created, "organization": first.organization_i
 
 @pytest.fixture
 def empty_database() -> Iterator[str]:
-    name = f"modelhost_start_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with private_database("modelhost_start") as url:
+        yield url
 
 
 @pytest.mark.parametrize("round_", range(3))

@@ -34,12 +34,11 @@ import pytest
 from modelhost.store.db import migration_heads
 import redis
 
-from serverproc import MODEL, ServerProcess, free_port
+from serverproc import MODEL, ServerProcess, free_port, private_database
 from modelhost.store import UsageLedger, UsageEntry, open_engine, session_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "nginx-replicas.conf"
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 KEY_CACHE_SECONDS = 2.0
 METRICS_TOKEN = "metrics-" + uuid.uuid4().hex
@@ -66,14 +65,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A PostgreSQL database of our own, empty (the replicas migrate it), dropped afterwards."""
-    name = f"modelhost_deploy_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with private_database("modelhost_deploy") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -13,30 +13,22 @@ from pathlib import Path
 
 import httpx
 import openai
-import psycopg
 import pytest
 import redis
 
-from serverproc import MODEL, ServerProcess, free_port
+from serverproc import MODEL, ServerProcess, free_port, private_database
 from modelhost.store import UsageLedger, open_engine, session_factory
 
 from .conftest import REDIS_URL, _cleanup
 from .test_http import HI, ONE_TOKEN, new_tenant
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A PostgreSQL database of our own, dropped afterwards."""
-    name = f"modelhost_limits_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with private_database("modelhost_limits") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openai
-import psycopg
 import pytest
 import redis
 
 from modelhost.pipeline.ledger_writer import STALE_HEARTBEATS
-from serverproc import ServerProcess
+from serverproc import ServerProcess, private_database
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HEARTBEAT_SECONDS = 1.0
 STALE_SECONDS = STALE_HEARTBEATS * HEARTBEAT_SECONDS
@@ -49,14 +47,8 @@ def new_tenant(server: ServerProcess, name: str, organization: str | None = None
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A PostgreSQL database of our own, empty (the replicas migrate it), dropped afterwards."""
-    name = f"modelhost_responses_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with private_database("modelhost_responses") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
