@@ -43,6 +43,14 @@ class Principal:
     key_kind: str  # "user", "project", "service_account" or "admin"
     scopes: frozenset[str] = INFERENCE_SCOPES
     model_policy: ModelPolicy | None = None  # the project's model permissions, read with the key
+    # Set on the Principal a batch runs its lines as (never from a request's headers): the line is
+    # batch work of this batch — lower priority in the engine, quotas and the enqueued-token limit
+    # instead of RPM/TPM, a `batch` ledger row at the batch price.
+    batch_id: str | None = None
+
+    @property
+    def is_batch(self) -> bool:
+        return self.batch_id is not None
 
     @property
     def is_admin(self) -> bool:
