@@ -293,6 +293,31 @@ class Settings(BaseSettings):
         default=64, ge=0, description="Embedding requests that may wait for a model's worker thread before 503s."
     )
 
+    # -- batches (src/modelhost/batches/runner.py) ------------------------------------------------
+    batch_runner_enabled: bool = Field(
+        default=True, description="Run batch lines on this replica (off: it still takes /v1/batches requests; others run them)."
+    )
+    batch_poll_seconds: float = Field(
+        default=2.0, gt=0, description="How often each replica looks in the database for batch work to claim."
+    )
+    batch_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description=(
+            "How long a replica's claim of a batch line (or of a batch it validates or finalizes) lasts unless renewed; "
+            "after kill -9 another replica takes the work over once it has passed."
+        ),
+    )
+    batch_concurrency_per_batch: int = Field(
+        default=4, ge=1, le=1024, description="Lines of one batch one replica runs at once."
+    )
+    batch_concurrency_per_organization: int = Field(
+        default=8, ge=1, le=4096, description="Batch lines of one organization (all its batches) one replica runs at once."
+    )
+    batch_max_requests: int = Field(
+        default=50_000, ge=1, le=1_000_000, description="Most lines (requests) one batch's input file may have (OpenAI: 50,000)."
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from modelhost import __version__
 from modelhost.organization import bootstrap
 from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi, stored_chat
+from modelhost.api.batches import router as batches_router
 from modelhost.api.conversations import router as conversations_router
 from modelhost.api.errors import install_error_handlers
 from modelhost.api.responses import router as responses_router
@@ -24,6 +25,8 @@ from modelhost.api.inflight import InFlightRequests
 from modelhost.api.middleware import RequestContextMiddleware
 from modelhost.api.state import AppState
 from modelhost.auth import Authenticator
+from modelhost.batches.files import StoredFiles
+from modelhost.batches.runner import BatchRunner, RunnerSettings
 from modelhost.catalog import ModelCatalog
 from modelhost.config import Settings
 from modelhost.limits import Limiter, PriceTable, open_limiter
@@ -157,6 +160,10 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             observability=observability,
         )
         await ledger_writer.start()  # also settles rows left pending by crashed replicas
+        batch_runner = _batch_runner(app, app.state.modelhost)
+        app.state.batch_runner = batch_runner
+        if settings.batch_runner_enabled:
+            await batch_runner.start()
         flusher = asyncio.create_task(_flush_key_use(authenticator, settings.last_used_flush_seconds))
         sweeper = asyncio.create_task(_sweep_expired(sessions, settings.stored_objects_sweep_seconds))
         hangup = _reload_on_sighup(catalog)
@@ -167,6 +174,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             sweeper.cancel()
             if hangup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await batch_runner.stop()  # before the engines stop: its running lines are settled, their leases released
             if catalog is not None:
                 await catalog.close()
             else:
@@ -204,11 +212,34 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(completions.router)
     app.include_router(responses_router)
     app.include_router(conversations_router)
+    app.include_router(batches_router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(openapi.router)
     openapi.install_openapi(app)
     return app
+
+
+def _batch_runner(app: FastAPI, state: AppState) -> BatchRunner:
+    """This replica's batch runner: lines dispatched through `app` itself, claimed under the ledger's replica id."""
+    settings = state.settings
+    # The Files API's blob store and file size cap (read late: they are set up beside this runner).
+    files = StoredFiles(state.sessions, lambda: getattr(state, "blobs"), limit=getattr(settings, "files_max_bytes", 1 << 30))
+    return BatchRunner(
+        app=app,  # type: ignore[arg-type]
+        sessions=state.sessions,
+        files=files,
+        registry=lambda: state.registry,
+        replica_id=state.ledger_writer.replica_id,
+        settings=RunnerSettings(
+            poll_seconds=settings.batch_poll_seconds,
+            lease_seconds=settings.batch_lease_seconds,
+            per_batch=settings.batch_concurrency_per_batch,
+            per_organization=settings.batch_concurrency_per_organization,
+            max_line_bytes=settings.max_body_bytes,
+            max_lines=settings.batch_max_requests,
+        ),
+    )
 
 
 def _install(state: AppState, registry: ModelRegistry, prices: PriceTable) -> None:

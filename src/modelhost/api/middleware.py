@@ -38,6 +38,7 @@ from modelhost.api.deps import PASSED_CHECKS, HeaderCheck
 from modelhost.api.errors import error_response
 from modelhost.api.inflight import InFlightRequests
 from modelhost.api.keygate import KeyGate
+from modelhost.batches.dispatch import BATCH_PRINCIPAL
 from modelhost.errors import APIError
 from modelhost.observability import Observability
 from modelhost.observability.access_log import Exchange, enter_exchange, leave_exchange
@@ -56,6 +57,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
+
+
+def _trust_batch_principal(scope: Scope, checks: tuple[HeaderCheck, ...]) -> None:
+    """A batch line dispatched in-process (batches/dispatch.py): its batch's Principal is every check's answer.
+
+    `BATCH_PRINCIPAL` is a top-level scope key, which only code in this process can set: a server
+    builds an HTTP request's scope from the connection, and no header, path or body of a client's
+    becomes a scope key (tests/api/test_batches.py sends a header of that name: it is ignored).
+    """
+    who = scope[BATCH_PRINCIPAL]
+    state = scope.setdefault("state", {})
+    state[PASSED_CHECKS] = {check: who for check in checks}
+    state["principal"] = who  # what a passed `principal` check leaves for the response headers and access line
 
 
 async def _no_body() -> Message:
@@ -127,7 +141,9 @@ class RequestContextMiddleware:
         checks = route.checks if route is not None else ()
         if route is not None:
             response.exchange.route = route.path  # known now, for a request refused before the router sees it
-        if checks and not await self._authenticate(scope, checks, response):
+        if checks and BATCH_PRINCIPAL in scope:
+            _trust_batch_principal(scope, checks)
+        elif checks and not await self._authenticate(scope, checks, response):
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:

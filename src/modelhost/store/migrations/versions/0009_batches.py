@@ -1,9 +1,11 @@
 """Batches (issue #15): a batch, its lease, and each finished line (the durable record a restart resumes from).
 
-A line's row is written when it finishes, keyed by (batch, line number) and unique per
-(batch, custom_id): the runner skips every line that has a row, so after a crash no line runs
-twice and none is lost. The output and error files are written from these rows when the batch
-finalizes.
+A line's row is written when a replica claims it (`running`, with that replica's lease) and
+completed in the same transaction as the batch's counters when it finishes; it is keyed by (batch,
+line number) and unique per (batch, custom_id). A replica claims only lines without a row or whose
+`running` lease has lapsed (its replica died), so after a crash no line runs twice and none is lost.
+The output and error files are written from these rows, in line order, when the batch finalizes;
+a line's response body is kept as the bytes the endpoint answered.
 
 Revision ID: 0009_batches
 Revises: 0008_files
@@ -28,6 +30,7 @@ def upgrade() -> None:
         sa.Column("project_id", sa.String(64), sa.ForeignKey("projects.id"), nullable=False),
         sa.Column("user_id", sa.String(64), nullable=True),
         sa.Column("api_key_id", sa.String(64), nullable=True),
+        sa.Column("key_kind", sa.String(32), nullable=False),  # the creating key's kind: a line runs as it
         sa.Column("endpoint", sa.String(64), nullable=False),
         sa.Column("model", sa.String(256), nullable=True),
         sa.Column("input_file_id", sa.String(64), nullable=False),
@@ -65,14 +68,25 @@ def upgrade() -> None:
         sa.Column("batch_id", sa.String(64), sa.ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("line", sa.Integer, primary_key=True),
         sa.Column("custom_id", sa.String(512), nullable=False),
-        sa.Column("outcome", sa.String(16), nullable=False),  # "succeeded", "failed" or "expired"
-        sa.Column("record", sa.JSON, nullable=False),  # the output or error file's line, as written there
-        sa.Column("finished_at", TS, nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),  # "running", "succeeded", "failed" or "expired"
+        sa.Column("record_id", sa.String(64), nullable=True),  # the output line's `id` (batch_req_…)
+        sa.Column("status_code", sa.Integer, nullable=True),
+        sa.Column("request_id", sa.String(128), nullable=True),
+        sa.Column("body", sa.Text, nullable=True),  # the endpoint's response body, exactly as it answered
+        sa.Column("error", sa.JSON, nullable=True),  # a line that got no response (batch_expired)
+        sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default="0"),
+        # While running: the replica running it and until when; a lapsed lease lets another take it over.
+        sa.Column("lease_owner", sa.String(64), nullable=True),
+        sa.Column("lease_until", TS, nullable=True),
+        sa.Column("finished_at", TS, nullable=True),
         sa.UniqueConstraint("batch_id", "custom_id", name="uq_batch_lines_custom_id"),
     )
+    op.create_index("ix_batch_lines_outcome", "batch_lines", ["batch_id", "outcome"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_batch_lines_outcome", "batch_lines")
     op.drop_table("batch_lines")
     op.drop_index("ix_batches_work", "batches")
     op.drop_index("ix_batches_owner", "batches")

@@ -1,0 +1,9 @@
+"""The Batch API (issue #15): a file of requests run in the background, at lower priority, durably.
+
+- `objects.py`: create, retrieve, list, cancel (the routes' plain functions);
+- `lines.py`: the input file read and checked line by line;
+- `dispatch.py`: a line sent through the app's own ASGI stack as the batch's `Principal`, so its
+  answer is byte for byte the interactive one;
+- `runner.py`: each replica's runner, claiming validation, lines and finalization through the database;
+- `files.py`: the input, output and error files, through the Files API.
+"""

@@ -1,0 +1,466 @@
+"""The batch runner: one per replica, started in the app's lifespan, claiming batch work through the database.
+
+Every `poll_seconds` (or at once when a batch is created here) it reads the unfinished batches and,
+for each one nothing of this replica is already busy with, starts what the batch needs:
+
+- ``validating``: take the batch's lease, read the input file line by line and check it against the
+  batch (`lines.LineChecks`, the model exists and the project may use it) → ``in_progress`` with
+  `request_total`, or ``failed`` with ``errors.data[]`` naming lines;
+- ``in_progress`` with lines nobody runs: a worker that reads the file again and claims, line by line,
+  those without a row (or whose replica's lease lapsed), at most `per_batch` at once for this batch
+  and `per_organization` for its organization on this replica. Each claimed line is sent through the
+  app itself (`dispatch.py`) as the batch's `Principal`; its answer, the batch's counters and usage
+  are written in one transaction as it finishes (`store.batches.finish_line`);
+- every line done, the window passed (`expires_at`), or ``cancelling``, once no live replica runs a
+  line of it: take the lease and finalize — unfinished lines get a ``batch_expired`` error row when the
+  batch expired, the output and error files are written from the rows in line order, then
+  ``completed``, ``expired`` or ``cancelled``. A replica that dies while finalizing leaves its lease to
+  lapse; the next one resumes (the file ids already written are kept, so none is written twice).
+
+Leases (`lease_seconds`) of claimed lines and held batches are renewed every third of that while
+this replica works; on a clean stop they are released at once, after kill -9 they lapse and another
+replica (or this one restarted) takes the lines over. Time comes from `clock`, so tests can move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import anyio
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelhost.auth.principal import Principal
+from modelhost.batches import objects
+from modelhost.batches.dispatch import ASGIApp, Answer, dispatch
+from modelhost.batches.files import BatchFiles
+from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
+from modelhost.engine.registry import CHAT, COMPLETIONS, EMBEDDINGS, ModelRegistry
+from modelhost.errors import APIError
+from modelhost.ids import new_id
+from modelhost.protocol.batches import BatchError
+from modelhost.store import batches as store
+from modelhost.store.tenancy import as_utc
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+CAPABILITY = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS, "/v1/responses": CHAT}
+EXPIRED_ERROR = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
+PAGE = 200  # rows read per query when writing the output files
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    poll_seconds: float = 1.0
+    lease_seconds: float = 30.0
+    per_batch: int = 4
+    per_organization: int = 8
+    max_line_bytes: int = 8 << 20
+    max_lines: int = 50_000
+    max_errors: int = 100
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a poll round knows of a batch."""
+
+    id: str
+    status: str
+    organization_id: str
+    expires_at: datetime
+    total: int
+    done: int
+    running: int
+
+
+def refusal(line: InputLine, endpoint: str) -> Answer | None:
+    """The 400 a line gets before it runs: batches are not streamed, and a response is not run in the background."""
+    for param in ("stream", "background") if endpoint == "/v1/responses" else ("stream",):
+        if line.body.get(param) is True:
+            message = f"'{param}' is not supported in batches: each line is answered whole in the output file."
+            body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "unsupported_value"}}
+            return Answer(400, json.dumps(body).encode(), f"req_{uuid.uuid4().hex}")
+    return None
+
+
+def usage_of(body: bytes) -> tuple[int, int, int]:
+    """(input, cached, output) tokens of a successful answer (chat, completions, embeddings or a response)."""
+    try:
+        usage = json.loads(body).get("usage") or {}
+    except (ValueError, AttributeError):
+        return 0, 0, 0
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+
+    def number(value: object) -> int:
+        return value if isinstance(value, int) else 0
+
+    return (
+        number(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        number(details.get("cached_tokens") if isinstance(details, dict) else 0),
+        number(usage.get("completion_tokens", usage.get("output_tokens"))),
+    )
+
+
+def output_line(row: store.BatchLine) -> bytes:
+    """The row as a line of the output or error file; the response body spliced in as the bytes it was."""
+    head = {"id": row.record_id, "custom_id": row.custom_id}
+    if row.error is not None:
+        return json.dumps({**head, "response": None, "error": row.error}).encode() + b"\n"
+    response = json.dumps({"status_code": row.status_code, "request_id": row.request_id})
+    return (
+        json.dumps(head)[:-1].encode()
+        + b', "response": '
+        + response[:-1].encode()
+        + b', "body": '
+        + (row.body or "null").encode()
+        + b'}, "error": null}\n'
+    )
+
+
+class BatchRunner:
+    """Claims and runs batch work for one replica (`replica_id`); `start()` in the lifespan, `stop()` at its end."""
+
+    def __init__(
+        self,
+        *,
+        app: ASGIApp,
+        sessions: sessionmaker[Session],
+        files: BatchFiles,
+        registry: Callable[[], ModelRegistry],
+        replica_id: str,
+        settings: RunnerSettings = RunnerSettings(),
+        clock: Clock = utcnow,
+    ) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.files = files
+        self.registry = registry
+        self.replica_id = replica_id
+        self.settings = settings
+        self.clock = clock
+        self._busy: dict[str, asyncio.Task[None]] = {}  # batch id → the worker or step of ours on it
+        self._status: dict[str, str] = {}  # batch id → status as the last poll saw it (workers stop on a change)
+        self._organizations: dict[str, asyncio.Semaphore] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loops = [asyncio.create_task(self._poll_forever()), asyncio.create_task(self._renew_forever())]
+
+    async def stop(self) -> None:
+        """Stop claiming, cancel what runs (its engine work is settled by the pipeline), release our leases."""
+        tasks = [*self._loops, *self._busy.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._db(self._release_all)
+        except Exception:
+            logger.warning("could not release this replica's batch leases; they lapse in %gs", self.settings.lease_seconds)
+
+    def wake(self) -> None:
+        """Look for work now (a batch was created or cancelled here)."""
+        self._wake.set()
+
+    async def idle(self) -> None:
+        """Wait until nothing of this replica is busy (tests)."""
+        while self._busy:
+            await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+
+    # -- the poll --------------------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception:
+                logger.warning("batch runner: polling for work failed; will retry", exc_info=True)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def poll(self) -> None:
+        """One round: start what each unfinished batch needs and nothing here does yet."""
+        now = self.clock()
+        for batch in await self._db(self._snapshots, now):
+            self._status[batch.id] = batch.status
+            if batch.id in self._busy:
+                continue
+            if batch.status == store.VALIDATING:
+                self._start(batch.id, self._validate(batch.id))
+            elif batch.status == store.IN_PROGRESS:
+                if batch.done >= batch.total or now >= batch.expires_at:
+                    if batch.running == 0:
+                        self._start(batch.id, self._finalize(batch.id))
+                elif batch.total - batch.done - batch.running > 0:
+                    self._start(batch.id, self._work(batch.id))
+            elif batch.running == 0:  # cancelling, or finalizing by a replica whose lease may have lapsed
+                self._start(batch.id, self._finalize(batch.id))
+
+    def _snapshots(self, session: Session, now: datetime) -> list[_Snapshot]:
+        return [
+            _Snapshot(
+                row.id, row.status, row.organization_id, as_utc(row.expires_at) or now, row.request_total,
+                row.request_completed + row.request_failed, store.running_lines(session, row.id, now=now),
+            )
+            for row in store.candidates(session, limit=100)
+        ]
+
+    def _start(self, batch_id: str, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._busy[batch_id] = task
+        task.add_done_callback(lambda _: self._busy.pop(batch_id, None))
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            if self._busy:
+                try:
+                    await self._db(self._renew, list(self._busy))
+                except Exception:
+                    logger.warning("batch runner: could not renew leases; will retry", exc_info=True)
+
+    def _renew(self, session: Session, batch_ids: list[str]) -> None:
+        store.renew(session, self.replica_id, batch_ids, until=self._lease_end())
+
+    def _release_all(self, session: Session) -> None:
+        store.release_lines(session, self.replica_id, now=self.clock())
+        for batch_id in list(self._status):
+            store.release_batch(session, batch_id, self.replica_id)
+
+    # -- validating → in_progress or failed ------------------------------------------------------
+
+    async def _validate(self, batch_id: str) -> None:
+        claimed = await self._db(self._claim, batch_id, (store.VALIDATING,))
+        if claimed is None:
+            return
+        row, who = claimed
+        try:
+            checks = LineChecks(row.endpoint, max_lines=self.settings.max_lines, max_errors=self.settings.max_errors)
+            try:
+                async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+                    checks.add(parse_line(number, raw))
+            except LineTooLong as exc:
+                checks.fail(BatchError(code="line_too_long", message=f"This line is longer than {self.settings.max_line_bytes} bytes.", line=exc.number))
+            except APIError as exc:  # the file is gone
+                checks.fail(BatchError(code="invalid_file", message=exc.message, param="input_file_id"))
+            if checks.total == 0 and not checks.errors:
+                checks.fail(BatchError(code="empty_file", message="The batch input file is empty."))
+            if checks.model is not None and not checks.errors:
+                try:
+                    self.registry().get(checks.model, CAPABILITY[row.endpoint], caller=who)
+                except APIError as exc:
+                    code = exc.code or "invalid_model"
+                    checks.fail(BatchError(code=code, message=exc.message, param="body.model", line=checks.model_line))
+            now = self.clock()
+            if checks.errors:
+                errors = {"object": "list", "data": [e.model_dump() for e in checks.errors]}
+                await self._db(lambda s: store.transition(s, batch_id, from_=(store.VALIDATING,), status=store.FAILED, failed_at=now, errors=errors))
+            else:
+                await self._db(
+                    lambda s: store.transition(
+                        s, batch_id, from_=(store.VALIDATING,), status=store.IN_PROGRESS, in_progress_at=now,
+                        request_total=checks.total, model=checks.model,
+                    )
+                )
+        finally:
+            await self._shielded(self._db(store.release_batch, batch_id, self.replica_id))
+        self.wake()
+
+    # -- in_progress: running lines --------------------------------------------------------------
+
+    async def _work(self, batch_id: str) -> None:
+        row, who, finished = await self._db(self._for_work, batch_id)
+        expires_at = as_utc(row.expires_at)
+        assert expires_at is not None
+        per_batch = asyncio.Semaphore(self.settings.per_batch)
+        per_org = self._organizations.setdefault(row.organization_id, asyncio.Semaphore(self.settings.per_organization))
+        async with anyio.create_task_group() as lines:
+            async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+                if number in finished:
+                    continue
+                if self._status.get(batch_id) != store.IN_PROGRESS or self.clock() >= expires_at:
+                    break
+                line = parse_line(number, raw)
+                if not isinstance(line, InputLine):
+                    continue  # validated already; the file cannot have changed (files are written once)
+                await per_batch.acquire()
+                await per_org.acquire()
+                try:
+                    claimed = await self._db(self._claim_line, batch_id, expires_at, line)
+                except BaseException:
+                    per_batch.release()
+                    per_org.release()
+                    raise
+                if not claimed:  # another replica runs or ran it, or the batch stopped
+                    per_batch.release()
+                    per_org.release()
+                    if claimed is None:
+                        break
+                    continue
+                lines.start_soon(self._run_line, row.endpoint, batch_id, line, who, per_batch, per_org)
+        self.wake()
+
+    def _claim_line(self, session: Session, batch_id: str, expires_at: datetime, line: InputLine) -> bool | None:
+        """Claim `line` for this replica: False if another has it, None if the batch takes no more lines
+        (cancelled, or its window passed; read in the claim's transaction, not from the last poll)."""
+        now = self.clock()
+        row = store.get(session, batch_id)
+        if row is None or row.status != store.IN_PROGRESS or now >= expires_at:
+            if row is not None:
+                self._status[batch_id] = row.status
+            return None
+        return store.claim_line(session, batch_id, line.number, line.custom_id, self.replica_id, now=now, until=self._lease_end())
+
+    def _for_work(self, session: Session, batch_id: str) -> tuple[store.BatchRow, Principal, set[int]]:
+        row = store.get(session, batch_id)
+        assert row is not None
+        session.expunge(row)
+        return row, objects.principal_of(session, row), store.finished_lines(session, batch_id)
+
+    async def _run_line(
+        self, endpoint: str, batch_id: str, line: InputLine, who: Principal, per_batch: asyncio.Semaphore, per_org: asyncio.Semaphore
+    ) -> None:
+        try:
+            answer = refusal(line, endpoint) or await dispatch(self.app, endpoint, json.dumps(line.body).encode(), who)
+            succeeded = answer.status == 200
+            input_tokens, cached, output_tokens = usage_of(answer.body) if succeeded else (0, 0, 0)
+            try:
+                body = answer.body.decode()
+                json.loads(body)
+            except ValueError:
+                body = json.dumps(answer.body.decode(errors="replace"))
+            result = store.LineResult(
+                outcome=store.SUCCEEDED if succeeded else store.LINE_FAILED,
+                record_id=new_id("batch_req_"),
+                status_code=answer.status,
+                request_id=answer.request_id,
+                body=body,
+                input_tokens=input_tokens,
+                cached_tokens=cached,
+                output_tokens=output_tokens,
+            )
+            written = await self._shielded(
+                self._db(lambda s: store.finish_line(s, batch_id, line.number, self.replica_id, result, now=self.clock()))
+            )
+            if not written:
+                logger.warning("batch %s line %d: another replica took it over; this answer is dropped", batch_id, line.number)
+        finally:
+            per_batch.release()
+            per_org.release()
+
+    # -- finalizing → completed, expired or cancelled --------------------------------------------
+
+    async def _finalize(self, batch_id: str) -> None:
+        claimed = await self._db(self._claim, batch_id, (store.IN_PROGRESS, store.CANCELLING, store.FINALIZING))
+        if claimed is None:
+            return
+        row, who = claimed
+        try:
+            now = self.clock()
+            if await self._db(lambda s: store.running_lines(s, batch_id, now=now)) > 0:
+                return  # a live replica still runs lines of it: later
+            expires_at = as_utc(row.expires_at)
+            assert expires_at is not None
+            done = row.request_completed + row.request_failed
+            if row.status == store.IN_PROGRESS and done >= row.request_total:
+                await self._db(lambda s: store.transition(s, batch_id, from_=(store.IN_PROGRESS,), status=store.FINALIZING, finalizing_at=now))
+                end = store.COMPLETED
+            elif row.status == store.IN_PROGRESS and now >= expires_at:
+                await self._expire_unfinished(row, who)
+                end = store.EXPIRED
+            elif row.status == store.CANCELLING:
+                end = store.CANCELLED
+            elif row.status == store.FINALIZING:
+                end = store.COMPLETED
+            else:
+                return
+            await self._write_files(row, who)
+            stamp = {store.COMPLETED: "completed_at", store.EXPIRED: "expired_at", store.CANCELLED: "cancelled_at"}[end]
+            at = self.clock()
+            await self._db(lambda s: store.transition(s, batch_id, from_=(row.status, store.FINALIZING), status=end, **{stamp: at}))
+        finally:
+            await self._shielded(self._db(store.release_batch, batch_id, self.replica_id))
+
+    async def _expire_unfinished(self, row: store.BatchRow, who: Principal) -> None:
+        finished = await self._db(lambda s: store.finished_lines(s, row.id))
+        async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+            if number in finished:
+                continue
+            line = parse_line(number, raw)
+            if isinstance(line, InputLine):
+                record_id = new_id("batch_req_")
+                await self._db(lambda s: store.expire_line(s, row.id, number, line.custom_id, record_id, EXPIRED_ERROR, now=self.clock()))
+
+    async def _write_files(self, row: store.BatchRow, who: Principal) -> None:
+        expiry = row.output_expires_after
+        expires_at = self.clock() + timedelta(seconds=int(expiry["seconds"])) if expiry else None
+        for column, outcomes, kind in (
+            ("output_file_id", (store.SUCCEEDED,), "output"),
+            ("error_file_id", (store.LINE_FAILED, store.LINE_EXPIRED), "error"),
+        ):
+            if getattr(row, column) is not None:
+                continue  # written before this replica (or an earlier try) died
+            if not await self._db(lambda s: store.rows_after(s, row.id, outcomes, after=0, limit=1)):
+                continue
+            made = await self.files.create(
+                who, filename=f"{row.id}_{kind}.jsonl", chunks=self._file_lines(row.id, outcomes), expires_at=expires_at
+            )
+            await self._db(lambda s: store.transition(s, row.id, from_=store.UNFINISHED, **{column: made["id"]}))
+
+    async def _file_lines(self, batch_id: str, outcomes: tuple[str, ...]) -> AsyncIterator[bytes]:
+        after = 0
+        while True:
+            page = await self._db(lambda s: [(r.line, output_line(r)) for r in store.rows_after(s, batch_id, outcomes, after=after, limit=PAGE)])
+            if not page:
+                return
+            for _, line in page:
+                yield line
+            after = page[-1][0]
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _claim(self, session: Session, batch_id: str, statuses: tuple[str, ...]) -> tuple[store.BatchRow, Principal] | None:
+        now = self.clock()
+        if not store.claim_batch(session, batch_id, self.replica_id, now=now, until=self._lease_end(), statuses=statuses):
+            return None
+        row = store.get(session, batch_id)
+        assert row is not None
+        who = objects.principal_of(session, row)
+        session.flush()
+        session.expunge(row)
+        return row, who
+
+    def _lease_end(self) -> datetime:
+        return self.clock() + timedelta(seconds=self.settings.lease_seconds)
+
+    async def _db(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function(session, *args)` in one transaction on a worker thread."""
+
+        def run() -> T:
+            with self.sessions.begin() as session:
+                return function(session, *args)
+
+        return await anyio.to_thread.run_sync(run)
+
+    @staticmethod
+    async def _shielded(work: Any) -> Any:
+        with anyio.CancelScope(shield=True):
+            return await work

@@ -1,0 +1,83 @@
+"""Reading and checking a batch's input file: lines across chunks, numbering, the batch-wide checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
+from modelhost.batches.runner import output_line, usage_of
+from modelhost.protocol.batches import BatchError
+from modelhost.store.batches import BatchLine
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _read(data: bytes, size: int = 3, max_line_bytes: int = 100) -> list[tuple[int, bytes]]:
+    async def main() -> list[tuple[int, bytes]]:
+        return [line async for line in read_lines(_chunks(data, size), max_line_bytes=max_line_bytes)]
+
+    return asyncio.run(main())
+
+
+def test_lines_are_numbered_as_in_the_file_across_chunks_and_blank_lines() -> None:
+    assert _read(b'{"a":1}\n\n  \n{"b":2}\r\n{"c":3}') == [(1, b'{"a":1}'), (4, b'{"b":2}\r'), (5, b'{"c":3}')]
+    assert _read(b"") == []
+
+
+def test_a_line_longer_than_the_limit_is_refused_before_it_is_held() -> None:
+    with pytest.raises(LineTooLong) as refused:
+        _read(b"ok\n" + b"x" * 500, size=64, max_line_bytes=100)
+    assert refused.value.number == 2
+
+
+def _line(custom_id: str = "a", url: str = "/v1/chat/completions", model: str = "m") -> bytes:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": {"model": model}}).encode()
+
+
+def test_parse_line_names_what_is_wrong() -> None:
+    assert parse_line(1, _line()) == InputLine(1, "a", "/v1/chat/completions", {"model": "m"})
+    for raw, code, param in (
+        (b"{x", "invalid_json_line", None),
+        (b"[1]", "invalid_request", None),
+        (json.dumps({"method": "POST", "url": "u", "body": {}}).encode(), "invalid_request", "custom_id"),
+        (json.dumps({"custom_id": "a", "method": "GET", "url": "u", "body": {}}).encode(), "invalid_request", "method"),
+        (json.dumps({"custom_id": "a", "method": "POST", "url": "u", "body": []}).encode(), "invalid_request", "body"),
+    ):
+        error = parse_line(7, raw)
+        assert isinstance(error, BatchError) and (error.line, error.code, error.param) == (7, code, param)
+
+
+def test_checks_want_one_endpoint_one_model_unique_ids_and_a_bounded_count() -> None:
+    checks = LineChecks("/v1/chat/completions", max_lines=4, max_errors=10)
+    for number, raw in enumerate([_line("a"), _line("a"), _line("b", url="/v1/completions"), _line("c", model="n"), _line("d"), _line("e")], 1):
+        checks.add(parse_line(number, raw))
+    assert checks.model == "m" and checks.total == 6
+    assert [(e.line, e.code) for e in checks.errors] == [
+        (2, "duplicate_custom_id"),
+        (3, "mismatched_endpoint"),
+        (4, "mismatched_model"),
+        (5, "too_many_requests"),
+    ]
+
+
+def test_an_output_line_carries_the_body_bytes_unchanged() -> None:
+    row = BatchLine(record_id="batch_req_1", custom_id="c", status_code=200, request_id="req_1", body='{"b":  1,"u":"\\u00e9"}', error=None)
+    text = output_line(row)
+    assert text.endswith(b"\n") and b'"body": {"b":  1,"u":"\\u00e9"}' in text
+    assert json.loads(text) == {"id": "batch_req_1", "custom_id": "c", "response": {"status_code": 200, "request_id": "req_1", "body": {"b": 1, "u": "é"}}, "error": None}
+    expired = BatchLine(record_id="batch_req_2", custom_id="d", error={"code": "batch_expired", "message": "m"})
+    assert json.loads(output_line(expired)) == {"id": "batch_req_2", "custom_id": "d", "response": None, "error": {"code": "batch_expired", "message": "m"}}
+
+
+def test_usage_is_read_from_each_endpoints_answer() -> None:
+    assert usage_of(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 1}}}') == (3, 1, 4)
+    assert usage_of(b'{"usage": {"input_tokens": 5, "output_tokens": 6, "input_tokens_details": {"cached_tokens": 2}}}') == (5, 2, 6)
+    assert usage_of(b'{"usage": {"prompt_tokens": 7, "total_tokens": 7}}') == (7, 0, 0)
+    assert usage_of(b"not json") == (0, 0, 0)
