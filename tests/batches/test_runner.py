@@ -263,3 +263,15 @@ def test_a_forged_header_named_like_the_in_process_key_does_nothing(world: Serve
     body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}]}
     answer = httpx.post(f"{world.base_url}/chat/completions", json=body, headers={BATCH_PRINCIPAL: "anything", "x-" + BATCH_PRINCIPAL: "1"})
     assert answer.status_code == 401
+
+
+def test_a_line_refused_for_now_is_tried_again_not_failed(world: Served) -> None:
+    import time
+
+    world.engine.overloaded = True  # every generation is a 503 (the engine's queue is full)
+    batch = start(world, [chat_line("busy")])
+    _wait_running(world, batch.id, 1)
+    time.sleep(0.3)
+    world.engine.overloaded = False
+    done = world.finished(world.client(), batch.id)
+    assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (1, 0)

@@ -1,7 +1,8 @@
 """`POST /v1/batches`, `GET /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`.
 
 Thin routes over `batches.objects`; the lines are run by the replica's `BatchRunner` (`batches/runner.py`),
-which a create or a cancel here wakes.
+which a create or a cancel here wakes. A field without a value (`completed_at` of a batch still
+running, `errors` of one that did not fail) is left out, as the spec types none of them nullable.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _runner(request: Request) -> BatchRunner:
     return request.app.state.batch_runner  # type: ignore[no-any-return]
 
 
-@router.post("", response_model=Batch)
+@router.post("", response_model=Batch, response_model_exclude_none=True)
 async def create_batch(body: CreateBatchRequest, request: Request, who: Principal = Depends(principal)) -> Batch:
     runner = _runner(request)
     # A write: run to its end even if the client leaves (run_in_threadpool is not abandoned on cancel).
@@ -38,18 +39,18 @@ async def create_batch(body: CreateBatchRequest, request: Request, who: Principa
     return batch
 
 
-@router.get("", response_model=BatchList, openapi_extra=query_doc(BatchListQuery))
+@router.get("", response_model=BatchList, response_model_exclude_none=True, openapi_extra=query_doc(BatchListQuery))
 async def list_batches(request: Request, who: Principal = Depends(principal)) -> BatchList:
     query = parse_query(request, BatchListQuery)
     return await in_thread(objects.list_batches, app_state(request).sessions, who, query)
 
 
-@router.get("/{batch_id}", response_model=Batch)
+@router.get("/{batch_id}", response_model=Batch, response_model_exclude_none=True)
 async def retrieve_batch(batch_id: str, request: Request, who: Principal = Depends(principal)) -> Batch:
     return await in_thread(objects.retrieve, app_state(request).sessions, who, batch_id)
 
 
-@router.post("/{batch_id}/cancel", response_model=Batch)
+@router.post("/{batch_id}/cancel", response_model=Batch, response_model_exclude_none=True)
 async def cancel_batch(batch_id: str, request: Request, who: Principal = Depends(principal)) -> Batch:
     runner = _runner(request)
     batch = await run_in_threadpool(objects.cancel, app_state(request).sessions, who, batch_id, now=runner.clock())

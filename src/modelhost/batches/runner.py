@@ -10,7 +10,9 @@ for each one nothing of this replica is already busy with, starts what the batch
   those without a row (or whose replica's lease lapsed), at most `per_batch` at once for this batch
   and `per_organization` for its organization on this replica. Each claimed line is sent through the
   app itself (`dispatch.py`) as the batch's `Principal`; its answer, the batch's counters and usage
-  are written in one transaction as it finishes (`store.batches.finish_line`);
+  are written in one transaction as it finishes (`store.batches.finish_line`). A transient refusal
+  (503: the engine's queue is full or the server drains; 429: a rate limit) is no answer: the line
+  is tried again after a growing pause while the window lasts;
 - every line done, the window passed (`expires_at`), or ``cancelling``, once no live replica runs a
   line of it: take the lease and finalize — unfinished lines get a ``batch_expired`` error row when the
   batch expired, the output and error files are written from the rows in line order, then
@@ -54,6 +56,7 @@ Clock = Callable[[], datetime]
 CAPABILITY = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS, "/v1/responses": CHAT}
 EXPIRED_ERROR = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 PAGE = 200  # rows read per query when writing the output files
+RETRY_FIRST_PAUSE, RETRY_MAX_PAUSE = 1.0, 30.0  # seconds between tries of a line refused for now (429, 503)
 
 
 def utcnow() -> datetime:
@@ -92,6 +95,19 @@ def refusal(line: InputLine, endpoint: str) -> Answer | None:
             body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "unsupported_value"}}
             return Answer(400, json.dumps(body).encode(), f"req_{uuid.uuid4().hex}")
     return None
+
+
+def transient(answer: Answer) -> bool:
+    """A 503, or a 429 that is a rate limit (not a spent quota): the same request may succeed later."""
+    if answer.status == 503:
+        return True
+    if answer.status != 429:
+        return False
+    try:
+        code = json.loads(answer.body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = None
+    return code != "insufficient_quota"
 
 
 def usage_of(body: bytes) -> tuple[int, int, int]:
@@ -226,7 +242,13 @@ class BatchRunner:
     def _start(self, batch_id: str, work: Any) -> None:
         task = asyncio.create_task(work)
         self._busy[batch_id] = task
-        task.add_done_callback(lambda _: self._busy.pop(batch_id, None))
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._busy.pop(batch_id, None)
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("batch %s: work failed; it is retried at the next poll", batch_id, exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -315,7 +337,7 @@ class BatchRunner:
                     if claimed is None:
                         break
                     continue
-                lines.start_soon(self._run_line, row.endpoint, batch_id, line, who, per_batch, per_org)
+                lines.start_soon(self._run_line, row.endpoint, batch_id, expires_at, line, who, per_batch, per_org)
         self.wake()
 
     def _claim_line(self, session: Session, batch_id: str, expires_at: datetime, line: InputLine) -> bool | None:
@@ -336,10 +358,17 @@ class BatchRunner:
         return row, objects.principal_of(session, row), store.finished_lines(session, batch_id)
 
     async def _run_line(
-        self, endpoint: str, batch_id: str, line: InputLine, who: Principal, per_batch: asyncio.Semaphore, per_org: asyncio.Semaphore
+        self,
+        endpoint: str,
+        batch_id: str,
+        expires_at: datetime,
+        line: InputLine,
+        who: Principal,
+        per_batch: asyncio.Semaphore,
+        per_org: asyncio.Semaphore,
     ) -> None:
         try:
-            answer = refusal(line, endpoint) or await dispatch(self.app, endpoint, json.dumps(line.body).encode(), who)
+            answer = refusal(line, endpoint) or await self._answer(endpoint, expires_at, line, who)
             succeeded = answer.status == 200
             input_tokens, cached, output_tokens = usage_of(answer.body) if succeeded else (0, 0, 0)
             try:
@@ -365,6 +394,18 @@ class BatchRunner:
         finally:
             per_batch.release()
             per_org.release()
+
+    async def _answer(self, endpoint: str, expires_at: datetime, line: InputLine, who: Principal) -> Answer:
+        """The line's answer; a transient refusal (the engine's queue full, a rate limit, the server
+        draining) is tried again after a growing pause while the window lasts, as it is no answer to the line."""
+        body = json.dumps(line.body).encode()
+        pause = RETRY_FIRST_PAUSE
+        while True:
+            answer = await dispatch(self.app, endpoint, body, who)
+            if not transient(answer) or self.clock() + timedelta(seconds=pause) >= expires_at:
+                return answer
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_PAUSE)
 
     # -- finalizing → completed, expired or cancelled --------------------------------------------
 
