@@ -250,6 +250,7 @@ _LIMIT_FLAGS = {
     "tpm": "max_tokens_per_1_minute",
     "rpd": "max_requests_per_1_day",
     "concurrency": "max_concurrent_requests",
+    "batch_tokens": "batch_1_day_max_input_tokens",
 }
 
 
@@ -272,7 +273,7 @@ def _limit_settings(settings: Settings) -> LimitSettings:
 def cmd_limits_set(args: argparse.Namespace, settings: Settings) -> int:
     values = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items() if hasattr(args, flag)}
     if not values:
-        raise InvalidRequest("Give at least one of --rpm, --tpm, --rpd, --concurrency.")
+        raise InvalidRequest("Give at least one of --rpm, --tpm, --rpd, --concurrency, --batch-tokens.")
     service = _limit_settings(settings)
     row = service.set_rate_limits(service.scope(organization=args.org, project=args.project), values, model=args.model)
     _emit(args, row, lambda: _table(row["effective"], ["model", *_LIMIT_FLAGS.values()]))  # type: ignore[arg-type]
@@ -458,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     l_set.add_argument("--rpd", type=_limit_value, default=argparse.SUPPRESS, help="requests per day")
     l_set.add_argument("--concurrency", type=_limit_value, default=argparse.SUPPRESS,
                        help="requests one key may have running at once (all models only)")
+    l_set.add_argument("--batch-tokens", type=_limit_value, default=argparse.SUPPRESS,
+                       help="input tokens unfinished batches may hold enqueued per model")
     l_set.set_defaults(func=cmd_limits_set)
     l_show.set_defaults(func=cmd_limits_show)
     q_set.add_argument("--unit", choices=["tokens", "usd"], default="tokens")

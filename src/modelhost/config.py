@@ -21,6 +21,14 @@ class ModelPrice(BaseModel):
 
     input: float = Field(default=0.0, ge=0, description="USD per 1M input (prompt) tokens.")
     output: float = Field(default=0.0, ge=0, description="USD per 1M output (completion) tokens.")
+    batch_multiplier: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "What batch work pays, as a multiple of `input` and `output` (OpenAI's Batch API: half). "
+            'Unset: the "*" entry\'s, else 0.5.'
+        ),
+    )
 
 
 class Settings(BaseSettings):
@@ -108,7 +116,8 @@ class Settings(BaseSettings):
         description=(
             'Per-model prices as JSON, USD per 1M tokens: {"MODEL_ID": {"input": 0.15, "output": 0.6}}; the '
             'model "*" prices every model not named. They price /v1/organization/costs and money quotas; '
-            "a model without a price costs 0."
+            'a model without a price costs 0. Batch lines pay "batch_multiplier" times these (per model, else '
+            '"*"\'s, default 0.5): {"*": {"batch_multiplier": 0.5}}.'
         ),
     )
 
@@ -146,6 +155,15 @@ class Settings(BaseSettings):
         default=64,
         ge=0,
         description="Requests one key may have running or waiting at once, unless set in the store; 0: no limit.",
+    )
+    rate_limit_batch_enqueued_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=2**53,
+        description=(
+            "Input tokens an organization's unfinished batches may hold enqueued per model (OpenAI's "
+            "batch_1_day_max_input_tokens), unless set in the store; 0: no limit."
+        ),
     )
     limits_cache_seconds: float = Field(
         default=5.0, ge=0, description="How long limits and quotas read from the store are trusted; changes apply within it."

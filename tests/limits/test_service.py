@@ -118,11 +118,13 @@ def test_rate_limits_are_set_per_scope_and_resolve_per_model(
             "max_tokens_per_1_minute": 1000,
             "max_requests_per_1_day": 0,
             "max_concurrent_requests": 4,
+            "batch_1_day_max_input_tokens": 0,
             "source": {
                 "max_requests_per_1_minute": f"organization {org} (all models)",
                 "max_tokens_per_1_minute": f"project {project} ({MODEL})",
                 "max_requests_per_1_day": "settings",
                 "max_concurrent_requests": f"organization {org} (all models)",
+                "batch_1_day_max_input_tokens": "settings",
             },
         }
     ]
@@ -160,6 +162,7 @@ def test_admin_update_changes_the_project_and_audits_it(
             "max_requests_per_1_minute": 10_000,
             "max_tokens_per_1_minute": 10_000_000,
             "max_requests_per_1_day": 0,
+            "batch_1_day_max_input_tokens": 0,
         }
     ]
     updated = limits.update_project_rate_limit(AdminScope(org), project, f"rl-{MODEL}", {"max_requests_per_1_day": 50})
@@ -197,6 +200,10 @@ def test_an_admin_key_can_only_hold_a_project_below_what_the_operator_allows(
     assert "9001 is above 9000" in refused(max_tokens_per_1_minute=9001)  # the settings are the operator's too
     assert update(max_requests_per_1_minute=30)["max_requests_per_1_minute"] == 30
     assert update(max_requests_per_1_day=0)["max_requests_per_1_day"] == 0  # no limit above it: none is fine
+    # The enqueued-token limit of batches is an OpenAI field like the others: stored, held below the operator's.
+    limits.set_rate_limits(limits.scope(organization=org), {"batch_1_day_max_input_tokens": 1_000_000})
+    assert "2000000 is above 1000000" in refused(batch_1_day_max_input_tokens=2_000_000)
+    assert update(batch_1_day_max_input_tokens=500_000)["batch_1_day_max_input_tokens"] == 500_000
     # The operator's project limit is a ceiling the admin's sits beside, never overwrites.
     limits.set_rate_limits(limits.scope(project=project), {"max_requests_per_1_minute": 20}, model=MODEL)
     assert limits.project_rate_limits(org, project)[0]["max_requests_per_1_minute"] == 20

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.config import Settings
 from modelhost.limits.base import LimitBackend, LimiterUnavailable
-from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
+from modelhost.limits.errors import EnqueuedTokenLimitExceeded, LimitsUnavailable, QuotaExceeded, RateLimitExceeded
 from modelhost.limits.limiter import Admission, Limiter, Reservation
 from modelhost.limits.memory import MemoryBackend
 from modelhost.limits.policy import AppliedLimits, LimitPolicy, Quota, RateLimits
@@ -20,6 +20,7 @@ from modelhost.store import UsageLedger
 __all__ = [
     "Admission",
     "AppliedLimits",
+    "EnqueuedTokenLimitExceeded",
     "LimitBackend",
     "LimitPolicy",
     "Limiter",
@@ -44,6 +45,7 @@ def default_rate_limits(settings: Settings) -> RateLimits:
         max_tokens_per_1_minute=settings.rate_limit_tokens_per_minute,
         max_requests_per_1_day=settings.rate_limit_requests_per_day,
         max_concurrent_requests=settings.rate_limit_concurrent_requests_per_key,
+        batch_1_day_max_input_tokens=settings.rate_limit_batch_enqueued_tokens,
     )
 
 

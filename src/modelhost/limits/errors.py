@@ -28,6 +28,18 @@ class QuotaExceeded(APIError):
         super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
 
 
+class EnqueuedTokenLimitExceeded(APIError):
+    """A new batch would hold more input tokens enqueued for a model than its limit allows (OpenAI's
+    batch queue limit): submit it once earlier batches have finished, or in smaller batches."""
+
+    status = 429
+    type = "tokens"
+    code = "token_limit_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})  # retrying at once cannot help
+
+
 class LimitsUnavailable(ServiceUnavailable):
     """The rate-limit and quota counters or settings cannot be reached, so nothing is let through."""
 

@@ -25,6 +25,7 @@ Example, one chat request::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -48,7 +49,7 @@ from modelhost.limits.base import (
     Outcome,
 )
 from modelhost.limits.durations import format_duration
-from modelhost.limits.errors import LimitsUnavailable, QuotaExceeded, RateLimitExceeded
+from modelhost.limits.errors import EnqueuedTokenLimitExceeded, LimitsUnavailable, QuotaExceeded, RateLimitExceeded
 from modelhost.limits.policy import MICRO, AppliedLimits, LimitPolicy, Quota, RateLimits, cost, current_period
 from modelhost.limits.prices import PriceTable
 from modelhost.store import UsageLedger
@@ -109,8 +110,10 @@ class Reservation:
     lease: _Held | None = None  # the admission's concurrency lease, freed with this reservation
 
     def _costs(self, prompt_tokens: int, completion_tokens: int, prices: PriceTable) -> list[int]:
+        batch = self.principal.is_batch
         return [
-            cost(h.quota.unit, self.model, prompt_tokens, completion_tokens, prices) if h.quota else 0 for h in self.held
+            cost(h.quota.unit, self.model, prompt_tokens, completion_tokens, prices, batch=batch) if h.quota else 0
+            for h in self.held
         ]
 
 
@@ -149,12 +152,16 @@ class Limiter:
         """Count the request (one from the per-minute and per-day request buckets) and take a lease
         of its key's concurrency, before any work on it; or raise `RateLimitExceeded` or
         `LimitsUnavailable` having taken nothing. `model` is the canonical id the buckets are per.
+
+        A batch line (`Principal.is_batch`) takes none of these: batch work meets its quotas (in
+        `reserve`) and, when its batch was created, the enqueued-token limit (`check_batch_enqueue`),
+        never RPM, RPD or the key's concurrency (the batch runner bounds its own).
         """
         applied, quotas = await anyio.to_thread.run_sync(
             self.policy.lookup, principal.organization_id, principal.project_id, model
         )
         limits = applied.effective
-        held = self._request_charges(principal, model, request_id, applied, limits)
+        held = () if principal.is_batch else self._request_charges(principal, model, request_id, applied, limits)
         outcome = await self._acquire(principal, model, held)
         headers = _headers(held, outcome)
         if not outcome.allowed:
@@ -181,7 +188,7 @@ class Limiter:
         principal, model = admission.principal, admission.model
         limits = admission.applied.effective
         estimate = prompt_tokens + max_tokens * n
-        tpm = limits.max_tokens_per_1_minute
+        tpm = 0 if principal.is_batch else limits.max_tokens_per_1_minute  # batch work: quotas only
         if tpm and estimate > tpm:
             raise RateLimitExceeded(
                 f"Request too large for {model} in organization {principal.organization_id} on tokens per min "
@@ -200,6 +207,42 @@ class Limiter:
         epochs = tuple(state.epoch for state in outcome.states)  # one per held charge
         lease = admission._take_lease()  # only now: a refused reservation leaves it to `abandon`
         return Reservation(principal, model, request_id, estimate, held, headers, epochs, lease)
+
+    async def check_batch_enqueue(
+        self, principal: Principal, *, model: str, tokens: int, batch_id: str | None = None
+    ) -> None:
+        """Raise `EnqueuedTokenLimitExceeded` if a batch of `tokens` input tokens for `model` (the
+        canonical id) would take the unfinished batches past ``batch_1_day_max_input_tokens``:
+        the organization's (all its projects' batches together) or the project's own. Else return.
+
+        Call it when the batch is created, before its lines run; `batch_id` leaves that batch's own
+        row out of the sum if it is already stored. `LimitsUnavailable` if the store cannot be read.
+        """
+        assert tokens >= 0, "a batch enqueues a whole number of tokens"
+        applied, _ = await anyio.to_thread.run_sync(
+            self.policy.lookup, principal.organization_id, principal.project_id, model
+        )
+        shared = applied.organization.batch_1_day_max_input_tokens
+        own = applied.project.batch_1_day_max_input_tokens
+        if not shared and not own:
+            return
+        organization, project = await anyio.to_thread.run_sync(
+            functools.partial(
+                self.policy.enqueued_batch_tokens,
+                principal.organization_id,
+                principal.project_id,
+                model,
+                excluding=batch_id,
+            )
+        )
+        for limit, enqueued, whose in ((shared, organization, "organization"), (own, project, "project")):
+            if limit and enqueued + tokens > limit:
+                where = principal.organization_id if whose == "organization" else principal.project_id
+                raise EnqueuedTokenLimitExceeded(
+                    f"Enqueued token limit reached for {model} in {whose} {where}. Limit: {limit:,} enqueued "
+                    f"tokens, enqueued now: {enqueued:,}, this batch: {tokens:,}. Please try submitting your "
+                    "requests in smaller batches, or once earlier batches have finished."
+                )
 
     def _request_charges(
         self, principal: Principal, model: str, request_id: str, applied: AppliedLimits, limits: RateLimits
@@ -233,13 +276,13 @@ class Limiter:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> tuple[_Held, ...]:
-        held = self._buckets(principal, model, applied, "tpm", estimate)
+        held = [] if principal.is_batch else self._buckets(principal, model, applied, "tpm", estimate)
         now = self._now()
         for quota in quotas:
             period = current_period(quota.period, now)
             key = self._key(principal, "quota", quota.scope, quota.scope_id, quota.unit, quota.period, period.label)
             ttl = (period.end - now).total_seconds() + 86_400  # outlives the period, for late settles
-            amount = cost(quota.unit, model, prompt_tokens, completion_tokens, self.prices)
+            amount = cost(quota.unit, model, prompt_tokens, completion_tokens, self.prices, batch=principal.is_batch)
             held.append(_Held(Budget(key, quota.hard_limit, amount, ttl), "quota", quota))
         return tuple(held)
 
@@ -267,13 +310,13 @@ class Limiter:
         """What the ledger says this quota's scope spent in the current period."""
         period = current_period(quota.period, self._now())
         try:
-            totals = self._ledger.totals(since=period.start, until=period.end, organization_id=principal.organization_id)
+            spent = self._ledger.spent(since=period.start, until=period.end, organization_id=principal.organization_id)
         except SQLAlchemyError as exc:
             raise LimitsUnavailable() from exc
         return sum(
-            cost(quota.unit, t.model, t.prompt_tokens, t.completion_tokens, self.prices)
-            for t in totals
-            if quota.scope == "organization" or t.project_id == quota.scope_id
+            cost(quota.unit, s.model, s.prompt_tokens, s.completion_tokens, self.prices, batch=s.batch)
+            for s in spent
+            if quota.scope == "organization" or s.project_id == quota.scope_id
         )
 
     def _refusal(

@@ -34,6 +34,9 @@ class RateLimits:
     max_tokens_per_1_minute: int
     max_requests_per_1_day: int
     max_concurrent_requests: int  # per key, over all models
+    # Input tokens the unfinished batches may hold enqueued for the model: met when a batch is
+    # created (`Limiter.check_batch_enqueue`), never per request.
+    batch_1_day_max_input_tokens: int = 0
 
 
 RATE_LIMIT_FIELDS = tuple(f.name for f in fields(RateLimits))
@@ -109,15 +112,18 @@ def current_period(name: str, now: datetime) -> Period:
     return Period(name, start, end)
 
 
-def cost(unit: str, model: str, prompt_tokens: int, completion_tokens: int, prices: PriceTable) -> int:
+def cost(
+    unit: str, model: str, prompt_tokens: int, completion_tokens: int, prices: PriceTable, *, batch: bool = False
+) -> int:
     """What tokens cost in `unit`: tokens, or millionths of a dollar (rounded up).
 
     Prices are per million tokens, so a token costs `price` millionths of a dollar
-    (`PriceTable.price_of`: a model without a price costs the ``"*"`` price, else nothing).
+    (`PriceTable.price_of`: a model without a price costs the ``"*"`` price, else nothing); batch
+    work costs its multiple of that (tokens are tokens either way).
     """
     if unit == "tokens":
         return prompt_tokens + completion_tokens
-    price = prices.price_of(model)
+    price = prices.price_of(model, batch=batch)
     return math.ceil(prompt_tokens * price.input + completion_tokens * price.output - 1e-9)
 
 
@@ -207,3 +213,13 @@ class LimitPolicy:
                 self._cache.clear()
             self._cache[key] = (now + self._cache_seconds, limits, quotas)
         return limits, quotas
+
+    def enqueued_batch_tokens(
+        self, organization_id: str, project_id: str, model: str, *, excluding: str | None = None
+    ) -> tuple[int, int]:
+        """Input tokens the unfinished batches for `model` hold: the organization's, the project's (blocking)."""
+        try:
+            with self._sessions() as session:
+                return stored.enqueued_batch_tokens(session, organization_id, project_id, model, excluding=excluding)
+        except SQLAlchemyError as exc:
+            raise LimitsUnavailable() from exc

@@ -9,6 +9,10 @@ the Costs API prices them with the current table).
 
 ``PriceTable({"m": ModelPrice(input=1.0)}).price_of("other")`` is the ``"*"`` price if there is
 one, else zero.
+
+Batch work (a line of a batch) pays `batch_multiplier` times the price: the model's own
+multiplier, else the ``"*"`` entry's, else `DEFAULT_BATCH_MULTIPLIER` (OpenAI's Batch API
+costs half). ``PriceTable({"m": ModelPrice(input=2.0)}).price_of("m", batch=True).input == 1.0``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from modelhost.config import ModelPrice
 
 #: The price of a model nothing prices.
 FREE = ModelPrice()
+#: What batch work pays where no entry says otherwise: half, as at OpenAI.
+DEFAULT_BATCH_MULTIPLIER = 0.5
 
 
 class PriceTable(Mapping[str, ModelPrice]):
@@ -38,9 +44,23 @@ class PriceTable(Mapping[str, ModelPrice]):
             merged.update(layer)
         return cls(merged)
 
-    def price_of(self, model: str) -> ModelPrice:
-        """The model's price, else the ``"*"`` price, else free: the one lookup of a price."""
-        return self._prices.get(model) or self._prices.get("*") or FREE
+    def price_of(self, model: str, *, batch: bool = False) -> ModelPrice:
+        """The model's price, else the ``"*"`` price, else free: the one lookup of a price.
+
+        With `batch`, the price of batch work: both sides times `batch_multiplier`.
+        """
+        price = self._prices.get(model) or self._prices.get("*") or FREE
+        if not batch:
+            return price
+        multiplier = self.batch_multiplier(model)
+        return ModelPrice(input=price.input * multiplier, output=price.output * multiplier, batch_multiplier=multiplier)
+
+    def batch_multiplier(self, model: str) -> float:
+        """What batch work on `model` pays as a multiple of its price: its own, else ``"*"``'s, else 0.5."""
+        for entry in (self._prices.get(model), self._prices.get("*")):
+            if entry is not None and entry.batch_multiplier is not None:
+                return entry.batch_multiplier
+        return DEFAULT_BATCH_MULTIPLIER
 
     def __getitem__(self, model: str) -> ModelPrice:
         return self._prices[model]

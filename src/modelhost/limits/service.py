@@ -36,7 +36,12 @@ from modelhost.store import tenancy
 from modelhost.store.schema import Project, QuotaSetting, RateLimitSetting
 
 #: The fields of OpenAI's project rate-limit object that modelhost enforces.
-OPENAI_FIELDS = ("max_requests_per_1_minute", "max_tokens_per_1_minute", "max_requests_per_1_day")
+OPENAI_FIELDS = (
+    "max_requests_per_1_minute",
+    "max_tokens_per_1_minute",
+    "max_requests_per_1_day",
+    "batch_1_day_max_input_tokens",
+)
 RATE_LIMIT_ID_PREFIX = "rl-"
 #: The largest value of each field: what its column holds (PostgreSQL's INTEGER is 32 bits, so a
 #: larger value was a 500 there), and at most 2^53 (Redis's Lua counts in doubles).
@@ -304,11 +309,11 @@ class LimitSettings:
     def _quota_view(self, row: QuotaSetting) -> dict[str, object]:
         now = datetime.now(timezone.utc)
         period = current_period(row.period, now)
-        totals = UsageLedger(self._sessions).totals(since=period.start, until=period.end, organization_id=row.organization_id)
+        spent = UsageLedger(self._sessions).spent(since=period.start, until=period.end, organization_id=row.organization_id)
         used = sum(
-            cost(row.unit, t.model, t.prompt_tokens, t.completion_tokens, self._prices)
-            for t in totals
-            if row.scope == "organization" or t.project_id == row.scope_id
+            cost(row.unit, s.model, s.prompt_tokens, s.completion_tokens, self._prices, batch=s.batch)
+            for s in spent
+            if row.scope == "organization" or s.project_id == row.scope_id
         )
         return {
             "object": "quota",

@@ -5,9 +5,10 @@ Time is cut into buckets of `bucket_width` counted from `start_time`; the last o
 included, and `next_page` names the first bucket of the next page. Every settled ledger row counts
 (completed, cancelled or failed generations all used the tokens they report, and `interrupted` ones,
 left by a replica that died, the tokens known when it did); a row still `pending` (in flight)
-counts once it is settled, so no request is counted twice. The ledger records
-synchronous requests only (there is no Batch API yet), so `batch` is false and `service_tier` is
-"default".
+counts once it is settled, so no request is counted twice. A row says whether it was a line of a
+batch (`batch`: the completions usage filter and group_by), and Costs prices those at the batch
+multiplier (`PriceTable.price_of(model, batch=True)`) as line items of their own
+(``"MODEL, input (batch)"``). `service_tier` is always "default".
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def _groups(
     window: _Window,
     operations: tuple[str, ...] | None,
     group_by: Sequence[str],
+    batch: bool | None = None,
     **filters: Sequence[str],
 ) -> list[UsageGroup]:
     if window.count == 0:
@@ -135,6 +137,7 @@ def _groups(
         end=until,
         width=window.width,
         group_by=group_by,
+        batch=batch,
         **filters,
     )
     # Indexes from the ledger count from the page's first bucket.
@@ -145,9 +148,9 @@ def completions(ledger: UsageLedger, scope: Scope, query: CompletionsUsageQuery,
     window = _window(
         query.start_time, query.end_time, query.bucket_width, query.limit, BUCKET_LIMITS[query.bucket_width], query.page, now
     )
-    grouped: list[str] = [g for g in _LEDGER_GROUPS if g in query.group_by]
-    found = [] if query.batch else _groups(
-        ledger, scope, window, COMPLETIONS_OPERATIONS, grouped,
+    grouped: list[str] = [g for g in (*_LEDGER_GROUPS, "batch") if g in query.group_by]
+    found = _groups(
+        ledger, scope, window, COMPLETIONS_OPERATIONS, grouped, batch=query.batch,
         project_ids=query.project_ids, user_ids=query.user_ids, api_key_ids=query.api_key_ids, models=query.models,
     )
     results: dict[int, list[Result]] = defaultdict(list)
@@ -158,7 +161,6 @@ def completions(ledger: UsageLedger, scope: Scope, query: CompletionsUsageQuery,
                     "input_tokens": g.prompt_tokens,
                     "output_tokens": g.completion_tokens,
                     "num_model_requests": g.requests,
-                    "batch": False if "batch" in query.group_by else None,
                     "service_tier": "default" if "service_tier" in query.group_by else None,
                     **dict(zip(grouped, g.key)),
                 }
@@ -194,17 +196,17 @@ def costs(
     grouped: list[str] = [g for g in ("project_id", "user_id", "api_key_id") if g in query.group_by]
     by_line = "line_item" in query.group_by
     found = _groups(
-        ledger, scope, window, None, ["model", *grouped], project_ids=query.project_ids, api_key_ids=query.api_key_ids
+        ledger, scope, window, None, ["model", "batch", *grouped], project_ids=query.project_ids, api_key_ids=query.api_key_ids
     )
     # (bucket, grouped values, line item or None) -> [amount, tokens]
-    sums: dict[tuple[int, tuple[str | None, ...], str | None], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    sums: dict[tuple[int, tuple[str | bool | None, ...], str | None], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for g in found:
-        model, rest = str(g.key[0]), g.key[1:]
-        price = prices.price_of(model)
+        model, batch, rest = str(g.key[0]), bool(g.key[1]), g.key[2:]
+        price = prices.price_of(model, batch=batch)  # batch work at the batch multiplier
         for side, tokens, per_million in (("input", g.prompt_tokens, price.input), ("output", g.completion_tokens, price.output)):
             if by_line and tokens == 0:
                 continue
-            line = f"{model}, {side}" if by_line else None
+            line = f"{model}, {side}{' (batch)' if batch else ''}" if by_line else None
             entry = sums[(g.bucket, rest, line)]
             entry[0] += tokens * per_million / 1_000_000
             entry[1] += tokens

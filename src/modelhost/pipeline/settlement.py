@@ -157,4 +157,5 @@ class Settlement:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             outcome=outcome,
+            batch=who.is_batch,  # the pending row and the final one alike: the Usage API's `batch`
         )

@@ -47,6 +47,7 @@ class UsageEntry:
     prompt_tokens: int
     completion_tokens: int
     outcome: str
+    batch: bool = False  # a line of a batch (`Principal.is_batch`), priced at the batch multiplier
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,29 @@ class UsageTotal:
 
 
 @dataclass(frozen=True)
+class Spend:
+    """Settled tokens of one project on one model, batch work apart: what a quota's period has used."""
+
+    project_id: str
+    model: str
+    batch: bool
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
 class UsageGroup:
     """Sums of one time bucket and one combination of the grouped columns."""
 
     bucket: int  # index of the bucket: it starts at start + bucket * width
-    key: tuple[str | None, ...]  # values of the grouped columns, in the order asked for
+    key: tuple[str | bool | None, ...]  # values of the grouped columns, in the order asked for
     requests: int
     prompt_tokens: int
     completion_tokens: int
 
 
 #: The ledger columns a bucketed query may group by.
-GROUPABLE = ("project_id", "user_id", "api_key_id", "model", "operation")
+GROUPABLE = ("project_id", "user_id", "api_key_id", "model", "operation", "batch")
 
 
 def _epoch_seconds(column: InstrumentedAttribute[datetime], dialect: str) -> ColumnElement[int]:
@@ -225,6 +237,26 @@ class UsageLedger:
         with self._sessions() as session:
             return [UsageTotal(o, p, m, int(c), int(pt), int(ct)) for o, p, m, c, pt, ct in session.execute(query)]
 
+    def spent(self, *, since: datetime, until: datetime, organization_id: str) -> list[Spend]:
+        """The organization's settled tokens over ``since <= created_at < until`` by project, model and
+        batch flag: batch work is priced apart (its multiplier), so a quota's start sums it apart."""
+        columns = (UsageRecord.project_id, UsageRecord.model, UsageRecord.batch)
+        query = (
+            select(
+                *columns,
+                func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
+                func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
+            )
+            .where(
+                UsageRecord.organization_id == organization_id,
+                UsageRecord.created_at >= since,
+                UsageRecord.created_at < until,
+                UsageRecord.outcome != PENDING,
+            )
+            .group_by(*columns)
+        )
+        with self._sessions() as session:
+            return [Spend(p, m, bool(b), int(pt), int(ct)) for p, m, b, pt, ct in session.execute(query)]
 
     def bucketed(
         self,
@@ -239,11 +271,13 @@ class UsageLedger:
         user_ids: Sequence[str] = (),
         api_key_ids: Sequence[str] = (),
         models: Sequence[str] = (),
+        batch: bool | None = None,
     ) -> list[UsageGroup]:
         """Sums per `width`-second bucket counted from `start`, over ``start <= created_at < end``.
 
         Only the organization's rows of the given `operations` (None: all), narrowed by the id lists
-        (empty: any), grouped by the `group_by` columns (a subset of `GROUPABLE`).
+        (empty: any) and `batch` (None: batch work and the rest), grouped by the `group_by` columns
+        (a subset of `GROUPABLE`).
         """
         assert width > 0 and end >= start, "the caller validates the range"
         assert set(group_by) <= set(GROUPABLE), f"group_by is a subset of {GROUPABLE}"
@@ -255,6 +289,8 @@ class UsageLedger:
         )
         if operations is not None:
             query = query.where(UsageRecord.operation.in_(operations))
+        if batch is not None:
+            query = query.where(UsageRecord.batch == batch)
         for column, wanted in (
             (UsageRecord.project_id, project_ids),
             (UsageRecord.user_id, user_ids),
@@ -282,7 +318,7 @@ class UsageLedger:
                 func.coalesce(func.sum(rows.c.completion_tokens), 0),
             ).group_by(*keys)
             return [
-                UsageGroup(int(row[0]), tuple(row[1 : 1 + len(group_by)]), int(row[-3]), int(row[-2]), int(row[-1]))
+                UsageGroup(int(row[0]), _group_key(group_by, row[1 : 1 + len(group_by)]), int(row[-3]), int(row[-2]), int(row[-1]))
                 for row in session.execute(summed)
             ]
 
@@ -300,7 +336,13 @@ def _entry(row: UsageRecord) -> UsageEntry:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         outcome=row.outcome,
+        batch=row.batch,
     )
+
+
+def _group_key(group_by: Sequence[str], values: Sequence[Any]) -> tuple[str | bool | None, ...]:
+    """The grouped values as their columns' types: SQLite hands a boolean back as 0 or 1."""
+    return tuple(bool(v) if name == "batch" else v for name, v in zip(group_by, values))
 
 
 def _rows_updated(result: Result[Any]) -> int:

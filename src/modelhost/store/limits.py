@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import BigInteger, String, and_, case, column, func, or_, select, table
 from sqlalchemy.orm import Session
 
 from modelhost.ids import new_id
@@ -26,6 +26,7 @@ RATE_LIMIT_FIELDS = (
     "max_tokens_per_1_minute",
     "max_requests_per_1_day",
     "max_concurrent_requests",
+    "batch_1_day_max_input_tokens",
 )
 
 
@@ -164,3 +165,41 @@ def delete_quota(session: Session, scope: str, scope_id: str) -> bool:
     session.delete(row)
     session.flush()
     return True
+
+
+#: The `batches` table's columns the enqueued-token limit reads (the table is the batches API's,
+#: migration 0009): named here rather than imported, so limits never depend on that module.
+_BATCHES = table(
+    "batches",
+    column("id", String),
+    column("organization_id", String),
+    column("project_id", String),
+    column("model", String),
+    column("status", String),
+    column("enqueued_tokens", BigInteger),
+)
+#: A batch in one of these states has ended: its lines hold no tokens enqueued any more.
+ENDED_BATCH_STATES = ("completed", "failed", "expired", "cancelled")
+
+
+def enqueued_batch_tokens(
+    session: Session, organization_id: str, project_id: str, model: str, *, excluding: str | None = None
+) -> tuple[int, int]:
+    """Input tokens the unfinished batches for `model` hold enqueued: (the organization's, the project's).
+
+    `excluding`: a batch id left out (the one being checked, if its row is written already).
+    """
+    batches = _BATCHES
+    wanted = [
+        batches.c.organization_id == organization_id,
+        batches.c.model == model,
+        batches.c.status.not_in(ENDED_BATCH_STATES),
+    ]
+    if excluding is not None:
+        wanted.append(batches.c.id != excluding)
+    tokens = batches.c.enqueued_tokens
+    in_project = case((batches.c.project_id == project_id, tokens), else_=0)
+    row = session.execute(
+        select(func.coalesce(func.sum(tokens), 0), func.coalesce(func.sum(in_project), 0)).select_from(batches).where(*wanted)
+    ).one()
+    return int(row[0]), int(row[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -174,6 +174,8 @@ class UsageRecord(Base):
     # interrupted: the process that admitted it died, the row keeps what was known (store/ledger.py).
     outcome: Mapped[str] = mapped_column(String(16))
     replica_id: Mapped[str | None] = mapped_column(String(64))  # the process that admitted it
+    # A line of a batch (`Principal.is_batch`): priced at the batch multiplier, the Usage API's `batch`.
+    batch: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LedgerReplica(Base):
@@ -207,6 +209,8 @@ class RateLimitSetting(Base):
     max_tokens_per_1_minute: Mapped[int | None] = mapped_column(BigInteger)
     max_requests_per_1_day: Mapped[int | None] = mapped_column(Integer)
     max_concurrent_requests: Mapped[int | None] = mapped_column(Integer)  # per key
+    # Tokens a project's unfinished batches may hold enqueued for the model (OpenAI's batch queue limit).
+    batch_1_day_max_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

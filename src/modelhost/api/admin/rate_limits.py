@@ -60,7 +60,7 @@ async def modify_project_rate_limit(
     scope: Scope = Depends(admin_scope),
 ) -> ProjectRateLimit:
     changes = body.model_dump(exclude_none=True, exclude=set(body.model_extra or {}))
-    ignored = sorted({"max_images_per_1_minute", "max_audio_megabytes_per_1_minute", "batch_1_day_max_input_tokens"} & set(changes))
+    ignored = sorted({"max_images_per_1_minute", "max_audio_megabytes_per_1_minute"} & set(changes))
     if ignored or body.ignored_fields():
         logger.info("rate_limits: ignoring %s (not served here)", ", ".join(ignored + body.ignored_fields()))
     updated = await run_in_threadpool(_service(request).update_project_rate_limit, scope, project_id, rate_limit_id, changes)

@@ -21,6 +21,7 @@ class ProjectRateLimit(BaseModel):
     max_requests_per_1_minute: int
     max_tokens_per_1_minute: int
     max_requests_per_1_day: int
+    batch_1_day_max_input_tokens: int  # input tokens the project's unfinished batches may hold enqueued
 
 
 class ProjectRateLimitList(CursorList):
@@ -34,7 +35,7 @@ class ProjectRateLimitListQuery(QueryModel):
 
 
 class ProjectRateLimitUpdateRequest(WireModel):
-    """The limits to change; images, audio and batch limits are accepted and ignored (not served here)."""
+    """The limits to change; images and audio limits are accepted and ignored (not served here)."""
 
     max_requests_per_1_minute: Limit | None = None
     max_tokens_per_1_minute: Limit | None = None
