@@ -13,9 +13,22 @@ into what the client is told (`pipeline/engine_errors.py`), never the engine its
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Union
+
+
+class Priority(enum.IntEnum):
+    """Whose work goes first: interactive requests always before batch lines (a lower value first).
+
+    An engine gives batch work only the capacity interactive requests leave: it never starts a
+    batch sequence while an interactive request waits, and the llama.cpp engine takes a running
+    batch sequence's slot back (preempts it) at the next step when an interactive request needs it.
+    """
+
+    INTERACTIVE = 0
+    BATCH = 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,8 @@ class GenerationRequest:
     belong to a request the engine already took, so they never meet its queue limit alone (one
     HTTP request is admitted or refused whole, not refused by its own first half).
     `cache_scope` (the organization) and `project` also say whose share of an engine's queue the
-    request takes (`fair_share`).
+    request takes (`fair_share`). `priority`: interactive, or a batch line that only uses the
+    capacity interactive requests leave (`Priority`).
     """
 
     request_id: str
@@ -73,6 +87,7 @@ class GenerationRequest:
     upstream: UpstreamInput | None = None
     part: int = 0
     project: str = ""
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,13 @@ may have at most `per_organization` sequences in flight (default half of `total`
 `per_project` (default its organization's): whatever one organization sends, half of the
 upstream's batch is free for the others, and their requests are forwarded at once.
 ``InFlightLimits.of(256)`` → 256 in flight, 128 per organization, 128 per project.
+
+**Batch lines** (`Priority.BATCH`) get only what interactive requests leave: a waiting batch
+request is forwarded only while no interactive request that its shares would let through
+waits, and batch requests together hold at most `InFlightLimits.batch` sequences (default: three
+quarters of `total`, at least one), so a quarter of the upstream's batch is always there for
+interactive requests arriving while batch work runs. (An upstream cannot be asked to pause a
+sequence it runs, so this reserve, not preemption, is what interactive requests find.)
 """
 
 from __future__ import annotations
@@ -37,7 +44,15 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from modelhost.engine.base import Engine, EngineEvent, EngineFailed, EngineOverloaded, Generation, GenerationRequest
+from modelhost.engine.base import (
+    Engine,
+    EngineEvent,
+    EngineFailed,
+    EngineOverloaded,
+    Generation,
+    GenerationRequest,
+    Priority,
+)
 from modelhost.engine.wrapper import EngineWrapper
 
 logger = logging.getLogger(__name__)
@@ -63,20 +78,30 @@ class ShareLimits:
 
 @dataclass(frozen=True)
 class InFlightLimits:
-    """How many sequences a forwarding engine hands on at once, in all, per organization and per project."""
+    """How many sequences a forwarding engine hands on at once, in all, per organization and per
+    project, and of batch work (`batch`)."""
 
     total: int
     per_organization: int
     per_project: int
+    batch: int | None = None  # None: three quarters of `total`, at least one (`batch_total`)
 
     @classmethod
-    def of(cls, total: int, per_organization: int | None = None, per_project: int | None = None) -> InFlightLimits:
+    def of(
+        cls, total: int, per_organization: int | None = None, per_project: int | None = None, batch: int | None = None
+    ) -> InFlightLimits:
         """The limits with the defaults of the module docstring for the shares not given."""
         assert total >= 1, "an engine runs at least one sequence"
         organization = min(total, per_organization if per_organization is not None else max(1, total // 2))
         project = min(organization, per_project if per_project is not None else organization)
         assert organization >= 1 and project >= 1, "a share is at least one sequence"
-        return cls(total, organization, project)
+        assert batch is None or batch >= 1, "batch work may run at least one sequence"
+        return cls(total, organization, project, None if batch is None else min(total, batch))
+
+    @property
+    def batch_total(self) -> int:
+        """The most sequences batch work may have in flight: a quarter of `total` stays for interactive requests."""
+        return self.batch if self.batch is not None else max(1, self.total - max(1, self.total // 4))
 
 
 class QueueShares:
@@ -141,7 +166,8 @@ class _FairGeneration:
     def __init__(self, engine: FairShareEngine, request: GenerationRequest, weight: int) -> None:
         self.request = request
         self.tenant = (request.cache_scope, request.project)
-        self.weight = weight  # sequences in flight: its n, capped at its project's share so it can always run
+        self.batch = request.priority is Priority.BATCH
+        self.weight = weight  # sequences in flight: its n, capped at its project's (and batch) share so it can always run
         self.state = _State.WAITING
         self.holds_place = False  # a waiting place of `engine.queue`
         self.inner: Generation | None = None
@@ -223,6 +249,7 @@ class FairShareEngine(EngineWrapper):
         self._shares = (per_organization, per_project)
         self.limits: InFlightLimits | None = InFlightLimits.of(in_flight, *self._shares) if in_flight is not None else None
         self._running = 0  # sequences in flight
+        self._batch_running = 0  # of which batch work
         self._organizations: collections.Counter[str] = collections.Counter()
         self._projects: collections.Counter[tuple[str, str]] = collections.Counter()
         self._waiting: list[_FairGeneration] = []  # in arrival order
@@ -263,7 +290,8 @@ class FairShareEngine(EngineWrapper):
         """
         limits = self.limits
         assert limits is not None, "start() the engine first"
-        generation = _FairGeneration(self, request, min(request.n, limits.per_project))
+        most = min(limits.per_project, limits.batch_total) if request.priority is Priority.BATCH else limits.per_project
+        generation = _FairGeneration(self, request, min(request.n, most))
         self._waiting.append(generation)
         self._dispatch()
         if generation.state is _State.RUNNING:
@@ -322,16 +350,20 @@ class FairShareEngine(EngineWrapper):
         )
 
     def _dispatch(self) -> None:
-        """Hand on waiting requests, fairest first, while their shares and the total allow."""
+        """Hand on waiting requests, fairest first, while their shares and the total allow; batch
+        requests only while no interactive one is ready, and within the batch share."""
         limits = self.limits
         assert limits is not None
         while self._waiting:
             ready = [g for g in self._waiting if self._fits(g)]
+            interactive = [g for g in ready if not g.batch]
             if not ready:
                 return
-            generation = min(ready, key=self._turn)  # min is stable: oldest first among equals
+            generation = min(interactive or ready, key=self._turn)  # min is stable: oldest first among equals
             if self._running + generation.weight > limits.total:
                 return  # it waits for room rather than being overtaken by smaller requests forever
+            if generation.batch and self._batch_running + generation.weight > limits.batch_total:
+                return  # the rest is kept for interactive requests
             self._waiting.remove(generation)
             self._reserve(generation)
 
@@ -342,6 +374,7 @@ class FairShareEngine(EngineWrapper):
             self.queue.give_back(*tenant)
             generation.holds_place = False
         self._running += generation.weight
+        self._batch_running += generation.weight if generation.batch else 0
         self._organizations[organization] += generation.weight
         self._projects[tenant] += generation.weight
         self._served += 1
@@ -352,6 +385,7 @@ class FairShareEngine(EngineWrapper):
     def _take_back(self, generation: _FairGeneration) -> None:
         organization, _ = tenant = generation.tenant
         self._running -= generation.weight
+        self._batch_running -= generation.weight if generation.batch else 0
         self._organizations[organization] -= generation.weight
         if self._organizations[organization] <= 0:
             del self._organizations[organization]  # the counters only ever hold current tenants

@@ -6,7 +6,17 @@ each sequence with its own sampler, and hands the step's text back to the event 
 ``call_soon_threadsafe``. A request is admitted when it gets one slot (KV sequence) per choice;
 the others wait in a queue that is fair between organizations, then between their projects: each
 holds at most its share of the queue (`fair_share`) and admission goes round robin. Cancelled
-requests leave at the next step. A finished slot keeps its KV cache, so the next prompt of the
+requests leave at the next step.
+
+Batch lines (`Priority.BATCH`) use only the slots interactive requests leave: none is admitted
+while an interactive request waits, and when an interactive request finds no free slot while
+batch sequences hold some, the most recently admitted batch requests are preempted before the
+next step (vLLM's recompute preemption): their slots are freed and they wait again, keeping
+each choice's sampler (its seeded generator), grammar, stop-string and logprob state; once
+readmitted, each choice recomputes the KV of its prompt and the tokens it generated so far
+(nothing when its slot's cache still holds them) and continues with the token it had already
+sampled. Its text goes on where it stopped: nothing is emitted twice, and the choice samples
+what it would have sampled without the pause (up to the float differences any batching brings). A finished slot keeps its KV cache, so the next prompt of the
 same organization that starts with the same tokens (a system prompt, a continued conversation)
 skips recomputing them.
 
@@ -25,9 +35,18 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from modelhost.engine import chat_prompt
-from modelhost.engine.base import ChoiceFinished, EngineFailed, GenerationRequest, PromptLogprobs, TextDelta, TokenLogprob
+from modelhost.engine.base import (
+    ChoiceFinished,
+    EngineFailed,
+    GenerationRequest,
+    Priority,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+)
 from modelhost.engine.chat_template import CHATML, ChatTemplate
 from modelhost.engine.fair_share import QueueShares, ShareLimits
 from modelhost.engine.generation_task import END, GenerationTask
@@ -60,6 +79,21 @@ class _Choice:
     next_token: int = -1  # sampled, not yet decoded
     done: bool = False
     held_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # After a preemption: the tokens (prompt + generated, without `next_token`) whose KV this
+    # choice's slot must hold again before it decodes `next_token`; None once it does.
+    replay: list[int] | None = None
+
+
+class _Work(NamedTuple):
+    """One slot's rows in a step: the next token of `choice` (`start` = `end` = 0), a chunk
+    [start, end) of the job's prompt (`choice` None), or a chunk of `choice.replay` (`replay`)."""
+
+    slot: _Slot
+    job: _Job
+    choice: _Choice | None
+    start: int
+    end: int
+    replay: bool = False
 
 
 class _Outbox:
@@ -107,6 +141,17 @@ class _Job(GenerationTask):
         self.admitted = False
         self.finished = False
         self.prompt_logprobs: list[TokenLogprob] = []
+        self.placed = False  # it had slots once: a readmission is a resumption
+        self.preemptions = 0
+
+    @property
+    def batch(self) -> bool:
+        return self.request.priority is Priority.BATCH
+
+    @property
+    def slots_needed(self) -> int:
+        """Slots its admission takes: one per choice, or once it has begun, per choice still going."""
+        return sum(1 for c in self.choices if not c.done) if self.placed else self.request.n
 
     def emit(self, item: object) -> None:
         """Queue an event from the decode thread; it reaches the request when the loop's pass ends."""
@@ -338,10 +383,10 @@ class LlamaCppEngine:
     def _tenant(job: _Job) -> tuple[str, str]:
         return job.request.cache_scope, job.request.project
 
-    def _next_fair(self) -> _Job:
+    def _next_fair(self, waiting: list[_Job]) -> _Job:
         """Round robin between organizations, then between their projects: the organization with the
         fewest running jobs, among those the one served least recently; within it the project chosen
-        the same way; its oldest waiting job."""
+        the same way; its oldest waiting job (of `waiting`)."""
         running: collections.Counter[object] = collections.Counter()
         for j in self._active:
             running[j.request.cache_scope] += 1
@@ -356,21 +401,102 @@ class LlamaCppEngine:
                 self._admitted_at.get(project, -1),
             )
 
-        return min(self._waiting, key=key)  # min is stable: FIFO among equals
+        return min(waiting, key=key)  # min is stable: FIFO among equals
 
     def _admit(self, ctx: LlamaContext) -> None:
         while self._waiting:
-            job = self._next_fair()
+            # Interactive requests first: no batch job is admitted while one waits.
+            interactive = [j for j in self._waiting if not j.batch]
+            job = self._next_fair(interactive or self._waiting)
+            needed = job.slots_needed
             free = [s for s in self._slots if not s.busy]
-            if len(free) < job.request.n:
+            if len(free) < needed and not job.batch:
+                self._preempt_batch(ctx, needed - len(free))
+                free = [s for s in self._slots if not s.busy]
+            if len(free) < needed:
                 return  # it waits for slots rather than being overtaken by smaller jobs forever
             self._waiting.remove(job)
             self._queue.give_back(job.request.cache_scope, job.request.project)
             self._admissions += 1
             self._admitted_at[job.request.cache_scope] = self._admitted_at[self._tenant(job)] = self._admissions
-            self._place(ctx, job, free)
-            job.admitted = True
+            if job.placed and job.prefilled == len(job.request.prompt_tokens):
+                self._resume(ctx, job, free)
+            else:
+                self._place(ctx, job, free)
+            job.admitted = job.placed = True
             self._active.append(job)
+
+    def _preempt_batch(self, ctx: LlamaContext, wanted: int) -> None:
+        """Free `wanted` slots for an interactive job by preempting running batch jobs, the most
+        recently admitted first (the least work to redo), or none if all of theirs would not do."""
+        victims: list[_Job] = []
+        freed = 0
+        for job in reversed(self._active):
+            if freed >= wanted:
+                break
+            if job.batch:
+                victims.append(job)
+                freed += sum(1 for c in job.choices if c.slot is not None)
+        if freed < wanted:
+            return  # the interactive job waits for interactive slots; batch keeps the rest meanwhile
+        for job in victims:
+            self._preempt(ctx, job)
+
+    def _preempt(self, ctx: LlamaContext, job: _Job) -> None:
+        """Take `job`'s slots back and put it first in the queue again, its choices' state kept.
+
+        Each slot keeps its KV cache (reused if it is still there when the job resumes). A job
+        still prefilling its prompt starts its prefill over; a generating one replays each
+        choice's tokens (`_Choice.replay`) once it is readmitted.
+        """
+        self._active.remove(job)
+        job.admitted = False
+        job.preemptions += 1
+        # Back to waiting: it holds a queue place again, never refused (it was admitted once).
+        self._queue.take(job.request.cache_scope, job.request.project, joins_admitted=True)
+        generating = job.prefilled == len(job.request.prompt_tokens)
+        if not generating:
+            job.prefilled = 0
+            job.prompt_logprobs.clear()  # emitted only when the prefill ends: recomputed then
+        now = time.monotonic()
+        for choice in job.choices:
+            slot = choice.slot
+            if slot is None:
+                continue
+            if generating and not choice.done:
+                # What its KV held, or was to hold: a replay cut short by this preemption goes on from there.
+                choice.replay = choice.replay if choice.replay is not None else list(slot.cached)
+            slot.busy = False
+            slot.last_used = now
+            choice.slot = None
+        self._waiting.insert(0, job)  # the oldest among equals: it resumes before later batch jobs
+        logger.debug("preempted batch request %s for an interactive one", job.request.request_id)
+
+    def _resume(self, ctx: LlamaContext, job: _Job, free: list[_Slot]) -> None:
+        """Give each unfinished choice of a preempted job a slot, the one whose cache holds most of
+        its `replay` (its own, if nobody took it since); the rest is recomputed by `_step`."""
+        available = list(free)
+        for choice in job.choices:
+            if choice.done:
+                continue
+            assert choice.replay is not None, "a preempted generating choice knows what to replay"
+            tokens = choice.replay
+
+            def shared(slot: _Slot, tokens: list[int] = tokens) -> int:
+                if not (self._share_prefix or slot.scope == job.request.cache_scope):
+                    return 0
+                return _common_prefix(slot.cached, tokens)
+
+            slot = min(available, key=lambda s: (-shared(s), s.last_used))
+            available.remove(slot)
+            keep = shared(slot)
+            ctx.trim(slot.seq, keep)
+            del slot.cached[keep:]
+            slot.busy = True
+            slot.scope = job.request.cache_scope
+            choice.slot = slot
+            if keep == len(tokens):
+                choice.replay = None  # its KV is all there: it decodes `next_token` at the next step
 
     def _place(self, ctx: LlamaContext, job: _Job, free: list[_Slot]) -> None:
         """Give each choice a slot; the first gets the one whose cache shares the longest prefix."""
@@ -387,8 +513,10 @@ class LlamaCppEngine:
         keep = min(shared(primary), len(prompt) - 1)  # at least one prompt token is decoded for logits
         ctx.trim(primary.seq, keep)
         del primary.cached[keep:]
-        job.prefilled = job.cached = keep
-        self._reused_total += keep
+        job.prefilled = keep
+        if not job.placed:  # a prefill started over after a preemption reuses its own KV: no cache hit
+            job.cached = keep
+            self._reused_total += keep
         # The other choices take the least useful free slots; their KV is copied after prefill.
         others = sorted(ranked[1:], key=lambda s: (len(s.cached), s.last_used))[: job.request.n - 1]
         for choice, slot in zip(job.choices, [primary, *others]):
@@ -401,27 +529,48 @@ class LlamaCppEngine:
         # Rows go into the batch in KV-sequence order: with a KV stream per slot, llama.cpp decodes
         # a batch whose streams come out of order much more slowly (measured here at 16 sequences:
         # ~110 ms a step in admission order against ~70 ms in slot order).
-        work: list[tuple[_Slot, _Job, _Choice | None, int, int]] = []  # slot, job, choice or prompt chunk
+        work: list[_Work] = []
         for job in self._active:
             if job.prefilled == len(job.request.prompt_tokens):
                 for choice in job.choices:
-                    if not choice.done:
+                    if not choice.done and choice.replay is None:
                         assert choice.slot is not None
-                        work.append((choice.slot, job, choice, 0, 0))
+                        work.append(_Work(choice.slot, job, choice, 0, 0))
         room = ctx.capacity - len(work)
         for job in self._active:
             prompt = job.request.prompt_tokens
-            if job.prefilled == len(prompt) or room <= 0:
+            if room <= 0:
+                break
+            if job.prefilled < len(prompt):
+                assert job.choices[0].slot is not None
+                end = min(len(prompt), job.prefilled + room)
+                work.append(_Work(job.choices[0].slot, job, None, job.prefilled, end))
+                room -= end - job.prefilled
+                job.prefilled = end
                 continue
-            assert job.choices[0].slot is not None
-            end = min(len(prompt), job.prefilled + room)
-            work.append((job.choices[0].slot, job, None, job.prefilled, end))
-            room -= end - job.prefilled
-            job.prefilled = end
-        work.sort(key=lambda w: w[0].seq)
+            for choice in job.choices:  # a resumed job's choices recompute their KV
+                if choice.replay is None or choice.done or room <= 0:
+                    continue
+                assert choice.slot is not None
+                start = len(choice.slot.cached)
+                end = min(len(choice.replay), start + room)
+                work.append(_Work(choice.slot, job, choice, start, end, replay=True))
+                room -= end - start
+        work.sort(key=lambda w: w.slot.seq)
         decoding: list[tuple[_Job, _Choice, int]] = []
         prefilling: list[tuple[_Job, int, int, dict[int, int]]] = []
-        for slot, job, decoded, start, end in work:
+        replayed: list[_Choice] = []
+        for slot, job, decoded, start, end, replay in work:
+            if replay:
+                assert decoded is not None and decoded.replay is not None
+                tokens = decoded.replay
+                for pos in range(start, end):
+                    # Logits only for the last row (some llama.cpp builds want one); nothing samples them.
+                    ctx.add(tokens[pos], pos, slot.seq, pos == end - 1)
+                slot.cached.extend(tokens[start:end])
+                if end == len(tokens):
+                    replayed.append(decoded)
+                continue
             if decoded is not None:
                 decoding.append((job, decoded, ctx.add(decoded.next_token, len(slot.cached), slot.seq, True)))
                 slot.cached.append(decoded.next_token)
@@ -439,6 +588,8 @@ class LlamaCppEngine:
             for job in list(self._active):
                 self._finish(ctx, job, EngineFailed(f"decode failed ({code})"), keep_cache=False)
             return
+        for choice in replayed:
+            choice.replay = None  # its KV holds everything before `next_token` again: it decodes next step
         produced = 0
         for job, start, end, rows in prefilling:
             produced += self._after_prefill(ctx, job, start, end, rows)

@@ -22,6 +22,7 @@ from modelhost.engine.base import (
     EngineFailed,
     Generation,
     GenerationRequest,
+    Priority,
     SamplingParams,
     TextDelta,
     UpstreamInput,
@@ -86,6 +87,7 @@ class GenerationRun:
             upstream=plan.upstream,
             part=plan.part,
             project=plan.principal.project_id,
+            priority=Priority.BATCH if plan.principal.is_batch else Priority.INTERACTIVE,
         )
         await self._settlement.open(prompt_tokens=self.prompt_tokens, max_tokens=plan.sampling.max_tokens, n=plan.n)
         try:
