@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -278,6 +279,38 @@ class Settings(BaseSettings):
             "replica may run it)."
         ),
     )
+
+    # -- files and uploads (docs/files.md) -------------------------------------------------------
+    files_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest file (POST /v1/files, a completed upload, a batch's output) in bytes; counted while the bytes "
+            "stream in, so a larger one is a 413 with nothing kept."
+        ),
+    )
+    project_storage_limit_bytes: int = Field(
+        default=10 * 1024**3,
+        ge=0,
+        description=(
+            "Bytes of files (and of pending uploads, as declared) one project may keep; past it an upload is a 400. "
+            "0: no limit."
+        ),
+    )
+    files_store: Literal["local", "s3"] = Field(
+        default="local",
+        description=(
+            "Where file bytes live: `local`, a directory (files_dir; a shared volume when replicas serve one "
+            "database), or `s3`, an S3-compatible bucket (credentials from the standard AWS_* environment variables)."
+        ),
+    )
+    files_dir: Path | None = Field(default=None, description="Directory of the local file store; default: files/ in the data directory.")
+    files_s3_bucket: str | None = Field(default=None, description="Bucket of the S3 file store (required with files_store=s3).")
+    files_s3_prefix: str = Field(default="modelhost/", description="Prefix of every object key the S3 file store writes.")
+    files_s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible service (MinIO, Ceph, R2…); unset: AWS S3."
+    )
+    files_s3_region: str | None = Field(default=None, description="Region of the bucket; unset: the AWS SDK's default.")
 
     # -- embeddings (README "Embeddings") -------------------------------------------------------
     embedding_model_enabled: bool = Field(

@@ -19,12 +19,16 @@ from modelhost.organization import bootstrap
 from modelhost.api import admin, chat, completions, embeddings, health, metrics, models, openapi, stored_chat
 from modelhost.api.batches import router as batches_router
 from modelhost.api.conversations import router as conversations_router
+from modelhost.api.files import router as files_router
+from modelhost.api.uploads import router as uploads_router
 from modelhost.api.errors import install_error_handlers
 from modelhost.api.responses import router as responses_router
 from modelhost.api.inflight import InFlightRequests
 from modelhost.api.middleware import RequestContextMiddleware
 from modelhost.api.state import AppState
 from modelhost.auth import Authenticator
+from modelhost.blobs import BlobStore
+from modelhost.blobs.open import open_blob_store
 from modelhost.batches.files import StoredFiles
 from modelhost.batches.runner import BatchRunner, RunnerSettings
 from modelhost.catalog import ModelCatalog
@@ -147,6 +151,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
         authenticator = Authenticator(sessions, cache_seconds=settings.key_cache_seconds)
         limiter = open_limiter(settings, sessions, ledger, prices=catalog.prices if catalog is not None else None)
         await _check_limit_store(settings, limiter)
+        blobs = open_blob_store(settings)
         app.state.modelhost = AppState(
             settings=settings,
             database=database,
@@ -157,6 +162,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             registry=registry,
             pipeline=Pipeline(ledger_writer, observability, limiter=limiter),
             limiter=limiter,
+            blobs=blobs,
             observability=observability,
         )
         await ledger_writer.start()  # also settles rows left pending by crashed replicas
@@ -166,12 +172,14 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             await batch_runner.start()
         flusher = asyncio.create_task(_flush_key_use(authenticator, settings.last_used_flush_seconds))
         sweeper = asyncio.create_task(_sweep_expired(sessions, settings.stored_objects_sweep_seconds))
+        blob_sweeper = asyncio.create_task(_sweep_file_blobs(sessions, blobs, settings.stored_objects_sweep_seconds))
         hangup = _reload_on_sighup(catalog)
         try:
             yield
         finally:
             flusher.cancel()
             sweeper.cancel()
+            blob_sweeper.cancel()
             if hangup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await batch_runner.stop()  # before the engines stop: its running lines are settled, their leases released
@@ -183,6 +191,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
             await limiter.close()
             await ledger_writer.close()  # after the registry stopped: every run has settled
             close_default_compiler()  # schema-compile workers die with the server
+            await blobs.close()
             database.dispose()
 
     app = FastAPI(
@@ -202,6 +211,8 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
         request_timeout=settings.request_timeout_seconds,
         inflight=inflight,
         observability=observability,
+        # A file upload's body streams into the blob store: its file, plus room for the multipart envelope.
+        max_streamed_body_bytes=settings.files_max_bytes + 64 * 1024,
     )
     install_error_handlers(app)
     app.include_router(health.router)
@@ -212,6 +223,8 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
     app.include_router(completions.router)
     app.include_router(responses_router)
     app.include_router(conversations_router)
+    app.include_router(files_router)
+    app.include_router(uploads_router)
     app.include_router(batches_router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
@@ -306,4 +319,18 @@ async def _sweep_expired(sessions: sessionmaker[Session], every: float) -> None:
                 logger.info("retention: deleted expired stored objects %s", deleted)
         except Exception:
             logger.warning("could not delete expired stored objects; will retry", exc_info=True)
+        await asyncio.sleep(every)
+
+
+async def _sweep_file_blobs(sessions: sessionmaker[Session], blobs: BlobStore, every: float) -> None:
+    """Remove the blobs of deleted and expired files and of finished uploads' parts (files/sweep.py), every `every` seconds."""
+    from modelhost.files import sweep_blobs
+
+    while True:
+        try:
+            removed = await sweep_blobs(sessions, blobs)
+            if any(removed.values()):
+                logger.info("files sweep: removed blobs %s", removed)
+        except Exception:
+            logger.warning("could not remove the blobs of deleted files; will retry", exc_info=True)
         await asyncio.sleep(every)

@@ -69,3 +69,15 @@ async def principal(request: Request) -> Principal:
     )
     request.state.principal = who
     return who
+
+
+def streamed_body(request: Request) -> None:
+    """Marks a route that reads its body itself, as a stream (`POST /v1/files`, upload parts).
+
+    `RequestContextMiddleware` then passes the body through instead of reading it whole first: at
+    most `max_streamed_body_bytes` (413 past it, raised from the route's read), each chunk within the
+    body timeout of the one before (408). The route must count what it keeps against its own limit.
+    """
+
+
+streamed_body.streams_body = True  # type: ignore[attr-defined]

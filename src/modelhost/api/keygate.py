@@ -40,6 +40,9 @@ class GatedRoute:
     pattern: re.Pattern[str]
     methods: frozenset[str] | None  # None: every method
     checks: tuple[HeaderCheck, ...]
+    # The route reads its own body as a stream (a file upload; `api.deps.streamed_body`): the middleware
+    # passes the body through, bounded, instead of reading it whole first.
+    streams_body: bool = False
 
 
 def _calls(dependant: Dependant) -> Iterator[object]:
@@ -79,7 +82,9 @@ class KeyGate:
                 f"route {context.path} reads a body but declares no header_check: requests that take no key are "
                 "answered without their body (api/keygate.py)"
             )
-            routes.append(GatedRoute(str(context.path), pattern, frozenset(methods) if methods else None, checks))
+            streams = dependant is not None and any(getattr(call, "streams_body", False) is True for call in _calls(dependant))
+            assert checks or not streams, f"route {context.path} streams its body but declares no header_check"
+            routes.append(GatedRoute(str(context.path), pattern, frozenset(methods) if methods else None, checks, streams))
         return cls(routes)
 
     def route(self, scope: Scope) -> GatedRoute | None:

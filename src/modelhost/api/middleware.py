@@ -92,9 +92,12 @@ class RequestContextMiddleware:
         request_timeout: float = 600.0,
         inflight: InFlightRequests | None = None,
         observability: Observability | None = None,
+        max_streamed_body_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # The cap of a route that streams its body (api.deps.streamed_body: file uploads), instead of max_body_bytes.
+        self.max_streamed_body_bytes = max_streamed_body_bytes or max_body_bytes
         self.body_timeout = body_timeout
         self.request_timeout = request_timeout
         self.inflight = inflight if inflight is not None else InFlightRequests()  # (an empty one is falsy)
@@ -146,6 +149,13 @@ class RequestContextMiddleware:
         elif checks and not await self._authenticate(scope, checks, response):
             return
         declared = _header(scope, b"content-length")
+        if route is not None and route.streams_body:
+            if declared is not None and declared.isdigit() and int(declared) > self.max_streamed_body_bytes:
+                await self._too_large(response, self.max_streamed_body_bytes)
+                return
+            stream = _BodyStream(receive, self.max_streamed_body_bytes, self.body_timeout, response.exchange)
+            await self.app(scope, stream.receive, response.send)
+            return
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(response)
             return
@@ -218,11 +228,11 @@ class RequestContextMiddleware:
         )
         return None
 
-    async def _too_large(self, response: _ResponseTracker) -> None:
+    async def _too_large(self, response: _ResponseTracker, limit: int | None = None) -> None:
         await response.error(
             413,
             _error_body(
-                f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                f"Request body too large: the limit is {limit or self.max_body_bytes} bytes.",
                 "invalid_request_error",
                 "request_too_large",
             ),
@@ -262,6 +272,55 @@ class RequestContextMiddleware:
             route=exchange.route, method=exchange.method, status=exchange.status, model=exchange.model or "", seconds=seconds
         )
         self.observability.access_log.write(exchange)
+
+
+class BodyTooLarge(APIError):
+    """A streamed body went past its route's cap (raised from the route's read; the connection is closed after)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class BodyTimeout(APIError):
+    """A streamed body stalled: no chunk within the body timeout."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class _BodyStream:
+    """`receive` for a route that reads its own body: each chunk counted against `cap` and awaited at most
+    `idle_timeout` seconds; past either, the route's read raises (`BodyTooLarge`, `BodyTimeout`).
+
+    The timeout is per chunk, not for the whole body as for buffered bodies: a 512 MiB upload takes
+    longer than a JSON body may, and the request deadline still bounds it as a whole."""
+
+    def __init__(self, receive: Receive, cap: int, idle_timeout: float, exchange: Exchange) -> None:
+        self._receive = receive
+        self._cap = cap
+        self._idle_timeout = idle_timeout
+        self._exchange = exchange
+        self._received = 0
+        self._complete = False
+
+    async def receive(self) -> Message:
+        if self._complete:
+            return await self._receive()  # after the body: http.disconnect, for disconnect watchers
+        message: Message | None = None
+        with anyio.move_on_after(self._idle_timeout):
+            message = await self._receive()
+        close = {"connection": "close"}  # the rest of the body is never read
+        if message is None:
+            self._exchange.outcome = "body_timeout"
+            raise BodyTimeout(f"No part of the request body arrived within {self._idle_timeout:g} seconds.", headers=close)
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._cap:
+                raise BodyTooLarge(f"Request body too large: the limit is {self._cap} bytes.", headers=close)
+            self._complete = not message.get("more_body", False)
+        return message
 
 
 class _ResponseTracker:

@@ -8,6 +8,7 @@ from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth import Authenticator
+from modelhost.blobs import BlobStore
 from modelhost.config import Settings
 from modelhost.engine import ModelRegistry
 from modelhost.limits import Limiter
@@ -28,4 +29,5 @@ class AppState:
     registry: ModelRegistry
     pipeline: Pipeline
     limiter: Limiter
+    blobs: BlobStore  # the bytes of files and upload parts (blobs/open.py)
     observability: Observability = field(default_factory=lambda: Observability(access_log=False))

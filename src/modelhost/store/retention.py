@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelhost.store import chat_completions, conversations, responses
+from modelhost.store import chat_completions, conversations, files, responses
 
 Purge = Callable[[Session, datetime], int]
 
@@ -24,6 +24,8 @@ PURGES: dict[str, Purge] = {
     "chat_completions": chat_completions.purge_expired,
     "conversations": conversations.purge_expired,
     "responses": responses.purge_expired,
+    # Marks expired files and uploads; their blobs are removed by the files sweep (files/sweep.py).
+    "files": files.purge_expired,
 }
 
 
