@@ -89,3 +89,30 @@ def test_two_replicas_on_postgresql_share_one_batch(tmp_path: Path, postgres: st
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_replica_killed_mid_batch_leaves_its_lines_to_the_other(tmp_path: Path, postgres: str) -> None:  # noqa: F811
+    env = {**ENV, "MODELHOST_DATABASE_URL": postgres, "MODELHOST_FILES_DIR": str(tmp_path / "files")}
+    a = ServerProcess(tmp_path / "a", env_overrides=env).start(90.0)
+    b = ServerProcess(tmp_path / "b", env_overrides=env).start(90.0)
+    try:
+        key = a.cli("keys", "create", "--name", "batches-kill")
+        client = client_of(a, str(key["secret"]))
+        file = client.files.create(file=("in.jsonl", batch_input(12, max_tokens=16)), purpose="batch")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(client, batch.id, lambda now: now.request_counts.completed >= 2, 120)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+
+        survivor = client_of(b, str(key["secret"]))
+        done = wait_for(survivor, batch.id, lambda now: now.status == "completed", 240)
+
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 12, 0)
+        output = _output(survivor, done.output_file_id)
+        assert sorted(Counter(line["custom_id"] for line in output).values()) == [1] * 12
+        rows = _ledger(postgres, {line["response"]["body"]["id"] for line in output})
+        assert len(rows) == 12 and all(r.outcome == "completed" for r in rows)
+    finally:
+        b.stop()
+        a.stop()
