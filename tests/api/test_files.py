@@ -19,6 +19,7 @@ import openai
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from blobs.s3server import s3_server
 from modelhost.config import Settings
 from modelhost.store import open_engine, retention, session_factory
 from serverproc import ServerProcess
@@ -302,3 +303,32 @@ def test_md5_of_content_matches(client: openai.OpenAI) -> None:
     made = client.files.create(file=("digits.txt", data), purpose="user_data")
     assert hashlib.md5(client.files.content(made.id).read()).hexdigest() == hashlib.md5(data).hexdigest()
 
+
+
+def test_a_server_keeps_files_in_an_s3_bucket(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same API over the S3 store, against moto's S3 server on loopback (credentials from AWS_* variables)."""
+    with s3_server() as s3:
+        env = {
+            **SERVER_ENV,
+            "MODELHOST_FILES_STORE": "s3",
+            "MODELHOST_FILES_S3_BUCKET": s3.bucket,
+            "MODELHOST_FILES_S3_ENDPOINT_URL": s3.endpoint_url,
+            "MODELHOST_FILES_S3_PREFIX": "mh/",
+        }
+        proc = ServerProcess(tmp_path_factory.mktemp("files-s3"), env_overrides=env).start()
+        try:
+            client = sdk(proc)
+            made = client.files.create(file=("in.jsonl", jsonl(batch_line("a"))), purpose="batch")
+            assert s3.keys() == [f"mh/files/{made.id}"]
+            assert client.files.content(made.id).read() == jsonl(batch_line("a"))
+            too_big = error_of(lambda: client.files.create(file=("big.bin", b"b" * (MAX_FILE + 1)), purpose="user_data"))
+            assert too_big.status_code == 413
+            upload = client.uploads.create(bytes=6, filename="u.txt", mime_type="text/plain", purpose="user_data")
+            parts = [client.uploads.parts.create(upload.id, data=data).id for data in (b"abc", b"def")]
+            done = client.uploads.complete(upload.id, part_ids=parts[::-1])
+            assert done.file is not None and client.files.content(done.file.id).read() == b"defabc"
+            client.files.delete(made.id)
+            wait_until(lambda: s3.keys() == [f"mh/files/{done.file.id}"], "only the completed upload's file being left")  # type: ignore[union-attr]
+            assert s3.unfinished_uploads() == []
+        finally:
+            proc.stop()
