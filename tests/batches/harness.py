@@ -100,6 +100,8 @@ class MemoryFiles:
             raise NotFound(f"No such File object: {file_id}")
         self.retrieve(owner, file_id)
         for start in range(0, len(data), 7):  # small chunks: lines cross chunk boundaries
+            if file_id not in self.files:
+                raise NotFound(f"No such File object: {file_id}")  # deleted while being read
             yield data[start : start + 7]
 
     async def create(self, owner: Principal, *, filename: str, chunks: AsyncIterable[bytes], expires_at: datetime | None) -> dict[str, Any]:

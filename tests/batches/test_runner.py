@@ -217,13 +217,14 @@ def test_expiry_sends_the_lines_not_run_to_the_error_file(tmp_path: Path) -> Non
         assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
 
 
-def _wait_running(world: Served, batch_id: str, count: int) -> None:
+def _wait_running(world: Served, batch_id: str, count: int, *, at_most: bool = False) -> None:
     import time
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with world.sessions() as session:
-            if store.running_lines(session, batch_id, now=world.clock()) >= count:
+            running = store.running_lines(session, batch_id, now=world.clock())
+            if running <= count if at_most else running >= count:
                 return
         time.sleep(0.02)
     raise AssertionError("no line started")
@@ -275,3 +276,33 @@ def test_a_line_refused_for_now_is_tried_again_not_failed(world: Served) -> None
     world.engine.overloaded = False
     done = world.finished(world.client(), batch.id)
     assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+
+
+def test_a_batch_cancelled_while_validating_ends_cancelled_without_files(tmp_path: Path) -> None:
+    import asyncio
+
+    with served(tmp_path, fake_files=True, batch_runner_enabled=False) as world:
+        client = world.client()
+        batch = start(world, [chat_line("a")])
+        assert client.batches.cancel(batch.id).status == "cancelling"
+        asyncio.run_coroutine_threadsafe(world.runner.start(), world.loop).result(5)
+        done = world.finished(client, batch.id)
+        assert done.status == "cancelled" and done.in_progress_at is None and done.output_file_id is None and done.error_file_id is None
+        assert world.engine.submitted == []
+
+
+def test_an_input_file_deleted_under_a_running_batch_leaves_it_to_expire_with_what_ran(tmp_path: Path) -> None:
+    context, gate = _gated(tmp_path)
+    with context as world:
+        client = world.client()
+        batch = start(world, [chat_line(f"r{i}") for i in range(3)])
+        _wait_running(world, batch.id, 1)
+        assert world.files is not None
+        del world.files.files[batch.input_file_id]
+        gate.open()
+        world.wait(client, batch.id, lambda b: b.request_counts.completed >= 1)
+        _wait_running(world, batch.id, 0, at_most=True)
+        world.clock.move(hours=25)
+        done = world.finished(client, batch.id)
+        assert done.status == "expired" and done.request_counts.completed in (1, 2) and done.output_file_id
+        assert done.error_file_id is None  # the lines not run cannot be named without the file

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.principal import Principal
 from modelhost.batches import objects
+from modelhost.blobs import BlobMissing
 from modelhost.batches.dispatch import ASGIApp, Answer, dispatch
 from modelhost.batches.files import BatchFiles
 from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
@@ -56,6 +58,7 @@ Clock = Callable[[], datetime]
 CAPABILITY = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS, "/v1/responses": CHAT}
 EXPIRED_ERROR = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 PAGE = 200  # rows read per query when writing the output files
+UNREADABLE_PAUSE = 60.0  # seconds before a worker tries again an input file it could not read
 RETRY_FIRST_PAUSE, RETRY_MAX_PAUSE = 1.0, 30.0  # seconds between tries of a line refused for now (429, 503)
 
 
@@ -107,7 +110,7 @@ def transient(answer: Answer) -> bool:
         code = json.loads(answer.body)["error"]["code"]
     except (ValueError, KeyError, TypeError):
         code = None
-    return code != "insufficient_quota"
+    return bool(code != "insufficient_quota")
 
 
 def usage_of(body: bytes) -> tuple[int, int, int]:
@@ -170,6 +173,7 @@ class BatchRunner:
         self._busy: dict[str, asyncio.Task[None]] = {}  # batch id → the worker or step of ours on it
         self._status: dict[str, str] = {}  # batch id → status as the last poll saw it (workers stop on a change)
         self._organizations: dict[str, asyncio.Semaphore] = {}
+        self._resting: dict[str, float] = {}  # batch id → monotonic time before which no worker starts (unreadable input)
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -225,7 +229,7 @@ class BatchRunner:
                 if batch.done >= batch.total or now >= batch.expires_at:
                     if batch.running == 0:
                         self._start(batch.id, self._finalize(batch.id))
-                elif batch.total - batch.done - batch.running > 0:
+                elif batch.total - batch.done - batch.running > 0 and self._resting.get(batch.id, 0.0) <= time.monotonic():
                     self._start(batch.id, self._work(batch.id))
             elif batch.running == 0:  # cancelling, or finalizing by a replica whose lease may have lapsed
                 self._start(batch.id, self._finalize(batch.id))
@@ -309,6 +313,13 @@ class BatchRunner:
     # -- in_progress: running lines --------------------------------------------------------------
 
     async def _work(self, batch_id: str) -> None:
+        try:
+            await self._run_lines(batch_id)
+        except (APIError, BlobMissing) as exc:  # the input file was deleted under the batch
+            logger.warning("batch %s: its input file cannot be read (%s); trying again in %gs", batch_id, exc, UNREADABLE_PAUSE)
+            self._resting[batch_id] = time.monotonic() + UNREADABLE_PAUSE
+
+    async def _run_lines(self, batch_id: str) -> None:
         row, who, finished = await self._db(self._for_work, batch_id)
         expires_at = as_utc(row.expires_at)
         assert expires_at is not None
@@ -442,13 +453,16 @@ class BatchRunner:
 
     async def _expire_unfinished(self, row: store.BatchRow, who: Principal) -> None:
         finished = await self._db(lambda s: store.finished_lines(s, row.id))
-        async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
-            if number in finished:
-                continue
-            line = parse_line(number, raw)
-            if isinstance(line, InputLine):
-                record_id = new_id("batch_req_")
-                await self._db(lambda s: store.expire_line(s, row.id, number, line.custom_id, record_id, EXPIRED_ERROR, now=self.clock()))
+        try:
+            async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+                if number in finished:
+                    continue
+                line = parse_line(number, raw)
+                if isinstance(line, InputLine):
+                    record_id = new_id("batch_req_")
+                    await self._db(lambda s: store.expire_line(s, row.id, number, line.custom_id, record_id, EXPIRED_ERROR, now=self.clock()))
+        except (APIError, BlobMissing) as exc:  # deleted under the batch: its lines not run cannot be named
+            logger.warning("batch %s: its input file cannot be read (%s); it expires without its unrun lines' errors", row.id, exc)
 
     async def _write_files(self, row: store.BatchRow, who: Principal) -> None:
         expiry = row.output_expires_after
