@@ -14,8 +14,6 @@ import pytest
 from batches.harness import CHAT_MODEL, EMBEDDING_MODEL, Served, jsonl, served
 from support.openapi_spec import validate
 
-pytest.importorskip("modelhost.files", reason="the Files API has not landed")
-
 LINES = {
     "/v1/chat/completions": ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}, "chat.completion", CHAT_MODEL),
     "/v1/completions": ({"prompt": "Once", "max_tokens": 4}, "text_completion", CHAT_MODEL),

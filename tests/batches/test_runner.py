@@ -81,7 +81,8 @@ def test_a_chat_batch_runs_every_line_once_and_answers_as_the_interactive_reques
     assert error["custom_id"] == "three" and error["response"]["status_code"] == interactive.status_code == 400
     assert interactive.content in world.files.read(batch.error_file_id)  # the body's very bytes
     with world.sessions() as session:  # one ledger row per line that ran, marked as this batch's work
-        rows = session.scalar(select(func.count()).select_from(UsageRecord).where(UsageRecord.request_id.in_([o["response"]["body"]["id"] for o in output])))
+        ids = [o["response"]["body"]["id"] for o in output]
+        rows = session.scalar(select(func.count()).select_from(UsageRecord).where(UsageRecord.request_id.in_(ids), UsageRecord.batch.is_(True)))
     assert rows == 2
 
 

@@ -236,8 +236,7 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
 def _batch_runner(app: FastAPI, state: AppState) -> BatchRunner:
     """This replica's batch runner: lines dispatched through `app` itself, claimed under the ledger's replica id."""
     settings = state.settings
-    # The Files API's blob store and file size cap (read late: they are set up beside this runner).
-    files = StoredFiles(state.sessions, lambda: getattr(state, "blobs"), limit=getattr(settings, "files_max_bytes", 1 << 30))
+    files = StoredFiles(state.sessions, state.blobs, limit=settings.files_max_bytes)
     return BatchRunner(
         app=app,  # type: ignore[arg-type]
         sessions=state.sessions,

@@ -7,7 +7,7 @@ of the runner's logic may give a fake.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ class BatchFiles(Protocol):
 class StoredFiles:
     """`BatchFiles` over the Files API's store and blob store."""
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: Callable[[], BlobStore], *, limit: int) -> None:
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, *, limit: int) -> None:
         self._sessions = sessions
         self._blobs = blobs
         self._limit = limit
@@ -48,7 +48,7 @@ class StoredFiles:
     async def content(self, owner: Principal, file_id: str) -> AsyncIterator[bytes]:
         from modelhost.files import file_content
 
-        async for chunk in await _maybe_awaited(file_content(self._sessions, self._blobs(), owner, file_id)):
+        async for chunk in await _maybe_awaited(file_content(self._sessions, self._blobs, owner, file_id)):
             yield chunk
 
     async def create(
@@ -57,7 +57,7 @@ class StoredFiles:
         from modelhost.files import create_file
 
         return await create_file(
-            self._sessions, self._blobs(), owner, purpose=OUTPUT_PURPOSE, filename=filename, chunks=chunks,
+            self._sessions, self._blobs, owner, purpose=OUTPUT_PURPOSE, filename=filename, chunks=chunks,
             limit=self._limit, expires_at=expires_at,
         )
 

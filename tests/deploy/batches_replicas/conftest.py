@@ -57,7 +57,8 @@ def wait_for(client: openai.OpenAI, batch_id: str, done: Any, timeout: float) ->
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def postgres() -> Iterator[str]:
+    """A new, empty PostgreSQL database for each test (its ledger holds only that test's batch)."""
     with private_database("modelhost_batches") as url:
         yield url

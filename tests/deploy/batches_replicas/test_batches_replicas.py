@@ -15,7 +15,6 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from modelhost.config import Settings
@@ -25,14 +24,16 @@ from serverproc import ServerProcess
 
 from .conftest import ENV, LEASE_SECONDS, batch_input, client_of, postgres, wait_for  # noqa: F401
 
-pytest.importorskip("modelhost.files", reason="the Files API (helper A) has not landed")
 
-
-def _ledger(database_url: str, request_ids: set[str]) -> list[UsageRecord]:
+def _ledger(database_url: str, request_ids: set[str] | None) -> list[UsageRecord]:
+    """The ledger rows of `request_ids` (None: all of them)."""
     engine = open_engine(database_url)
     try:
         with session_factory(engine)() as session:
-            return list(session.scalars(select(UsageRecord).where(UsageRecord.request_id.in_(request_ids))))
+            query = select(UsageRecord)
+            if request_ids is not None:
+                query = query.where(UsageRecord.request_id.in_(request_ids))
+            return list(session.scalars(query))
     finally:
         engine.dispose()
 
@@ -64,7 +65,9 @@ def test_kill_9_mid_batch_then_restart_resumes_with_every_line_exactly_once(tmp_
         assert done.error_file_id is None
         ids = {line["response"]["body"]["id"] for line in output}
         rows = _ledger(Settings(home=server.home).resolved_database_url(), ids)
-        assert sorted(r.request_id for r in rows if r.outcome == "completed") == sorted(ids)
+        assert sorted(r.request_id for r in rows if r.outcome == "completed") == sorted(ids) and all(r.batch for r in rows)
+        everything = _ledger(Settings(home=server.home).resolved_database_url(), None)
+        assert sum(1 for r in everything if r.batch and r.outcome == "completed") == lines  # none run twice
         assert sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output) == done.usage.input_tokens
     finally:
         server.stop()
@@ -86,6 +89,7 @@ def test_two_replicas_on_postgresql_share_one_batch(tmp_path: Path, postgres: st
         assert sorted(Counter(line["custom_id"] for line in output).values()) == [1] * 12
         rows = _ledger(postgres, {line["response"]["body"]["id"] for line in output})
         assert len(rows) == 12 and len({r.replica_id for r in rows}) == 2, "both replicas ran lines"
+        assert all(r.batch for r in rows)
     finally:
         b.stop()
         a.stop()
@@ -112,7 +116,8 @@ def test_a_replica_killed_mid_batch_leaves_its_lines_to_the_other(tmp_path: Path
         output = _output(survivor, done.output_file_id)
         assert sorted(Counter(line["custom_id"] for line in output).values()) == [1] * 12
         rows = _ledger(postgres, {line["response"]["body"]["id"] for line in output})
-        assert len(rows) == 12 and all(r.outcome == "completed" for r in rows)
+        assert len(rows) == 12 and all(r.outcome == "completed" and r.batch for r in rows)
+        assert sum(1 for r in _ledger(postgres, None) if r.batch and r.outcome == "completed") == 12  # none run twice
     finally:
         b.stop()
         a.stop()
