@@ -193,6 +193,8 @@ def test_other_projects_get_the_unknown_upload_404(server: ServerProcess, client
 def test_a_bad_create_body_is_a_400_naming_the_field(client: openai.OpenAI) -> None:
     for fields, param in (
         ({"bytes": -1}, "bytes"),
+        ({"bytes": False}, "bytes"),  # not 0 (found by schemathesis)
+        ({"bytes": "3"}, "bytes"),
         ({"purpose": "nothing"}, "purpose"),
         ({"expires_after": {"anchor": "created_at", "seconds": 10}}, "expires_after.seconds"),
     ):

@@ -70,9 +70,12 @@ def _purpose(value: str | None) -> str:
 
 
 def _expires_at(fields: dict[str, str]) -> datetime | None:
-    given = {EXPIRES_FIELDS[name]: value for name, value in fields.items() if name in EXPIRES_FIELDS}
+    given: dict[str, object] = {EXPIRES_FIELDS[name]: value for name, value in fields.items() if name in EXPIRES_FIELDS}
     if not given:
         return None
+    seconds = given.get("seconds")
+    if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit() and len(seconds) <= 12:
+        given["seconds"] = int(seconds)  # a form field is text; the model takes only a real integer
     try:
         after = ExpiresAfter.model_validate(given)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from modelhost.protocol.admin.common import CursorList, Id, Omitted, QueryModel
 from modelhost.protocol.common import StoredStr, WireModel
@@ -36,7 +36,7 @@ class ExpiresAfter(WireModel):
     """FileExpirationAfter: the file expires `seconds` (1 hour to 30 days) after its `anchor`, its creation."""
 
     anchor: Literal["created_at"]
-    seconds: int = Field(ge=MIN_EXPIRES_SECONDS, le=MAX_EXPIRES_SECONDS)
+    seconds: StrictInt = Field(ge=MIN_EXPIRES_SECONDS, le=MAX_EXPIRES_SECONDS)  # not `true`, not "3600"
 
 
 class FileObject(BaseModel):
@@ -81,7 +81,7 @@ class CreateUpload(WireModel):
 
     filename: Filename
     purpose: UploadPurpose
-    bytes: int = Field(ge=0)
+    bytes: StrictInt = Field(ge=0)  # `false` is not 0
     mime_type: Annotated[StoredStr, Field(min_length=1, max_length=128)]
     expires_after: ExpiresAfter | None = None
 
