@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -198,6 +199,20 @@ def test_a_chunked_body_past_the_limit_is_a_413_too(server: ServerProcess, clien
     answer = httpx.post(f"{server.base_url}/files", content=body(), headers=headers)
     assert answer.status_code == 413 and answer.json()["error"]["code"] == "file_too_large"
     assert blobs_on_disk(server) == before
+
+
+def test_a_client_gone_mid_file_leaves_nothing(server: ServerProcess, client: openai.OpenAI) -> None:
+    before = blobs_on_disk(server)
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {client.api_key}\r\n"
+        "Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 60000\r\n\r\n"
+    ).encode()
+    part = b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n--B\r\nContent-Disposition: form-data; name="file"; filename="gone.bin"\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(head + part + b"g" * 20_000)  # a third of what it declared, then it goes
+        wait_until(lambda: any(".partial-" in name for name in blobs_on_disk(server) - before), "the file being written")
+    wait_until(lambda: blobs_on_disk(server) == before, "the half-written file being removed")
+    assert client.files.list(purpose="user_data").data is not None  # the server goes on
 
 
 def test_a_projects_files_stay_within_its_storage_limit(server: ServerProcess) -> None:
