@@ -81,3 +81,14 @@ def test_usage_is_read_from_each_endpoints_answer() -> None:
     assert usage_of(b'{"usage": {"input_tokens": 5, "output_tokens": 6, "input_tokens_details": {"cached_tokens": 2}}}') == (5, 2, 6)
     assert usage_of(b'{"usage": {"prompt_tokens": 7, "total_tokens": 7}}') == (7, 0, 0)
     assert usage_of(b"not json") == (0, 0, 0)
+
+
+def test_the_input_a_line_enqueues_is_its_text_and_token_arrays() -> None:
+    from modelhost.batches.enqueued import line_input
+
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
+    assert line_input("/v1/chat/completions", chat) == ["Be brief.", "Hi"]
+    assert line_input("/v1/completions", {"prompt": [[1, 2, 3], [4]]}) == [3, 1]
+    assert line_input("/v1/embeddings", {"input": ["a", "b"]}) == ["a", "b"]
+    response = {"instructions": "Be brief.", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}, {"type": "function_call_output", "output": "42"}]}
+    assert line_input("/v1/responses", response) == ["Be brief.", "Hi", "42"]

@@ -307,3 +307,16 @@ def test_an_input_file_deleted_under_a_running_batch_leaves_it_to_expire_with_wh
         done = world.finished(client, batch.id)
         assert done.status == "expired" and done.request_counts.completed in (1, 2) and done.output_file_id
         assert done.error_file_id is None  # the lines not run cannot be named without the file
+
+
+def test_a_batch_past_the_enqueued_token_limit_fails_validation(tmp_path: Path) -> None:
+    with served(tmp_path, fake_files=True, rate_limit_batch_enqueued_tokens=30) as world:
+        client = world.client()
+        small = world.finished(client, start(world, [chat_line("a", "x" * 10), chat_line("b", "y" * 10)]).id)
+        assert small.status == "completed"
+        with world.sessions() as session:
+            row = session.get(store.BatchRow, small.id)
+            assert row is not None and row.enqueued_tokens == 20  # a byte is a token for the scripted model
+        large = world.finished(client, start(world, [chat_line("a", "x" * 20), chat_line("b", "y" * 20)]).id)
+        assert large.status == "failed" and [(e.code, e.line) for e in large.errors.data] == [("token_limit_exceeded", None)]
+        assert "Enqueued token limit reached" in large.errors.data[0].message

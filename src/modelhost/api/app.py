@@ -243,6 +243,7 @@ def _batch_runner(app: FastAPI, state: AppState) -> BatchRunner:
         files=files,
         registry=lambda: state.registry,
         replica_id=state.ledger_writer.replica_id,
+        limiter=state.limiter,
         settings=RunnerSettings(
             poll_seconds=settings.batch_poll_seconds,
             lease_seconds=settings.batch_lease_seconds,

@@ -4,8 +4,9 @@ Every `poll_seconds` (or at once when a batch is created here) it reads the unfi
 for each one nothing of this replica is already busy with, starts what the batch needs:
 
 - ``validating``: take the batch's lease, read the input file line by line and check it against the
-  batch (`lines.LineChecks`, the model exists and the project may use it) → ``in_progress`` with
-  `request_total`, or ``failed`` with ``errors.data[]`` naming lines;
+  batch (`lines.LineChecks`, the model exists and the project may use it), count its input tokens
+  (`enqueued.py`) against the enqueued-token limit (`Limiter.check_batch_enqueue`) → ``in_progress``
+  with `request_total` and `enqueued_tokens`, or ``failed`` with ``errors.data[]`` (naming lines);
 - ``in_progress`` with lines nobody runs: a worker that reads the file again and claims, line by line,
   those without a row (or whose replica's lease lapsed), at most `per_batch` at once for this batch
   and `per_organization` for its organization on this replica. Each claimed line is sent through the
@@ -45,7 +46,9 @@ from modelhost.blobs import BlobMissing
 from modelhost.batches.dispatch import ASGIApp, Answer, dispatch
 from modelhost.batches.files import BatchFiles
 from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
-from modelhost.engine.registry import CHAT, COMPLETIONS, EMBEDDINGS, ModelRegistry
+from modelhost.batches.enqueued import EnqueuedTokens
+from modelhost.engine.registry import CHAT, COMPLETIONS, EMBEDDINGS, ModelRegistry, ServedModel
+from modelhost.limits import EnqueuedTokenLimitExceeded, Limiter
 from modelhost.errors import APIError
 from modelhost.ids import new_id
 from modelhost.protocol.batches import BatchError
@@ -162,6 +165,7 @@ class BatchRunner:
         replica_id: str,
         settings: RunnerSettings = RunnerSettings(),
         clock: Clock = utcnow,
+        limiter: Limiter | None = None,
     ) -> None:
         self.app = app
         self.sessions = sessions
@@ -170,6 +174,7 @@ class BatchRunner:
         self.replica_id = replica_id
         self.settings = settings
         self.clock = clock
+        self.limiter = limiter  # the enqueued-token limit is checked at validation (None: no limits)
         self._busy: dict[str, asyncio.Task[None]] = {}  # batch id → the worker or step of ours on it
         self._status: dict[str, str] = {}  # batch id → status as the last poll saw it (workers stop on a change)
         self._organizations: dict[str, asyncio.Semaphore] = {}
@@ -289,12 +294,19 @@ class BatchRunner:
                 checks.fail(BatchError(code="invalid_file", message=exc.message, param="input_file_id"))
             if checks.total == 0 and not checks.errors:
                 checks.fail(BatchError(code="empty_file", message="The batch input file is empty."))
+            served = None
             if checks.model is not None and not checks.errors:
                 try:
-                    self.registry().get(checks.model, CAPABILITY[row.endpoint], caller=who)
+                    served = self.registry().get(checks.model, CAPABILITY[row.endpoint], caller=who)
                 except APIError as exc:
                     code = exc.code or "invalid_model"
                     checks.fail(BatchError(code=code, message=exc.message, param="body.model", line=checks.model_line))
+            tokens = 0
+            if served is not None and not checks.errors:
+                tokens = await self._enqueued_tokens(row, who, served)
+                refused = await self._enqueue_refusal(who, served.id, tokens, batch_id)
+                if refused is not None:
+                    checks.fail(refused)
             now = self.clock()
             if checks.errors:
                 errors = {"object": "list", "data": [e.model_dump() for e in checks.errors]}
@@ -303,12 +315,34 @@ class BatchRunner:
                 await self._db(
                     lambda s: store.transition(
                         s, batch_id, from_=(store.VALIDATING,), status=store.IN_PROGRESS, in_progress_at=now,
-                        request_total=checks.total, model=checks.model,
+                        request_total=checks.total, model=checks.model, enqueued_tokens=tokens,
                     )
                 )
         finally:
             await self._shielded(self._db(store.release_batch, batch_id, self.replica_id))
         self.wake()
+
+    async def _enqueued_tokens(self, row: store.BatchRow, who: Principal, served: ServedModel) -> int:
+        """The input tokens of all the batch's lines (the file read a second time, now that it is known valid)."""
+        counter = EnqueuedTokens(row.endpoint, served)
+        async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+            line = parse_line(number, raw)
+            if isinstance(line, InputLine):
+                await counter.add(line.body)
+        await counter.flush()
+        return counter.total
+
+    async def _enqueue_refusal(self, who: Principal, model: str, tokens: int, batch_id: str) -> BatchError | None:
+        """The validation error of a batch that would take its unfinished batches past the enqueued-token limit.
+
+        `LimitsUnavailable` is raised: the batch stays ``validating`` and is validated again at a later poll."""
+        if self.limiter is None:
+            return None
+        try:
+            await self.limiter.check_batch_enqueue(who, model=model, tokens=tokens, batch_id=batch_id)
+        except EnqueuedTokenLimitExceeded as exc:
+            return BatchError(code="token_limit_exceeded", message=exc.message)
+        return None
 
     # -- in_progress: running lines --------------------------------------------------------------
 
