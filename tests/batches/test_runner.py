@@ -320,3 +320,24 @@ def test_a_batch_past_the_enqueued_token_limit_fails_validation(tmp_path: Path) 
         large = world.finished(client, start(world, [chat_line("a", "x" * 20), chat_line("b", "y" * 20)]).id)
         assert large.status == "failed" and [(e.code, e.line) for e in large.errors.data] == [("token_limit_exceeded", None)]
         assert "Enqueued token limit reached" in large.errors.data[0].message
+
+
+def test_lines_run_at_most_per_batch_and_per_organization_at_once(tmp_path: Path) -> None:
+    import time
+
+    gate = ThreadGate()
+    engine = ScriptedEngine(context_length=4096, gate=gate)  # type: ignore[arg-type]
+    with served(tmp_path, engine=engine, fake_files=True, batch_concurrency_per_batch=2, batch_concurrency_per_organization=3) as world:
+        client = world.client()
+        first, second = (start(world, [chat_line(f"{n}{i}") for i in range(4)]) for n in "ab")
+        deadline = time.monotonic() + 10
+        while len(engine.submitted) < 3:
+            assert time.monotonic() < deadline, "the lines did not start"
+            time.sleep(0.02)
+        time.sleep(0.5)  # room for a fourth, were the bounds not kept
+        with world.sessions() as session:
+            running = [store.running_lines(session, b.id, now=world.clock()) for b in (first, second)]
+        assert len(engine.submitted) == 3 and sum(running) == 3 and max(running) == 2
+        gate.open()
+        for batch in (first, second):
+            assert world.finished(client, batch.id).request_counts.completed == 4
