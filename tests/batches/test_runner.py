@@ -30,7 +30,7 @@ class ThreadGate:
         self.event = threading.Event()
 
     async def wait(self) -> None:
-        await anyio.to_thread.run_sync(self.event.wait)
+        await anyio.to_thread.run_sync(self.event.wait, abandon_on_cancel=True)
 
     def open(self) -> None:
         self.event.set()
@@ -341,3 +341,21 @@ def test_lines_run_at_most_per_batch_and_per_organization_at_once(tmp_path: Path
         gate.open()
         for batch in (first, second):
             assert world.finished(client, batch.id).request_counts.completed == 4
+
+
+def test_a_stopping_runner_releases_its_lines_at_once(tmp_path: Path) -> None:
+    import asyncio
+
+    context, gate = _gated(tmp_path)
+    with context as world:
+        batch = start(world, [chat_line("a"), chat_line("b")])
+        _wait_running(world, batch.id, 1)
+        asyncio.run_coroutine_threadsafe(world.runner.stop(), world.loop).result(10)
+        with world.sessions() as session:
+            assert store.running_lines(session, batch.id, now=world.clock()) == 0  # another replica may take it now
+            row = store.get(session, batch.id)
+            assert row is not None and row.lease_owner is None
+        gate.open()
+        asyncio.run_coroutine_threadsafe(world.runner.start(), world.loop).result(5)
+        done = world.finished(world.client(), batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 2

@@ -224,7 +224,12 @@ class BatchRunner:
     async def poll(self) -> None:
         """One round: start what each unfinished batch needs and nothing here does yet."""
         now = self.clock()
-        for batch in await self._db(self._snapshots, now):
+        batches = await self._db(self._snapshots, now)
+        seen = {batch.id for batch in batches}
+        for gone in [batch_id for batch_id in self._status if batch_id not in seen and batch_id not in self._busy]:
+            self._status.pop(gone, None)  # ended (or out of this round's page): forgotten
+            self._resting.pop(gone, None)
+        for batch in batches:
             self._status[batch.id] = batch.status
             if batch.id in self._busy:
                 continue
@@ -273,8 +278,7 @@ class BatchRunner:
 
     def _release_all(self, session: Session) -> None:
         store.release_lines(session, self.replica_id, now=self.clock())
-        for batch_id in list(self._status):
-            store.release_batch(session, batch_id, self.replica_id)
+        store.release_batches(session, self.replica_id)
 
     # -- validating → in_progress or failed ------------------------------------------------------
 
@@ -363,7 +367,7 @@ class BatchRunner:
             async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
                 if number in finished:
                     continue
-                if self._status.get(batch_id) != store.IN_PROGRESS or self.clock() >= expires_at:
+                if self._status.get(batch_id, store.IN_PROGRESS) != store.IN_PROGRESS or self.clock() >= expires_at:
                     break
                 line = parse_line(number, raw)
                 if not isinstance(line, InputLine):

@@ -185,6 +185,11 @@ def release_batch(session: Session, batch_id: str, owner: str) -> None:
     )
 
 
+def release_batches(session: Session, owner: str) -> None:
+    """Give up every batch lease `owner` holds (it is stopping)."""
+    session.execute(update(BatchRow).where(BatchRow.lease_owner == owner).values(lease_owner=None, lease_until=None))
+
+
 def renew(session: Session, owner: str, batch_ids: Sequence[str], *, until: datetime) -> None:
     """Extend `owner`'s leases: of the batches it holds and of its running lines in `batch_ids`."""
     if not batch_ids:
