@@ -359,3 +359,26 @@ def test_a_stopping_runner_releases_its_lines_at_once(tmp_path: Path) -> None:
         asyncio.run_coroutine_threadsafe(world.runner.start(), world.loop).result(5)
         done = world.finished(world.client(), batch.id)
         assert done.status == "completed" and done.request_counts.completed == 2
+
+
+def test_a_batch_of_a_project_archived_meanwhile_is_cancelled_keeping_what_ran(tmp_path: Path) -> None:
+    from modelhost.organization import operations
+
+    context, gate = _gated(tmp_path)
+    with context as world:
+        assert world.files is not None
+        theirs = world.client(world.b)
+        file_id = world.files.add(world.b.principal, jsonl([chat_line(f"r{i}") for i in range(3)]))
+        batch = theirs.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        _wait_running(world, batch.id, 1)
+        operations.archive_project(world.sessions, world.b.project)
+        gate.open()
+        with world.sessions() as session:
+            import time
+
+            deadline = time.monotonic() + 20
+            while (row := store.get(session, batch.id)) is not None and row.status != "cancelled":
+                assert time.monotonic() < deadline, row.status
+                time.sleep(0.05)
+                session.expire_all()
+            assert row is not None and (row.request_completed, row.request_failed) == (1, 0)

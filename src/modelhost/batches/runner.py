@@ -53,6 +53,7 @@ from modelhost.errors import APIError
 from modelhost.ids import new_id
 from modelhost.protocol.batches import BatchError
 from modelhost.store import batches as store
+from modelhost.store.schema import Project
 from modelhost.store.tenancy import as_utc
 
 logger = logging.getLogger(__name__)
@@ -358,7 +359,11 @@ class BatchRunner:
             self._resting[batch_id] = time.monotonic() + UNREADABLE_PAUSE
 
     async def _run_lines(self, batch_id: str) -> None:
-        row, who, finished = await self._db(self._for_work, batch_id)
+        work = await self._db(self._for_work, batch_id)
+        if work is None:
+            self.wake()
+            return
+        row, who, finished = work
         expires_at = as_utc(row.expires_at)
         assert expires_at is not None
         per_batch = asyncio.Semaphore(self.settings.per_batch)
@@ -394,15 +399,27 @@ class BatchRunner:
         (cancelled, or its window passed; read in the claim's transaction, not from the last poll)."""
         now = self.clock()
         row = store.get(session, batch_id)
-        if row is None or row.status != store.IN_PROGRESS or now >= expires_at:
+        if row is None or row.status != store.IN_PROGRESS or now >= expires_at or not self._project_active(session, row):
             if row is not None:
                 self._status[batch_id] = row.status
             return None
         return store.claim_line(session, batch_id, line.number, line.custom_id, self.replica_id, now=now, until=self._lease_end())
 
-    def _for_work(self, session: Session, batch_id: str) -> tuple[store.BatchRow, Principal, set[int]]:
+    def _project_active(self, session: Session, row: store.BatchRow) -> bool:
+        """Whether the batch's project may still run requests; an archived one's batch is cancelled here."""
+        project = session.get(Project, row.project_id)
+        if project is not None and project.status == "active":
+            return True
+        store.transition(session, row.id, from_=(store.IN_PROGRESS,), status=store.CANCELLING, cancelling_at=self.clock())
+        return False
+
+    def _for_work(self, session: Session, batch_id: str) -> tuple[store.BatchRow, Principal, set[int]] | None:
+        """The batch, who its lines run as and the lines already done; None if its project was archived
+        since (no request of an archived project runs: the batch is cancelled, keeping what ran)."""
         row = store.get(session, batch_id)
         assert row is not None
+        if not self._project_active(session, row):
+            return None
         session.expunge(row)
         return row, objects.principal_of(session, row), store.finished_lines(session, batch_id)
 
