@@ -84,6 +84,8 @@ def test_a_chat_batch_runs_every_line_once_and_answers_as_the_interactive_reques
         ids = [o["response"]["body"]["id"] for o in output]
         rows = session.scalar(select(func.count()).select_from(UsageRecord).where(UsageRecord.request_id.in_(ids), UsageRecord.batch.is_(True)))
     assert rows == 2
+    with world.sessions() as session:  # the lines' answers are in the files now, not kept twice
+        assert session.scalar(select(func.count()).select_from(store.BatchLine).where(store.BatchLine.batch_id == batch.id)) == 0
 
 
 def test_validation_errors_name_their_lines(world: Served) -> None:

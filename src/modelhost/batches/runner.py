@@ -502,7 +502,9 @@ class BatchRunner:
             await self._write_files(row, who)
             stamp = {store.COMPLETED: "completed_at", store.EXPIRED: "expired_at", store.CANCELLED: "cancelled_at"}[end]
             at = self.clock()
-            await self._db(lambda s: store.transition(s, batch_id, from_=(row.status, store.FINALIZING), status=end, **{stamp: at}))
+            if await self._db(lambda s: store.transition(s, batch_id, from_=(row.status, store.FINALIZING), status=end, **{stamp: at})):
+                # Ended for good: its answers live in its files now, not twice (a failure here leaves rows no one reads).
+                await self._db(store.forget_lines, batch_id)
         finally:
             await self._shielded(self._db(store.release_batch, batch_id, self.replica_id))
 

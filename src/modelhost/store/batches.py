@@ -3,7 +3,8 @@
 A batch is one row: what the client asked for, its status and timestamps, its counters, and the
 lease of the replica validating or finalizing it. Each line of its input file gets a row in
 `batch_lines` when a replica claims it (`running`, leased to that replica) and is completed when it
-finishes, in the same transaction as the batch's counters and usage (`finish_line`). Claims go
+finishes, in the same transaction as the batch's counters and usage (`finish_line`); once the batch
+has ended and its files are written, its line rows are deleted (`forget_lines`). Claims go
 through the database only:
 
 - a line is claimed by inserting its row (a second insert of the same line or custom_id is a no-op)
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -305,6 +307,11 @@ def rows_after(session: Session, batch_id: str, outcomes: Sequence[str], *, afte
         .limit(limit)
     )
     return session.scalars(query).all()
+
+
+def forget_lines(session: Session, batch_id: str) -> None:
+    """Delete the line rows of a batch that has ended (its output and error files hold them)."""
+    session.execute(delete(BatchLine).where(BatchLine.batch_id == batch_id))
 
 
 def transition(session: Session, batch_id: str, *, from_: Sequence[str], **values: Any) -> bool:

@@ -4,8 +4,9 @@ A line's row is written when a replica claims it (`running`, with that replica's
 completed in the same transaction as the batch's counters when it finishes; it is keyed by (batch,
 line number) and unique per (batch, custom_id). A replica claims only lines without a row or whose
 `running` lease has lapsed (its replica died), so after a crash no line runs twice and none is lost.
-The output and error files are written from these rows, in line order, when the batch finalizes;
-a line's response body is kept as the bytes the endpoint answered.
+The output and error files are written from these rows, in line order, when the batch finalizes
+(a line's response body is kept as the bytes the endpoint answered); once the batch has ended its
+rows are deleted, the files holding them.
 
 Revision ID: 0009_batches
 Revises: 0008_files
