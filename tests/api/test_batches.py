@@ -82,6 +82,24 @@ def test_another_projects_file_and_batch_are_not_found(world: Served) -> None:
     validate("ListBatchesResponse", client.batches.with_raw_response.list(limit=2).http_response.json())
 
 
+def test_output_files_expire_as_asked(world: Served) -> None:
+    client = world.client()
+    lines = [{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": EMBEDDING_MODEL, "input": "a"}}]
+    batch = client.batches.create(
+        input_file_id=_upload(client, lines), endpoint="/v1/embeddings", completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    batch = world.finished(client, batch.id)
+    assert batch.output_file_id
+    output = client.files.retrieve(batch.output_file_id)
+    assert output.expires_at is not None and abs(output.expires_at - (output.created_at + 3600)) <= 2
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(
+            input_file_id=_upload(client, lines), endpoint="/v1/embeddings", completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 60},  # under the spec's hour
+        )
+
+
 def test_a_line_that_asks_to_stream_gets_a_400_in_the_error_file(world: Served, tmp_path: Path) -> None:
     client = world.client()
     lines = [
