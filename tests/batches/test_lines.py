@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
-from modelhost.batches.runner import output_line, usage_of
+from modelhost.batches.answers import output_line, usage_of
 from modelhost.protocol.batches import BatchError
 from modelhost.store.batches import BatchLine
 

@@ -4,6 +4,7 @@
 - `lines.py`: the input file read and checked line by line;
 - `dispatch.py`: a line sent through the app's own ASGI stack as the batch's `Principal`, so its
   answer is byte for byte the interactive one;
+- `answers.py`: a line's refusals, retries, usage and output-file line;
 - `runner.py`: each replica's runner, claiming validation, lines and finalization through the database;
 - `files.py`: the input, output and error files, through the Files API.
 """

@@ -31,7 +31,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -42,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.principal import Principal
 from modelhost.batches import objects
+from modelhost.batches.answers import EXPIRED_ERROR, output_line, refusal, transient, usage_of
 from modelhost.blobs import BlobMissing
 from modelhost.batches.dispatch import ASGIApp, Answer, dispatch
 from modelhost.batches.files import BatchFiles
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], datetime]
 CAPABILITY = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS, "/v1/responses": CHAT}
-EXPIRED_ERROR = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 PAGE = 200  # rows read per query when writing the output files
 UNREADABLE_PAUSE = 60.0  # seconds before a worker tries again an input file it could not read
 RETRY_FIRST_PAUSE, RETRY_MAX_PAUSE = 1.0, 30.0  # seconds between tries of a line refused for now (429, 503)
@@ -92,65 +91,6 @@ class _Snapshot:
     total: int
     done: int
     running: int
-
-
-def refusal(line: InputLine, endpoint: str) -> Answer | None:
-    """The 400 a line gets before it runs: batches are not streamed, and a response is not run in the background."""
-    for param in ("stream", "background") if endpoint == "/v1/responses" else ("stream",):
-        if line.body.get(param) is True:
-            message = f"'{param}' is not supported in batches: each line is answered whole in the output file."
-            body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "unsupported_value"}}
-            return Answer(400, json.dumps(body).encode(), f"req_{uuid.uuid4().hex}")
-    return None
-
-
-def transient(answer: Answer) -> bool:
-    """A 503, or a 429 that is a rate limit (not a spent quota): the same request may succeed later."""
-    if answer.status == 503:
-        return True
-    if answer.status != 429:
-        return False
-    try:
-        code = json.loads(answer.body)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        code = None
-    return bool(code != "insufficient_quota")
-
-
-def usage_of(body: bytes) -> tuple[int, int, int]:
-    """(input, cached, output) tokens of a successful answer (chat, completions, embeddings or a response)."""
-    try:
-        usage = json.loads(body).get("usage") or {}
-    except (ValueError, AttributeError):
-        return 0, 0, 0
-    if not isinstance(usage, dict):
-        return 0, 0, 0
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-
-    def number(value: object) -> int:
-        return value if isinstance(value, int) else 0
-
-    return (
-        number(usage.get("prompt_tokens", usage.get("input_tokens"))),
-        number(details.get("cached_tokens") if isinstance(details, dict) else 0),
-        number(usage.get("completion_tokens", usage.get("output_tokens"))),
-    )
-
-
-def output_line(row: store.BatchLine) -> bytes:
-    """The row as a line of the output or error file; the response body spliced in as the bytes it was."""
-    head = {"id": row.record_id, "custom_id": row.custom_id}
-    if row.error is not None:
-        return json.dumps({**head, "response": None, "error": row.error}).encode() + b"\n"
-    response = json.dumps({"status_code": row.status_code, "request_id": row.request_id})
-    return (
-        json.dumps(head)[:-1].encode()
-        + b', "response": '
-        + response[:-1].encode()
-        + b', "body": '
-        + (row.body or "null").encode()
-        + b'}, "error": null}\n'
-    )
 
 
 class BatchRunner:
