@@ -1,40 +1,14 @@
-"""Reading and checking a batch's input file: lines across chunks, numbering, the batch-wide checks."""
+"""Checking a batch's input lines: each line's shape, the batch-wide checks (the lines are read by the Files
+API's `numbered_lines`, tested in tests/files/test_batch_input.py), output lines and usage."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 
-import pytest
-
-from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
+from modelhost.batches.lines import InputLine, LineChecks, parse_line
 from modelhost.batches.answers import output_line, usage_of
 from modelhost.protocol.batches import BatchError
 from modelhost.store.batches import BatchLine
-
-
-async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-def _read(data: bytes, size: int = 3, max_line_bytes: int = 100) -> list[tuple[int, bytes]]:
-    async def main() -> list[tuple[int, bytes]]:
-        return [line async for line in read_lines(_chunks(data, size), max_line_bytes=max_line_bytes)]
-
-    return asyncio.run(main())
-
-
-def test_lines_are_numbered_as_in_the_file_across_chunks_and_blank_lines() -> None:
-    assert _read(b'{"a":1}\n\n  \n{"b":2}\r\n{"c":3}') == [(1, b'{"a":1}'), (4, b'{"b":2}\r'), (5, b'{"c":3}')]
-    assert _read(b"") == []
-
-
-def test_a_line_longer_than_the_limit_is_refused_before_it_is_held() -> None:
-    with pytest.raises(LineTooLong) as refused:
-        _read(b"ok\n" + b"x" * 500, size=64, max_line_bytes=100)
-    assert refused.value.number == 2
 
 
 def _line(custom_id: str = "a", url: str = "/v1/chat/completions", model: str = "m") -> bytes:

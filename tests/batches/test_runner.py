@@ -107,6 +107,13 @@ def test_validation_errors_name_their_lines(world: Served) -> None:
     assert batch.output_file_id is None and batch.error_file_id is None and batch.request_counts.total == 0
 
 
+def test_a_line_longer_than_a_request_body_fails_validation_naming_it(tmp_path: Path) -> None:
+    with served(tmp_path, fake_files=True, max_body_bytes=1024) as world:
+        batch = start(world, [chat_line("a"), chat_line("b", content="x" * 2000)])
+        batch = world.finished(world.client(), batch.id)
+        assert batch.status == "failed" and [(e.line, e.code) for e in batch.errors.data] == [(2, "line_too_long")]
+
+
 def test_a_model_the_project_may_not_use_fails_validation_on_its_line(world: Served) -> None:
     batch = start(world, [{**chat_line("a"), "body": {"model": "nope", "messages": [{"role": "user", "content": "x"}]}}])
     batch = world.finished(world.client(), batch.id)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from modelhost.errors import InvalidRequest
-from modelhost.files.batch_input import MAX_LINES, BatchInput, check_batch_input, numbered_lines
+from modelhost.files.batch_input import MAX_LINES, BatchInput, LineTooLong, check_batch_input, numbered_lines
 
 
 def line(custom_id: str, model: str = "m", url: str = "/v1/chat/completions") -> bytes:
@@ -47,6 +47,9 @@ def test_a_line_longer_than_the_bound_is_named_whether_or_not_it_ends() -> None:
     long = line("x" * 600)
     assert "line 2: the line is longer than 500 bytes" in refusal(line("a") + b"\n" + long + b"\n", max_line_bytes=500)
     assert "line 2: the line is longer than 500 bytes" in refusal(line("a") + b"\n" + long, max_line_bytes=500, chunk=100)
+    with pytest.raises(LineTooLong) as refused:  # the batch runner names the line in errors.data[].line
+        check(line("a") + b"\n\n" + long, max_line_bytes=500, chunk=64)
+    assert refused.value.number == 3
 
 
 def test_at_most_fifty_thousand_requests() -> None:

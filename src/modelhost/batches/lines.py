@@ -1,32 +1,22 @@
-"""A batch's input file, line by line: read from the file's chunks, parsed, and checked against the batch.
+"""A batch's input file, line by line: parsed and checked against the batch.
 
-The file is never held whole: `read_lines` splits the chunks into lines as they come, each at most
-`max_line_bytes` (a longer one is a `LineTooLong`, reported as the batch's validation error).
-Line numbers are the file's own, counted from 1 (blank lines are skipped but keep their number),
+The lines come from the Files API's reader (`files.batch_input.numbered_lines`: split as the chunks
+come, each at most `max_line_bytes`, a longer one a `LineTooLong`, reported as the batch's validation
+error). Line numbers are the file's own, counted from 1 (blank lines are skipped but keep their number),
 as OpenAI's `errors.data[].line` counts them::
 
-    async for number, raw in read_lines(chunks, max_line_bytes=1 << 20):
+    async for number, raw in numbered_lines(chunks, max_line_bytes=1 << 20):
         line = parse_line(number, raw)      # an InputLine, or a BatchError naming `number`
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from modelhost.files.batch_input import MAX_CUSTOM_ID
 from modelhost.protocol.batches import BatchError
-
-MAX_CUSTOM_ID = 512  # the column's size; OpenAI documents no limit of its own
-
-
-class LineTooLong(Exception):
-    """A line of the input file is longer than any request the endpoint would take."""
-
-    def __init__(self, number: int) -> None:
-        super().__init__(number)
-        self.number = number
 
 
 @dataclass(frozen=True)
@@ -42,29 +32,6 @@ class InputLine:
     def model(self) -> str | None:
         model = self.body.get("model")
         return model if isinstance(model, str) else None
-
-
-async def read_lines(chunks: AsyncIterable[bytes], *, max_line_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
-    """(number, bytes) of every non-blank line of the file, numbered from 1."""
-    pending = bytearray()
-    number = 0
-    async for chunk in chunks:
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                break
-            number += 1
-            raw = bytes(pending[:end])
-            del pending[: end + 1]
-            if len(raw) > max_line_bytes:
-                raise LineTooLong(number)
-            if raw.strip():
-                yield number, raw
-        if len(pending) > max_line_bytes:
-            raise LineTooLong(number + 1)
-    if pending.strip():
-        yield number + 1, bytes(pending)
 
 
 def _error(number: int, code: str, message: str, param: str | None = None) -> BatchError:

@@ -45,8 +45,9 @@ from modelhost.batches.answers import EXPIRED_ERROR, output_line, refusal, trans
 from modelhost.blobs import BlobMissing
 from modelhost.batches.dispatch import ASGIApp, Answer, dispatch
 from modelhost.batches.files import BatchFiles
-from modelhost.batches.lines import InputLine, LineChecks, LineTooLong, parse_line, read_lines
+from modelhost.batches.lines import InputLine, LineChecks, parse_line
 from modelhost.batches.enqueued import EnqueuedTokens
+from modelhost.files.batch_input import LineTooLong, numbered_lines
 from modelhost.engine.registry import CHAT, COMPLETIONS, EMBEDDINGS, ModelRegistry, ServedModel
 from modelhost.limits import EnqueuedTokenLimitExceeded, Limiter
 from modelhost.errors import APIError
@@ -231,7 +232,7 @@ class BatchRunner:
         try:
             checks = LineChecks(row.endpoint, max_lines=self.settings.max_lines, max_errors=self.settings.max_errors)
             try:
-                async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+                async for number, raw in numbered_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
                     checks.add(parse_line(number, raw))
             except LineTooLong as exc:
                 checks.fail(BatchError(code="line_too_long", message=f"This line is longer than {self.settings.max_line_bytes} bytes.", line=exc.number))
@@ -270,7 +271,7 @@ class BatchRunner:
     async def _enqueued_tokens(self, row: store.BatchRow, who: Principal, served: ServedModel) -> int:
         """The input tokens of all the batch's lines (the file read a second time, now that it is known valid)."""
         counter = EnqueuedTokens(row.endpoint, served)
-        async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+        async for number, raw in numbered_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
             line = parse_line(number, raw)
             if isinstance(line, InputLine):
                 await counter.add(line.body)
@@ -309,7 +310,7 @@ class BatchRunner:
         per_batch = asyncio.Semaphore(self.settings.per_batch)
         per_org = self._organizations.setdefault(row.organization_id, asyncio.Semaphore(self.settings.per_organization))
         async with anyio.create_task_group() as lines:
-            async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+            async for number, raw in numbered_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
                 if number in finished:
                     continue
                 if self._status.get(batch_id, store.IN_PROGRESS) != store.IN_PROGRESS or self.clock() >= expires_at:
@@ -451,7 +452,7 @@ class BatchRunner:
     async def _expire_unfinished(self, row: store.BatchRow, who: Principal) -> None:
         finished = await self._db(lambda s: store.finished_lines(s, row.id))
         try:
-            async for number, raw in read_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
+            async for number, raw in numbered_lines(self.files.content(who, row.input_file_id), max_line_bytes=self.settings.max_line_bytes):
                 if number in finished:
                     continue
                 line = parse_line(number, raw)

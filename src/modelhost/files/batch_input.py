@@ -38,8 +38,21 @@ def invalid_line(number: int, problem: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid batch input file: line {number}: {problem}", param="file", code="invalid_batch_input")
 
 
+class LineTooLong(InvalidRequest):
+    """A line of the file is longer than any request body this server takes (`number` names it, from 1)."""
+
+    def __init__(self, number: int, max_line_bytes: int) -> None:
+        super().__init__(
+            f"Invalid batch input file: line {number}: the line is longer than {max_line_bytes} bytes.",
+            param="file",
+            code="invalid_batch_input",
+        )
+        self.number = number
+
+
 async def numbered_lines(chunks: AsyncIterable[bytes], *, max_line_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
-    """(number, bytes) of each non-blank line, numbered from 1; a line over `max_line_bytes` is a 400 naming it."""
+    """(number, bytes) of each non-blank line, numbered from 1; a line over `max_line_bytes` is a 400 naming it
+    (`LineTooLong`), raised before the line is held whole. The batch runner reads its input files with it too."""
     pending = bytearray()
     number = 0
     async for chunk in chunks:
@@ -50,12 +63,12 @@ async def numbered_lines(chunks: AsyncIterable[bytes], *, max_line_bytes: int) -
             raw = bytes(pending[start:end])
             start = end + 1
             if len(raw) > max_line_bytes:
-                raise invalid_line(number, f"the line is longer than {max_line_bytes} bytes.")
+                raise LineTooLong(number, max_line_bytes)
             if raw.strip():
                 yield number, raw
         del pending[:start]
         if len(pending) > max_line_bytes:
-            raise invalid_line(number + 1, f"the line is longer than {max_line_bytes} bytes.")
+            raise LineTooLong(number + 1, max_line_bytes)
     if pending.strip():
         yield number + 1, bytes(pending)
 
