@@ -165,8 +165,23 @@ def get(session: Session, batch_id: str) -> BatchRow | None:
 
 
 def candidates(session: Session, *, limit: int) -> Sequence[BatchRow]:
-    """Batches a runner may have work in, oldest first."""
-    query = select(BatchRow).where(BatchRow.status.in_(UNFINISHED)).order_by(BatchRow.created_at, BatchRow.id).limit(limit)
+    """Batches a runner may have work in: each organization's oldest first, then each one's second, …
+
+    Round robin between organizations, not oldest first overall: a page of `limit` filled with one
+    organization's batches would hide every other organization's from the runner until they ended.
+    """
+    rank = (
+        func.row_number()
+        .over(partition_by=BatchRow.organization_id, order_by=(BatchRow.created_at, BatchRow.id))
+        .label("rank")
+    )
+    ranked = select(BatchRow.id, rank).where(BatchRow.status.in_(UNFINISHED)).subquery()
+    query = (
+        select(BatchRow)
+        .join(ranked, ranked.c.id == BatchRow.id)
+        .order_by(ranked.c.rank, BatchRow.created_at, BatchRow.id)
+        .limit(limit)
+    )
     return session.scalars(query).all()
 
 
