@@ -120,6 +120,7 @@ class BatchRunner:
         self._busy: dict[str, asyncio.Task[None]] = {}  # batch id → the worker or step of ours on it
         self._status: dict[str, str] = {}  # batch id → status as the last poll saw it (workers stop on a change)
         self._organizations: dict[str, asyncio.Semaphore] = {}
+        self._enqueueing = asyncio.Lock()  # one enqueued-token check and its batch's transition at a time
         self._resting: dict[str, float] = {}  # batch id → monotonic time before which no worker starts (unreadable input)
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -250,20 +251,27 @@ class BatchRunner:
             tokens = 0
             if served is not None and not checks.errors:
                 tokens = await self._enqueued_tokens(row, who, served)
-                refused = await self._enqueue_refusal(who, served.id, tokens, batch_id)
-                if refused is not None:
-                    checks.fail(refused)
-            now = self.clock()
-            if checks.errors:
-                errors = {"object": "list", "data": [e.model_dump() for e in checks.errors]}
-                await self._db(lambda s: store.transition(s, batch_id, from_=(store.VALIDATING,), status=store.FAILED, failed_at=now, errors=errors))
-            else:
-                await self._db(
-                    lambda s: store.transition(
-                        s, batch_id, from_=(store.VALIDATING,), status=store.IN_PROGRESS, in_progress_at=now,
-                        request_total=checks.total, model=checks.model, enqueued_tokens=tokens,
+            # The enqueued-token check and the row it counts this batch in go together: batches validated
+            # at once here each saw the others' 0 and all passed. (Replicas validating batches of one
+            # organization at the same moment can still both pass.)
+            async with self._enqueueing:
+                if served is not None and not checks.errors:
+                    refused = await self._enqueue_refusal(who, served.id, tokens, batch_id)
+                    if refused is not None:
+                        checks.fail(refused)
+                now = self.clock()
+                if checks.errors:
+                    errors = {"object": "list", "data": [e.model_dump() for e in checks.errors]}
+                    await self._db(lambda s: store.transition(s, batch_id, from_=(store.VALIDATING,), status=store.FAILED, failed_at=now, errors=errors))
+                else:
+                    # The canonical id, as the limit sums it (an alias stored here was never counted).
+                    model = served.id if served is not None else checks.model
+                    await self._db(
+                        lambda s: store.transition(
+                            s, batch_id, from_=(store.VALIDATING,), status=store.IN_PROGRESS, in_progress_at=now,
+                            request_total=checks.total, model=model, enqueued_tokens=tokens,
+                        )
                     )
-                )
         finally:
             await self._shielded(self._db(store.release_batch, batch_id, self.replica_id))
         self.wake()
