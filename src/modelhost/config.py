@@ -293,8 +293,8 @@ class Settings(BaseSettings):
         default=10 * 1024**3,
         ge=0,
         description=(
-            "Bytes of files (and of pending uploads, as declared) one project may keep; past it an upload is a 400. "
-            "0: no limit."
+            "Bytes of files (and of pending uploads, as declared) one project may keep; past it an upload is a 400, "
+            "and a batch whose output or error file would pass it fails (storage_limit_exceeded). 0: no limit."
         ),
     )
     files_store: Literal["local", "s3"] = Field(

@@ -110,3 +110,23 @@ def test_a_line_that_asks_to_stream_gets_a_400_in_the_error_file(world: Served, 
     assert batch.status == "completed" and batch.output_file_id is None and batch.error_file_id
     errors = {line["custom_id"]: line["response"] for line in map(json.loads, client.files.content(batch.error_file_id).content.splitlines())}
     assert {k: (v["status_code"], v["body"]["error"]["param"]) for k, v in errors.items()} == {"s": (400, "stream"), "b": (400, "background")}
+
+
+def test_a_batch_whose_output_would_pass_the_storage_limit_fails_naming_it(tmp_path: Path) -> None:
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": CHAT_MODEL, **LINES["/v1/chat/completions"][0]}} for i in range(3)]
+    limit = len(jsonl(lines)) + 100  # the input fits; three chat completions do not
+    with served(tmp_path, project_storage_limit_bytes=limit) as world:
+        client = world.client()
+        input_file = _upload(client, lines)
+        raw = client.batches.with_raw_response.retrieve(
+            world.finished(client, client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions", completion_window="24h").id).id
+        )
+        validate("Batch", raw.http_response.json())
+        batch = raw.parse()
+
+        assert batch.status == "failed" and batch.failed_at and batch.output_file_id is None and batch.errors is not None
+        [error] = batch.errors.data
+        assert error.code == "storage_limit_exceeded" and f"storage limit of {limit} bytes" in (error.message or "")
+        assert "output file" in (error.message or "")
+        assert batch.request_counts.completed == 3 and batch.usage is not None and batch.usage.output_tokens > 0  # they ran
+        assert [f.id for f in client.files.list()] == [input_file]  # nothing half-kept

@@ -236,7 +236,9 @@ def create_app(settings: Settings | None = None, *, registry_factory: RegistryFa
 def _batch_runner(app: FastAPI, state: AppState) -> BatchRunner:
     """This replica's batch runner: lines dispatched through `app` itself, claimed under the ledger's replica id."""
     settings = state.settings
-    files = StoredFiles(state.sessions, state.blobs, limit=settings.files_max_bytes)
+    files = StoredFiles(
+        state.sessions, state.blobs, limit=settings.files_max_bytes, storage_limit=settings.project_storage_limit_bytes
+    )
     return BatchRunner(
         app=app,  # type: ignore[arg-type]
         sessions=state.sessions,

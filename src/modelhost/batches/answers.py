@@ -1,5 +1,6 @@
 """What a batch line's answer becomes: its refusals before it runs, whether an answer is only "not now",
-its usage, and its line in the output or error file (OpenAI's format, the response body's bytes spliced in).
+its usage, and its line in the output or error file (OpenAI's format, the response body's bytes spliced in);
+and the batch's error when such a file cannot be stored.
 """
 
 from __future__ import annotations
@@ -7,21 +8,35 @@ from __future__ import annotations
 import json
 import uuid
 
+from pydantic import TypeAdapter, ValidationError
+
 from modelhost.batches.dispatch import Answer
 from modelhost.batches.lines import InputLine
+from modelhost.errors import APIError
+from modelhost.protocol.batches import BatchError
 from modelhost.store import batches as store
 
+_BOOL = TypeAdapter(bool)
 EXPIRED_ERROR = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 
 
 def refusal(line: InputLine, endpoint: str) -> Answer | None:
     """The 400 a line gets before it runs: batches are not streamed, and a response is not run in the background."""
     for param in ("stream", "background") if endpoint == "/v1/responses" else ("stream",):
-        if line.body.get(param) is True:
+        if _true(line.body.get(param)):
             message = f"'{param}' is not supported in batches: each line is answered whole in the output file."
             body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "unsupported_value"}}
             return Answer(400, json.dumps(body).encode(), f"req_{uuid.uuid4().hex}")
     return None
+
+
+def _true(value: object) -> bool:
+    """Whether the endpoint would read `value` as true: its models take a bool the lax way, so `"true"`,
+    `1` or `"on"` stream (or run in the background) as `true` does."""
+    try:
+        return _BOOL.validate_python(value) is True
+    except ValidationError:
+        return False  # not a bool at all: the endpoint's own 400
 
 
 def transient(answer: Answer) -> bool:
@@ -70,4 +85,16 @@ def output_line(row: store.BatchLine) -> bytes:
         + b', "body": '
         + (row.body or "null").encode()
         + b'}, "error": null}\n'
+    )
+
+
+def unstored_file_error(kind: str, refused: APIError) -> BatchError:
+    """The error of a batch whose `kind` ("output" or "error") file the Files API refused: past the project's
+    storage limit (`storage_limit_exceeded`, naming the limit) or files_max_bytes (`file_too_large`)."""
+    return BatchError(
+        code=refused.code or "file_refused",
+        message=(
+            f"The batch's {kind} file could not be stored, so the answers it would hold are not kept; the requests "
+            f"ran, are counted in request_counts and usage, and are billed. {refused.message}"
+        ),
     )

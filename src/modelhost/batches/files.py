@@ -29,16 +29,23 @@ class BatchFiles(Protocol):
     async def create(
         self, owner: Principal, *, filename: str, chunks: AsyncIterable[bytes], expires_at: datetime | None
     ) -> dict[str, Any]:
-        """A new `batch_output` file of `owner`'s project holding `chunks`."""
+        """A new `batch_output` file of `owner`'s project holding `chunks`; an `APIError` if refused (4xx: too
+        large or past the project's storage limit; 5xx: the store is down, try again later)."""
 
 
 class StoredFiles:
-    """`BatchFiles` over the Files API's store and blob store."""
+    """`BatchFiles` over the Files API's store and blob store.
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, *, limit: int) -> None:
+    A batch's output and error files are the project's files like any other: at most `limit` bytes each
+    (files_max_bytes) and counted against the project's `storage_limit` (project_storage_limit_bytes;
+    0: none). Past either, `create` raises the Files API's 4xx and the runner fails the batch.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, *, limit: int, storage_limit: int = 0) -> None:
         self._sessions = sessions
         self._blobs = blobs
         self._limit = limit
+        self._storage_limit = storage_limit
 
     def retrieve(self, owner: Principal, file_id: str) -> dict[str, Any]:
         from modelhost.files import retrieve_file
@@ -58,7 +65,7 @@ class StoredFiles:
 
         return await create_file(
             self._sessions, self._blobs, owner, purpose=OUTPUT_PURPOSE, filename=filename, chunks=chunks,
-            limit=self._limit, expires_at=expires_at,
+            limit=self._limit, storage_limit=self._storage_limit, expires_at=expires_at,
         )
 
 

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.principal import Principal
 from modelhost.batches import objects
-from modelhost.batches.answers import EXPIRED_ERROR, output_line, refusal, transient, usage_of
+from modelhost.batches.answers import EXPIRED_ERROR, output_line, refusal, transient, unstored_file_error, usage_of
 from modelhost.blobs import BlobMissing
 from modelhost.batches.dispatch import ASGIApp, Answer, dispatch
 from modelhost.batches.files import BatchFiles
@@ -448,10 +448,14 @@ class BatchRunner:
                 end = store.COMPLETED
             else:
                 return
-            await self._write_files(row, who)
-            stamp = {store.COMPLETED: "completed_at", store.EXPIRED: "expired_at", store.CANCELLED: "cancelled_at"}[end]
-            at = self.clock()
-            if await self._db(lambda s: store.transition(s, batch_id, from_=(row.status, store.FINALIZING), status=end, **{stamp: at})):
+            refused = await self._write_files(row, who)
+            ending: dict[str, Any] = {}
+            if refused is not None:  # the project's storage is full: the batch fails, saying what was not kept
+                end = store.FAILED
+                ending["errors"] = {"object": "list", "data": [refused.model_dump()]}
+            stamp = {store.COMPLETED: "completed_at", store.EXPIRED: "expired_at", store.CANCELLED: "cancelled_at", store.FAILED: "failed_at"}[end]
+            ending[stamp] = self.clock()
+            if await self._db(lambda s: store.transition(s, batch_id, from_=(row.status, store.FINALIZING), status=end, **ending)):
                 # Ended for good: its answers live in its files now, not twice (a failure here leaves rows no one reads).
                 await self._db(store.forget_lines, batch_id)
         finally:
@@ -470,7 +474,10 @@ class BatchRunner:
         except (APIError, BlobMissing) as exc:  # deleted under the batch: its lines not run cannot be named
             logger.warning("batch %s: its input file cannot be read (%s); it expires without its unrun lines' errors", row.id, exc)
 
-    async def _write_files(self, row: store.BatchRow, who: Principal) -> None:
+    async def _write_files(self, row: store.BatchRow, who: Principal) -> BatchError | None:
+        """Write the output and error files from the line rows; a file the Files API refuses (past the project's
+        storage limit, or larger than files_max_bytes) is the batch's error, returned. The store being down
+        (5xx) is raised: finalizing is tried again at the next poll, the rows still there."""
         expiry = row.output_expires_after
         expires_at = self.clock() + timedelta(seconds=int(expiry["seconds"])) if expiry else None
         for column, outcomes, kind in (
@@ -481,10 +488,17 @@ class BatchRunner:
                 continue  # written before this replica (or an earlier try) died
             if not await self._db(lambda s: store.rows_after(s, row.id, outcomes, after=0, limit=1)):
                 continue
-            made = await self.files.create(
-                who, filename=f"{row.id}_{kind}.jsonl", chunks=self._file_lines(row.id, outcomes), expires_at=expires_at
-            )
+            try:
+                made = await self.files.create(
+                    who, filename=f"{row.id}_{kind}.jsonl", chunks=self._file_lines(row.id, outcomes), expires_at=expires_at
+                )
+            except APIError as exc:
+                if exc.status >= 500:
+                    raise
+                logger.warning("batch %s: its %s file was refused (%s); the batch fails", row.id, kind, exc.message)
+                return unstored_file_error(kind, exc)
             await self._db(lambda s: store.transition(s, row.id, from_=store.UNFINISHED, **{column: made["id"]}))
+        return None
 
     async def _file_lines(self, batch_id: str, outcomes: tuple[str, ...]) -> AsyncIterator[bytes]:
         after = 0
