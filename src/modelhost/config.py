@@ -360,10 +360,22 @@ class Settings(BaseSettings):
         ),
     )
     batch_concurrency_per_batch: int = Field(
-        default=4, ge=1, le=1024, description="Lines of one batch one replica runs at once."
+        default=4,
+        ge=1,
+        le=1024,
+        description=(
+            "Lines of one batch one replica runs at once. Per replica, counted in memory: N replicas running "
+            "batches may run up to N times this."
+        ),
     )
     batch_concurrency_per_organization: int = Field(
-        default=8, ge=1, le=4096, description="Batch lines of one organization (all its batches) one replica runs at once."
+        default=8,
+        ge=1,
+        le=4096,
+        description=(
+            "Batch lines of one organization (all its batches) one replica runs at once. Per replica, counted in "
+            "memory: N replicas running batches may run up to N times this."
+        ),
     )
     batch_max_requests: int = Field(
         default=50_000, ge=1, le=1_000_000, description="Most lines (requests) one batch's input file may have (OpenAI: 50,000)."
