@@ -74,6 +74,7 @@ NODE_SCRIPTS: dict[str, str] = {
     "node_embeddings.mjs": _NODE_OPENAI_CURRENT_DIR,
     "node_generation_features.mjs": _NODE_OPENAI_CURRENT_DIR,
     "node_responses.mjs": _NODE_OPENAI_CURRENT_DIR,
+    "node_batches.mjs": _NODE_OPENAI_CURRENT_DIR,
     "node_ai_sdk.mjs": _NODE_AI_DIR,
 }
 
