@@ -30,7 +30,7 @@ from modelhost.files.errors import FileTooLarge, storage_limit_exceeded, storage
 from modelhost.files.objects import BATCH_FILE_RETENTION, DEFAULT_MAX_LINE_BYTES, discard, file_object
 from modelhost.ids import new_id
 from modelhost.organization.common import transaction, unix_now
-from modelhost.protocol.files import CompleteUpload, CreateUpload, UploadObject, UploadPartObject
+from modelhost.protocol.files import MAX_PARTS, CompleteUpload, CreateUpload, UploadObject, UploadPartObject
 from modelhost.store import files as store
 from modelhost.store.files import StoredFile, Upload, UploadPart
 
@@ -109,7 +109,7 @@ def _pending_upload(sessions: sessionmaker[Session], owner: Principal, upload_id
 
 def _add_part_row(sessions: sessionmaker[Session], upload: Upload, part: UploadPart) -> bool:
     with transaction(sessions) as session:
-        if not store.reserve_part(session, upload, part.bytes, part.created_at):
+        if not store.reserve_part(session, upload, part.bytes, part.created_at, max_parts=MAX_PARTS):
             return False
         session.add(part)
         return True
@@ -139,10 +139,18 @@ async def add_part(
         logger.warning("could not write an upload part to the blob store", exc_info=True)
         raise storage_unavailable() from None
     try:
+        if written.size == 0:  # never needed (an upload of 0 bytes completes with no part), and free to repeat
+            raise InvalidRequest("A part must hold at least one byte.", param="data", code="invalid_value")
         now = datetime.now(timezone.utc)
         part = UploadPart(id=part_id, upload_id=upload.id, bytes=written.size, blob_key=key, created_at=now)
         if not await anyio.to_thread.run_sync(_add_part_row, sessions, upload, part):
             again = await anyio.to_thread.run_sync(_pending_upload, sessions, owner, upload_id)  # expired or finished meanwhile?
+            if again.received + part.bytes <= again.bytes:  # the bytes fit: what refused it was the part count
+                raise InvalidRequest(
+                    f"Upload {upload.id} has {MAX_PARTS} parts already, the most one completion may name.",
+                    param="data",
+                    code="too_many_parts",
+                )
             raise _over_declared(again)
     except BaseException:
         await discard(blobs, key)

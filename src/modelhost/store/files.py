@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, case, delete, or_, select, update
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -211,16 +211,21 @@ def upload_status(upload: Upload, now: datetime) -> str:
     return upload.status
 
 
-def reserve_part(session: Session, upload: Upload, size: int, now: datetime) -> bool:
-    """Count a part's bytes to the pending upload if they fit what it declared; whether they did."""
+def reserve_part(session: Session, upload: Upload, size: int, now: datetime, *, max_parts: int | None = None) -> bool:
+    """Count a part's bytes to the pending upload if they fit what it declared (and it has fewer than
+    `max_parts` parts); whether they did."""
+    wanted = [
+        Upload.id == upload.id,
+        Upload.status == PENDING,
+        Upload.expires_at > as_utc(now),
+        Upload.received + size <= Upload.bytes,
+    ]
+    if max_parts is not None:
+        parts = select(func.count()).select_from(UploadPart).where(UploadPart.upload_id == upload.id).scalar_subquery()
+        wanted.append(parts < max_parts)
     done = session.execute(
         update(Upload)
-        .where(
-            Upload.id == upload.id,
-            Upload.status == PENDING,
-            Upload.expires_at > as_utc(now),
-            Upload.received + size <= Upload.bytes,
-        )
+        .where(*wanted)
         .values(received=Upload.received + size)
         .execution_options(synchronize_session=False)
     )
