@@ -1,17 +1,42 @@
-"""The Batch API from the current Node SDK against the session's server (the bundled model): upload a
-JSONL file, create the batch, poll it until it ends, download its output (node_batches.mjs, run by
-runner.py). Two lines of at most three tokens each. The client skips only when npm's registry is
-unreachable; any other failure fails. Assertions are on the protocol, not on what the model says.
+"""The Batch API from real clients against the session's server (the bundled model): the current Node
+SDK uploads a JSONL file, creates the batch, polls it until it ends and downloads its output
+(node_batches.mjs, run by runner.py); the Python SDK examples of README.md ("Files and Batches") and
+docs/batches.md run as written. Every line asks for a few tokens. The Node client skips only when npm's
+registry is unreachable; any other failure fails. Assertions are on the protocol, not on what the model says.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from clients import runner
 from serverproc import ServerProcess, wait_for_entry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def python_blocks(document: str, heading: str) -> list[str]:
+    """The ```python blocks of `document`'s section `heading` (up to the next heading of its level)."""
+    level = heading.split(" ")[0]
+    text = (REPO / document).read_text()
+    assert f"\n{heading}\n" in text, f"{document} has no section {heading!r}"
+    section = text.split(f"\n{heading}\n", 1)[1].split(f"\n{level} ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def run_example(code: str, client: openai.OpenAI, model: str) -> str:
+    """What the example prints, run with the `client` and `MODEL` the README defines above it."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "<example>", "exec"), {"client": client, "MODEL": model})  # noqa: S102 - our own docs
+    return printed.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +82,20 @@ def test_node_sdk_uploads_runs_and_downloads_a_batch(node_run: dict[str, Any], m
         assert entry.batch and entry.completion_tokens == response["body"]["usage"]["completion_tokens"]
     assert batch["usage"]["input_tokens"] == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
     assert batch["usage"]["output_tokens"] == sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
+
+
+def test_the_readmes_files_and_batches_example_runs_as_written(client: openai.OpenAI, model: str) -> None:
+    [example] = python_blocks("README.md", "## Files and Batches")
+    printed = run_example(example, client, model).splitlines()
+    print("\n".join(printed))  # what the README shows (pytest -s)
+    assert printed[0] == "completed BatchRequestCounts(completed=2, failed=0, total=2)"
+    assert [line.split()[0] for line in printed[1:]] == ["q0", "q1"]
+
+
+def test_the_batch_docs_example_runs_as_written(client: openai.OpenAI, model: str) -> None:
+    [example] = python_blocks("docs/batches.md", "## The SDK flow")
+    printed = run_example(example, client, model).splitlines()
+    print("\n".join(printed))  # what docs/batches.md shows (pytest -s)
+    assert printed[:2] == ["validating", "completed BatchRequestCounts(completed=1, failed=1, total=2) True"]
+    assert printed[2:5] == ["fine 200 chat.completion", "no-choices 400 n", "batch_output"]
+    assert printed[5] == "409 invalid_request_error Cannot cancel a batch with status 'completed'."
