@@ -113,8 +113,9 @@ def test_a_line_that_asks_to_stream_gets_a_400_in_the_error_file(world: Served, 
 
 
 def test_a_batch_whose_output_would_pass_the_storage_limit_fails_naming_it(tmp_path: Path) -> None:
-    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": CHAT_MODEL, **LINES["/v1/chat/completions"][0]}} for i in range(3)]
-    limit = len(jsonl(lines)) + 100  # the input fits; three chat completions do not
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": CHAT_MODEL, **LINES["/v1/chat/completions"][0]}} for i in range(6)]
+    # The input fits, with room for its upload's multipart overhead; six chat completions (about 3.4 KB) do not.
+    limit = len(jsonl(lines)) + 1024
     with served(tmp_path, project_storage_limit_bytes=limit) as world:
         client = world.client()
         input_file = _upload(client, lines)
@@ -128,5 +129,5 @@ def test_a_batch_whose_output_would_pass_the_storage_limit_fails_naming_it(tmp_p
         [error] = batch.errors.data
         assert error.code == "storage_limit_exceeded" and f"storage limit of {limit} bytes" in (error.message or "")
         assert "output file" in (error.message or "")
-        assert batch.request_counts.completed == 3 and batch.usage is not None and batch.usage.output_tokens > 0  # they ran
+        assert batch.request_counts.completed == 6 and batch.usage is not None and batch.usage.output_tokens > 0  # they ran
         assert [f.id for f in client.files.list()] == [input_file]  # nothing half-kept
