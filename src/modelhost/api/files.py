@@ -3,8 +3,10 @@
 Thin routes over `modelhost.files`: inference keys (as for chat completions), the caller's project
 only. `POST /v1/files` reads its multipart body as a stream (api/multipart.py): the file's bytes
 go straight into the blob store, counted against `files_max_bytes` as they come (413 past it,
-nothing kept), whether `purpose` comes before the file (as the SDKs send it) or after; the
-project's storage is checked before a byte is read. The content is streamed back the same way.
+nothing kept), whether `purpose` comes before the file (as the SDKs send it) or after; the most
+the file can be (Content-Length, else files_max_bytes) is reserved in the project's storage before
+a byte is read, so concurrent uploads never put more than the limit on disk. The content is
+streamed back the same way.
 """
 
 from __future__ import annotations
@@ -89,47 +91,58 @@ def _expires_at(fields: dict[str, str]) -> datetime | None:
     return datetime.now(timezone.utc) + timedelta(seconds=after.seconds)
 
 
+def _most_bytes(request: Request, files_max_bytes: int) -> int:
+    """The most bytes this request's file can be: its whole body's Content-Length when it has one
+    (the file is a part of the body), else files_max_bytes. Reserved before a byte is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and len(declared) <= 18:
+        return min(files_max_bytes, int(declared))
+    return files_max_bytes
+
+
 @router.post("", response_model=FileObject, dependencies=[Depends(streamed_body)], openapi_extra=_CREATE_DOC)
 async def create_file(request: Request, who: Principal = Depends(principal)) -> JSONResponse:
     state = app_state(request)
     settings = state.settings
-    await anyio.to_thread.run_sync(files.check_room, state.sessions, who, settings.project_storage_limit_bytes)
-    form = FormReader.of(request)
-    fields: dict[str, str] = {}
-    staged: files.StagedFile | None = None
-    filename = ""
-    try:
-        while (part := await form.next_part()) is not None:
-            if part.name == "file":
-                if staged is not None:
-                    raise InvalidRequest("Send one `file` per request.", param="file", code="invalid_value")
-                if "purpose" in fields:
-                    _purpose(fields["purpose"])  # refused before the file is read
-                filename = part.filename or "file"
-                staged = await files.stage_file(state.blobs, form.chunks(), limit=settings.files_max_bytes)
-            elif part.name == "purpose" or part.name in EXPIRES_FIELDS:
-                fields[part.name] = await form.text(limit=TEXT_FIELD_BYTES)
-            else:
-                logger.info("ignored multipart field %r of POST /v1/files", part.name[:64])
-        if staged is None:
-            raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
-        purpose = _purpose(fields.get("purpose"))
-        expires_at = _expires_at(fields)
-    except BaseException:
-        if staged is not None:
-            await files.discard(state.blobs, staged.blob_key)
-        raise
-    made = await files.register_file(
-        state.sessions,
-        state.blobs,
-        who,
-        staged,
-        purpose=purpose,
-        filename=filename,
-        expires_at=expires_at,
-        storage_limit=settings.project_storage_limit_bytes,
-        max_line_bytes=settings.max_body_bytes,
-    )
+    most = _most_bytes(request, settings.files_max_bytes)
+    async with files.reserved_room(state.sessions, who, most, settings.project_storage_limit_bytes) as room:
+        form = FormReader.of(request)
+        fields: dict[str, str] = {}
+        staged: files.StagedFile | None = None
+        filename = ""
+        try:
+            while (part := await form.next_part()) is not None:
+                if part.name == "file":
+                    if staged is not None:
+                        raise InvalidRequest("Send one `file` per request.", param="file", code="invalid_value")
+                    if "purpose" in fields:
+                        _purpose(fields["purpose"])  # refused before the file is read
+                    filename = part.filename or "file"
+                    staged = await files.stage_file(state.blobs, form.chunks(), limit=settings.files_max_bytes)
+                elif part.name == "purpose" or part.name in EXPIRES_FIELDS:
+                    fields[part.name] = await form.text(limit=TEXT_FIELD_BYTES)
+                else:
+                    logger.info("ignored multipart field %r of POST /v1/files", part.name[:64])
+            if staged is None:
+                raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+            purpose = _purpose(fields.get("purpose"))
+            expires_at = _expires_at(fields)
+        except BaseException:
+            if staged is not None:
+                await files.discard(state.blobs, staged.blob_key)
+            raise
+        made = await files.register_file(
+            state.sessions,
+            state.blobs,
+            who,
+            staged,
+            purpose=purpose,
+            filename=filename,
+            expires_at=expires_at,
+            storage_limit=settings.project_storage_limit_bytes,
+            max_line_bytes=settings.max_body_bytes,
+            room=room,
+        )
     return JSONResponse(made)
 
 

@@ -11,6 +11,7 @@ the batch runner reads input files and writes its output files through the same 
 from modelhost.files.batch_input import BATCH_URLS, MAX_LINES, BatchInput, check_batch_input
 from modelhost.files.errors import FileTooLarge
 from modelhost.files.objects import (
+    Room,
     StagedFile,
     check_room,
     create_file,
@@ -20,6 +21,7 @@ from modelhost.files.objects import (
     list_files,
     open_content,
     register_file,
+    reserved_room,
     retrieve_file,
     stage_file,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "MAX_LINES",
     "BatchInput",
     "FileTooLarge",
+    "Room",
     "StagedFile",
     "add_part",
     "cancel_upload",
@@ -45,6 +48,7 @@ __all__ = [
     "list_files",
     "open_content",
     "register_file",
+    "reserved_room",
     "retrieve_file",
     "stage_file",
     "sweep_blobs",

@@ -6,6 +6,13 @@ the size limit as they come: past it, a 413 and nothing kept); `register_file` d
 name, a `batch` file's lines, the project's storage) and writes the row, or removes the blob.
 `create_file` is both, for callers that know everything first (the batch runner's output files).
 
+A client's file is held to the project's storage before its bytes reach the disk: `reserved_room`
+counts the most it can be (the request's Content-Length, else files_max_bytes) in the project's
+storage first, refusing at once what does not fit, and `register_file` settles that to the real
+size; a file that fails (413, a refused `batch` file, a client gone) gives the reservation back.
+Checking only that the project was not already full let N concurrent uploads each write up to
+files_max_bytes past the limit.
+
 Database calls run on worker threads; blob calls are the store's own (async, off the event loop).
 """
 
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -70,6 +78,46 @@ def check_room(sessions: sessionmaker[Session], owner: Principal, storage_limit:
             raise storage_limit_exceeded(storage_limit, used)
 
 
+@dataclass
+class Room:
+    """Bytes reserved in a project's storage for a file not yet written; `settled` once the file holds them."""
+
+    project_id: str
+    size: int
+    settled: bool = False
+
+
+def _reserve(sessions: sessionmaker[Session], owner: Principal, size: int, storage_limit: int) -> None:
+    with transaction(sessions) as session:
+        if not store.reserve_storage(session, owner.project_id, size, storage_limit):
+            raise storage_limit_exceeded(storage_limit, store.storage_used(session, owner.project_id))
+
+
+def _release(sessions: sessionmaker[Session], room: Room) -> None:
+    with transaction(sessions) as session:
+        store.release_storage(session, room.project_id, room.size)
+
+
+@asynccontextmanager
+async def reserved_room(
+    sessions: sessionmaker[Session], owner: Principal, size: int, storage_limit: int
+) -> AsyncIterator[Room]:
+    """`size` bytes counted in the project's storage for the body of the block (a 400 at once if they do
+    not fit); unless `register_file` settled them to a file's size, given back when the block ends,
+    however it ends (shielded from cancellation: a client gone mid-file)."""
+    await anyio.to_thread.run_sync(_reserve, sessions, owner, size, storage_limit)
+    room = Room(owner.project_id, size)
+    try:
+        yield room
+    finally:
+        if not room.settled:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(_release, sessions, room)
+                except Exception:
+                    logger.error("could not give back %d reserved bytes of project %s", room.size, room.project_id, exc_info=True)
+
+
 async def stage_file(blobs: BlobStore, chunks: AsyncIterable[bytes], *, limit: int) -> StagedFile:
     """Stream `chunks` into the blob store under a new file id: a 413 past `limit` bytes, nothing kept."""
     file_id = new_id("file-")
@@ -114,13 +162,18 @@ def _checked_filename(filename: str) -> str:
 
 
 def _insert(
-    sessions: sessionmaker[Session], owner: Principal, row: StoredFile, storage_limit: int
+    sessions: sessionmaker[Session], owner: Principal, row: StoredFile, storage_limit: int, room: Room | None
 ) -> dict[str, Any]:
     with transaction(sessions) as session:
+        if room is not None:  # the reservation becomes the file's real size, in the same transaction
+            store.release_storage(session, room.project_id, room.size)
         if not store.reserve_storage(session, owner.project_id, row.bytes, storage_limit):
             raise storage_limit_exceeded(storage_limit, store.storage_used(session, owner.project_id))
         session.add(row)
-        return file_object(row)
+        made = file_object(row)
+    if room is not None:
+        room.settled = True
+    return made
 
 
 async def register_file(
@@ -135,8 +188,11 @@ async def register_file(
     storage_limit: int = 0,
     validate: bool = True,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    room: Room | None = None,
 ) -> dict[str, Any]:
-    """Make the staged bytes a file of `owner`'s project; on any refusal the blob is removed."""
+    """Make the staged bytes a file of `owner`'s project; on any refusal the blob is removed.
+
+    `room`: bytes `reserved_room` holds for this file, settled to its size as the row is written."""
     try:
         _checked_purpose(purpose)
         _checked_filename(filename)
@@ -163,7 +219,7 @@ async def register_file(
             created_at=now,
             expires_at=expires_at,
         )
-        return await anyio.to_thread.run_sync(_insert, sessions, owner, row, storage_limit)
+        return await anyio.to_thread.run_sync(_insert, sessions, owner, row, storage_limit, room)
     except BaseException:
         await discard(blobs, staged.blob_key)
         raise
