@@ -140,68 +140,9 @@ class Authenticator:
         self, session: Session, secret_hash: str, organization: str | None, project: str | None
     ) -> Principal:
         record = tenancy.key_by_hash(session, secret_hash)
-        if (
-            record is None
-            or not hmac.compare_digest(record.secret_hash, secret_hash)
-            or record.revoked
-            or record.expired(datetime.now(timezone.utc))
-        ):
+        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
             raise _bad_key()
-        if record.kind in (KeyKind.PROJECT, KeyKind.SERVICE_ACCOUNT):
-            owner = record.user_id or record.service_account_id
-            assert record.organization_id and record.project_id and owner, "project keys are bound to a project"
-            # A key works only while its owner may use the project, as at OpenAI: an owner made reader
-            # who is no member of the project holds an `inactive` key, refused until that access is
-            # given back (removal from the project or organization revokes keys for good instead;
-            # docs/administration.md).
-            if record.project_status != "active" or not record.owner_access:
-                raise _bad_key()
-            if organization is not None and organization != record.organization_id:
-                raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
-            if project is not None and project != record.project_id:
-                raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
-            return Principal(
-                record.organization_id, record.project_id, owner, record.key_id, record.kind,
-                model_policy=_model_policy(session, record.project_id),
-            )
-        assert record.user_id, "user and admin keys belong to a user"
-        if record.kind == KeyKind.ADMIN:
-            assert record.organization_id, "admin keys are bound to an organization"
-            if organization is not None and organization != record.organization_id:
-                raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
-            member = tenancy.membership(session, record.user_id, record.organization_id)
-            if not policy.may_hold_admin_key(member.role if member else None):
-                raise _bad_key()
-            return Principal(
-                record.organization_id, "", record.user_id, record.key_id, KeyKind.ADMIN, policy.scopes_of(KeyKind.ADMIN)
-            )
-
-        user = session.get(tenancy.User, record.user_id)
-        org_id = organization or (user.default_organization_id if user else None)
-        if org_id is None or not tenancy.is_member(session, record.user_id, org_id):
-            if organization is None:
-                raise AuthenticationError(
-                    "This key's user belongs to no organization; add them with `modelhost users add`.",
-                    code="no_organization",
-                )
-            raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
-        if project is not None:
-            # A user key reaches the projects its user may use: those it is a member of, and every
-            # project of an organization it owns. The default project is open to all members.
-            chosen = session.get(tenancy.Project, project)
-            if (
-                chosen is None
-                or chosen.organization_id != org_id
-                or chosen.status != "active"
-                or not members.may_use_project(session, chosen, record.user_id)
-            ):
-                raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
-        else:
-            chosen = tenancy.default_project(session, org_id)
-            assert chosen is not None, "every organization has a default project"
-        return Principal(
-            org_id, chosen.id, record.user_id, record.key_id, KeyKind.USER, model_policy=_model_policy(session, chosen.id)
-        )
+        return principal_of_record(session, record, organization, project)
 
     def flush_key_use(self) -> None:
         """Write pending `last_used_at` times; failures are retried at the next flush."""
@@ -216,3 +157,81 @@ class Authenticator:
             for key_id in pending:
                 self.key_use.mark(key_id)
             raise
+
+
+def key_in_force(session: Session, key_id: str, organization_id: str, project_id: str) -> bool:
+    """Whether the stored key `key_id` would authenticate an inference request of this organization and
+    project now, by the rules a bearer token meets (`principal_of_record`): not revoked, deleted or
+    expired, its owner still allowed the project, the project active. Uncached: work that runs as a
+    stored key (a batch's lines) asks it as it goes, so a revocation stops that work too."""
+    record = tenancy.key_by_id(session, key_id)
+    if record is None:
+        return False
+    try:
+        who = principal_of_record(session, record, organization_id, project_id)
+    except (AuthenticationError, PermissionDenied):
+        return False
+    return not who.is_admin and who.organization_id == organization_id and who.project_id == project_id
+
+
+def principal_of_record(session: Session, record: tenancy.KeyRecord, organization: str | None, project: str | None) -> Principal:
+    """The principal a stored key stands for, given the request's organization and project headers
+    (None: not sent); an AuthenticationError when the key may not be used (revoked, expired, its
+    owner or project no longer allowing it, a header naming another organization or project)."""
+    if record.revoked or record.expired(datetime.now(timezone.utc)):
+        raise _bad_key()
+    if record.kind in (KeyKind.PROJECT, KeyKind.SERVICE_ACCOUNT):
+        owner = record.user_id or record.service_account_id
+        assert record.organization_id and record.project_id and owner, "project keys are bound to a project"
+        # A key works only while its owner may use the project, as at OpenAI: an owner made reader
+        # who is no member of the project holds an `inactive` key, refused until that access is
+        # given back (removal from the project or organization revokes keys for good instead;
+        # docs/administration.md).
+        if record.project_status != "active" or not record.owner_access:
+            raise _bad_key()
+        if organization is not None and organization != record.organization_id:
+            raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
+        if project is not None and project != record.project_id:
+            raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
+        return Principal(
+            record.organization_id, record.project_id, owner, record.key_id, record.kind,
+            model_policy=_model_policy(session, record.project_id),
+        )
+    assert record.user_id, "user and admin keys belong to a user"
+    if record.kind == KeyKind.ADMIN:
+        assert record.organization_id, "admin keys are bound to an organization"
+        if organization is not None and organization != record.organization_id:
+            raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
+        member = tenancy.membership(session, record.user_id, record.organization_id)
+        if not policy.may_hold_admin_key(member.role if member else None):
+            raise _bad_key()
+        return Principal(
+            record.organization_id, "", record.user_id, record.key_id, KeyKind.ADMIN, policy.scopes_of(KeyKind.ADMIN)
+        )
+
+    user = session.get(tenancy.User, record.user_id)
+    org_id = organization or (user.default_organization_id if user else None)
+    if org_id is None or not tenancy.is_member(session, record.user_id, org_id):
+        if organization is None:
+            raise AuthenticationError(
+                "This key's user belongs to no organization; add them with `modelhost users add`.",
+                code="no_organization",
+            )
+        raise AuthenticationError(MISMATCHED_ORG, code="mismatched_organization")
+    if project is not None:
+        # A user key reaches the projects its user may use: those it is a member of, and every
+        # project of an organization it owns. The default project is open to all members.
+        chosen = session.get(tenancy.Project, project)
+        if (
+            chosen is None
+            or chosen.organization_id != org_id
+            or chosen.status != "active"
+            or not members.may_use_project(session, chosen, record.user_id)
+        ):
+            raise AuthenticationError(MISMATCHED_PROJECT, code="mismatched_project")
+    else:
+        chosen = tenancy.default_project(session, org_id)
+        assert chosen is not None, "every organization has a default project"
+    return Principal(
+        org_id, chosen.id, record.user_id, record.key_id, KeyKind.USER, model_policy=_model_policy(session, chosen.id)
+    )

@@ -20,6 +20,12 @@ for each one nothing of this replica is already busy with, starts what the batch
   ``completed``, ``expired`` or ``cancelled``. A replica that dies while finalizing leaves its lease to
   lapse; the next one resumes (the file ids already written are kept, so none is written twice).
 
+A batch runs as the key that created it: each line's claim (and each worker's start) reads, in its
+transaction, that the batch's project is still active and its key still in force — not revoked,
+deleted or expired, its owner still allowed the project, by the authenticator's own rules
+(`auth.authenticator.key_in_force`, uncached). If not, the batch goes ``cancelling`` and then
+``cancelled``, keeping the lines that ran, as a request with that key would now be refused.
+
 Leases (`lease_seconds`) of claimed lines and held batches are renewed every third of that while
 this replica works; on a clean stop they are released at once, after kill -9 they lapse and another
 replica (or this one restarted) takes the lines over. Time comes from `clock`, so tests can move it.
@@ -39,6 +45,7 @@ from typing import Any, TypeVar
 import anyio
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.auth.authenticator import key_in_force
 from modelhost.auth.principal import Principal
 from modelhost.batches import objects
 from modelhost.batches.answers import EXPIRED_ERROR, output_line, refusal, transient, unstored_file_error, usage_of
@@ -348,26 +355,32 @@ class BatchRunner:
         (cancelled, or its window passed; read in the claim's transaction, not from the last poll)."""
         now = self.clock()
         row = store.get(session, batch_id)
-        if row is None or row.status != store.IN_PROGRESS or now >= expires_at or not self._project_active(session, row):
+        if row is None or row.status != store.IN_PROGRESS or now >= expires_at or not self._may_run(session, row):
             if row is not None:
                 self._status[batch_id] = row.status
             return None
         return store.claim_line(session, batch_id, line.number, line.custom_id, self.replica_id, now=now, until=self._lease_end())
 
-    def _project_active(self, session: Session, row: store.BatchRow) -> bool:
-        """Whether the batch's project may still run requests; an archived one's batch is cancelled here."""
+    def _may_run(self, session: Session, row: store.BatchRow) -> bool:
+        """Whether the batch may still run requests: its project active and the key it was created with
+        still in force (`key_in_force`: the authenticator's own rules, uncached). Else it is cancelled here."""
         project = session.get(Project, row.project_id)
-        if project is not None and project.status == "active":
+        if project is not None and project.status == "active" and self._key_in_force(session, row):
             return True
         store.transition(session, row.id, from_=(store.IN_PROGRESS,), status=store.CANCELLING, cancelling_at=self.clock())
         return False
 
+    @staticmethod
+    def _key_in_force(session: Session, row: store.BatchRow) -> bool:
+        # A batch written without a key (never through the API) has none to revoke: its project decides.
+        return row.api_key_id is None or key_in_force(session, row.api_key_id, row.organization_id, row.project_id)
+
     def _for_work(self, session: Session, batch_id: str) -> tuple[store.BatchRow, Principal, set[int]] | None:
         """The batch, who its lines run as and the lines already done; None if its project was archived
-        since (no request of an archived project runs: the batch is cancelled, keeping what ran)."""
+        or its key revoked since (no request of theirs runs: the batch is cancelled, keeping what ran)."""
         row = store.get(session, batch_id)
         assert row is not None
-        if not self._project_active(session, row):
+        if not self._may_run(session, row):
             return None
         session.expunge(row)
         return row, objects.principal_of(session, row), store.finished_lines(session, batch_id)

@@ -187,10 +187,19 @@ def add_key(
 
 def key_by_hash(session: Session, secret_hash: str) -> KeyRecord | None:
     """The key stored under `secret_hash` (a bound parameter, never interpolated), with its project state."""
+    return _key_record(session, ApiKey.secret_hash == secret_hash)
+
+
+def key_by_id(session: Session, key_id: str) -> KeyRecord | None:
+    """The key `key_id`, with its project state (work that runs as a stored key: the batch runner)."""
+    return _key_record(session, ApiKey.id == key_id)
+
+
+def _key_record(session: Session, where: ColumnElement[bool]) -> KeyRecord | None:
     row = session.execute(
         select(ApiKey, Project.status, owner_has_access())
         .outerjoin(Project, Project.id == ApiKey.project_id)
-        .where(ApiKey.secret_hash == secret_hash)
+        .where(where)
     ).first()
     if row is None:
         return None
