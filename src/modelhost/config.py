@@ -380,6 +380,14 @@ class Settings(BaseSettings):
     batch_max_requests: int = Field(
         default=50_000, ge=1, le=1_000_000, description="Most lines (requests) one batch's input file may have (OpenAI: 50,000)."
     )
+    batch_max_open_per_project: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "Most batches of one project not yet ended (validating, in progress, finalizing, cancelling); "
+            "POST /v1/batches past it is a 429 (too_many_open_batches). 0: no limit."
+        ),
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -22,7 +22,7 @@ router = APIRouter(
     prefix="/v1/batches",
     tags=["Batch"],
     dependencies=[Depends(principal), Depends(stored_path_params)],
-    responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 409)},
+    responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 429)},
 )
 
 
@@ -34,7 +34,11 @@ def _runner(request: Request) -> BatchRunner:
 async def create_batch(body: CreateBatchRequest, request: Request, who: Principal = Depends(principal)) -> Batch:
     runner = _runner(request)
     # A write: run to its end even if the client leaves (run_in_threadpool is not abandoned on cancel).
-    batch = await run_in_threadpool(objects.create, app_state(request).sessions, runner.files, who, body, now=runner.clock())
+    state = app_state(request)
+    batch = await run_in_threadpool(
+        objects.create, state.sessions, runner.files, who, body,
+        now=runner.clock(), max_open=state.settings.batch_max_open_per_project,
+    )
     runner.wake()
     return batch
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.auth.principal import INFERENCE_SCOPES, ModelPolicy, Principal
 from modelhost.batches.files import BatchFiles
-from modelhost.errors import InvalidRequest, NotFound
+from modelhost.errors import APIError, InvalidRequest, NotFound
 from modelhost.ids import new_id
 from modelhost.organization.common import listing
 from modelhost.protocol.batches import (
@@ -29,7 +29,7 @@ from modelhost.protocol.batches import (
     CreateBatchRequest,
 )
 from modelhost.store import batches as store
-from modelhost.store import model_permissions
+from modelhost.store import locks, model_permissions
 from modelhost.store.pages import UnknownCursor
 from modelhost.store.tenancy import as_utc
 
@@ -44,8 +44,31 @@ class BatchConflict(InvalidRequest):
     status = 409
 
 
-def create(sessions: sessionmaker[Session], files: BatchFiles, who: Principal, body: CreateBatchRequest, *, now: datetime) -> Batch:
-    """A new batch of `who`'s project in status ``validating`` (blocking: call it on a worker thread)."""
+class TooManyOpenBatches(APIError):
+    """The project has `batch_max_open_per_project` batches not yet ended: one must end (or be cancelled) first.
+
+    A 429 typed as OpenAI types a limit on requests; not retried by the SDKs (`x-should-retry: false`):
+    a batch takes hours to end, far more than their back-off."""
+
+    status = 429
+    type = "requests"
+    code = "too_many_open_batches"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This project has {limit} batches that have not ended, the most it may have at once. "
+            "Wait for one to end, or cancel one, and retry.",
+            headers={"x-should-retry": "false"},
+        )
+
+
+def create(
+    sessions: sessionmaker[Session], files: BatchFiles, who: Principal, body: CreateBatchRequest, *, now: datetime, max_open: int = 0
+) -> Batch:
+    """A new batch of `who`'s project in status ``validating`` (blocking: call it on a worker thread).
+
+    `max_open`: the most batches of the project not yet ended (0: no limit), counted with the
+    project's row locked, so creations on any number of replicas never pass it together."""
     if body.endpoint not in ENDPOINTS:
         raise InvalidRequest(
             f"Invalid 'endpoint': {body.endpoint!r} is not supported; use one of {', '.join(ENDPOINTS)}.",
@@ -90,6 +113,10 @@ def create(sessions: sessionmaker[Session], files: BatchFiles, who: Principal, b
         input_tokens=0, cached_tokens=0, output_tokens=0, enqueued_tokens=0,
     )
     with sessions.begin() as session:
+        if max_open:
+            locks.lock_project(session, who.project_id)
+            if store.open_batches(session, who.organization_id, who.project_id) >= max_open:
+                raise TooManyOpenBatches(max_open)
         session.add(row)
         session.flush()
         return render(row)

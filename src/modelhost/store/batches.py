@@ -151,6 +151,14 @@ def find_batch(session: Session, organization_id: str, project_id: str, batch_id
     return row
 
 
+def open_batches(session: Session, organization_id: str, project_id: str) -> int:
+    """How many of the project's batches have not ended (validating, in progress, finalizing, cancelling)."""
+    query = select(func.count()).where(
+        BatchRow.organization_id == organization_id, BatchRow.project_id == project_id, BatchRow.status.in_(UNFINISHED)
+    )
+    return int(session.scalar(query) or 0)
+
+
 def page_batches(session: Session, organization_id: str, project_id: str, *, limit: int, after: str | None) -> Page[BatchRow]:
     """The project's batches, newest first (OpenAI's order), `limit` after the batch `after`."""
     query = select(BatchRow).where(BatchRow.organization_id == organization_id, BatchRow.project_id == project_id)
