@@ -5,8 +5,10 @@ for each one nothing of this replica is already busy with, starts what the batch
 
 - ``validating``: take the batch's lease, read the input file line by line and check it against the
   batch (`lines.LineChecks`, the model exists and the project may use it), count its input tokens
-  (`enqueued.py`) against the enqueued-token limit (`Limiter.check_batch_enqueue`) → ``in_progress``
-  with `request_total` and `enqueued_tokens`, or ``failed`` with ``errors.data[]`` (naming lines);
+  (`enqueued.py`) against the enqueued-token limit → ``in_progress`` with `request_total` and
+  `enqueued_tokens`, or ``failed`` with ``errors.data[]`` (naming lines). The limit's sum and the
+  transition are one transaction holding the organization's row (`store.locks`), so batches of one
+  organization validated at once, on any number of replicas, never pass the limit together;
 - ``in_progress`` with lines nobody runs: a worker that reads the file again and claims, line by line,
   those without a row (or whose replica's lease lapsed), at most `per_batch` at once for this batch
   and `per_organization` for its organization on this replica. Each claimed line is sent through the
@@ -57,10 +59,12 @@ from modelhost.batches.enqueued import EnqueuedTokens
 from modelhost.files.batch_input import LineTooLong, numbered_lines
 from modelhost.engine.registry import CHAT, COMPLETIONS, EMBEDDINGS, ModelRegistry, ServedModel
 from modelhost.limits import EnqueuedTokenLimitExceeded, Limiter
+from modelhost.limits.limiter import EnqueueLimits
 from modelhost.errors import APIError
 from modelhost.ids import new_id
 from modelhost.protocol.batches import BatchError
 from modelhost.store import batches as store
+from modelhost.store import locks
 from modelhost.store.schema import Project
 from modelhost.store.tenancy import as_utc
 
@@ -258,30 +262,39 @@ class BatchRunner:
             tokens = 0
             if served is not None and not checks.errors:
                 tokens = await self._enqueued_tokens(row, who, served)
-            # The enqueued-token check and the row it counts this batch in go together: batches validated
-            # at once here each saw the others' 0 and all passed. (Replicas validating batches of one
-            # organization at the same moment can still both pass.)
-            async with self._enqueueing:
-                if served is not None and not checks.errors:
-                    refused = await self._enqueue_refusal(who, served.id, tokens, batch_id)
-                    if refused is not None:
-                        checks.fail(refused)
-                now = self.clock()
-                if checks.errors:
-                    errors = {"object": "list", "data": [e.model_dump() for e in checks.errors]}
-                    await self._db(lambda s: store.transition(s, batch_id, from_=(store.VALIDATING,), status=store.FAILED, failed_at=now, errors=errors))
-                else:
-                    # The canonical id, as the limit sums it (an alias stored here was never counted).
-                    model = served.id if served is not None else checks.model
-                    await self._db(
-                        lambda s: store.transition(
-                            s, batch_id, from_=(store.VALIDATING,), status=store.IN_PROGRESS, in_progress_at=now,
-                            request_total=checks.total, model=model, enqueued_tokens=tokens,
-                        )
-                    )
+            limits = None
+            if self.limiter is not None and served is not None and not checks.errors:
+                limits = await self.limiter.batch_enqueue_limits(who, model=served.id)  # LimitsUnavailable: a later poll
+            model = served.id if served is not None else checks.model  # the canonical id, as the limit sums it
+            async with self._enqueueing:  # one at a time here; the organization's row lock orders replicas
+                await self._db(self._end_validation, batch_id, who, checks, model, tokens, limits)
         finally:
             await self._shielded(self._db(store.release_batch, batch_id, self.replica_id))
         self.wake()
+
+    def _end_validation(
+        self, session: Session, batch_id: str, who: Principal, checks: LineChecks, model: str | None, tokens: int,
+        limits: EnqueueLimits | None,
+    ) -> None:
+        """``in_progress`` with the batch's enqueued tokens, or ``failed`` with its errors. The enqueued-token
+        check and the row it counts this batch in are one transaction that first locks the organization's
+        row: batches of one organization validated at once (here or on other replicas) each saw the
+        others' 0 and all passed."""
+        now = self.clock()
+        if limits and model is not None and not checks.errors:
+            locks.lock_organization(session, who.organization_id)
+            try:
+                limits.check(session, who, model=model, tokens=tokens, batch_id=batch_id)
+            except EnqueuedTokenLimitExceeded as exc:
+                checks.fail(BatchError(code="token_limit_exceeded", message=exc.message))
+        if checks.errors:
+            errors = {"object": "list", "data": [e.model_dump() for e in checks.errors]}
+            store.transition(session, batch_id, from_=(store.VALIDATING,), status=store.FAILED, failed_at=now, errors=errors)
+        else:
+            store.transition(
+                session, batch_id, from_=(store.VALIDATING,), status=store.IN_PROGRESS, in_progress_at=now,
+                request_total=checks.total, model=model, enqueued_tokens=tokens,
+            )
 
     async def _enqueued_tokens(self, row: store.BatchRow, who: Principal, served: ServedModel) -> int:
         """The input tokens of all the batch's lines (the file read a second time, now that it is known valid)."""
@@ -292,18 +305,6 @@ class BatchRunner:
                 await counter.add(line.body)
         await counter.flush()
         return counter.total
-
-    async def _enqueue_refusal(self, who: Principal, model: str, tokens: int, batch_id: str) -> BatchError | None:
-        """The validation error of a batch that would take its unfinished batches past the enqueued-token limit.
-
-        `LimitsUnavailable` is raised: the batch stays ``validating`` and is validated again at a later poll."""
-        if self.limiter is None:
-            return None
-        try:
-            await self.limiter.check_batch_enqueue(who, model=model, tokens=tokens, batch_id=batch_id)
-        except EnqueuedTokenLimitExceeded as exc:
-            return BatchError(code="token_limit_exceeded", message=exc.message)
-        return None
 
     # -- in_progress: running lines --------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from modelhost.auth import Principal
 from modelhost.config import ModelPrice
@@ -53,6 +54,7 @@ from modelhost.limits.errors import EnqueuedTokenLimitExceeded, LimitsUnavailabl
 from modelhost.limits.policy import MICRO, AppliedLimits, LimitPolicy, Quota, RateLimits, cost, current_period
 from modelhost.limits.prices import PriceTable
 from modelhost.store import UsageLedger
+from modelhost.store import limits as stored_limits
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,41 @@ class _Held:
     charge: Charge
     name: str  # "rpm", "tpm", "rpd", "concurrency" or "quota"
     quota: Quota | None = None
+
+
+@dataclass(frozen=True)
+class EnqueueLimits:
+    """``batch_1_day_max_input_tokens`` of an organization (all its projects' batches) and of a project (0: none)."""
+
+    organization: int
+    project: int
+
+    def __bool__(self) -> bool:
+        return bool(self.organization or self.project)
+
+    def check(self, session: Session, principal: Principal, *, model: str, tokens: int, batch_id: str | None = None) -> None:
+        """Raise `EnqueuedTokenLimitExceeded` if `tokens` more for `model` take the unfinished batches past a
+        limit, summed in `session`: in the transaction that then stores the batch's tokens, with the
+        organization's row locked first (`store.locks.lock_organization`), no other check passes between."""
+        assert tokens >= 0, "a batch enqueues a whole number of tokens"
+        if not self:
+            return
+        organization, project = stored_limits.enqueued_batch_tokens(
+            session, principal.organization_id, principal.project_id, model, excluding=batch_id
+        )
+        self.judge(principal, model=model, tokens=tokens, organization=organization, project=project)
+
+    def judge(self, principal: Principal, *, model: str, tokens: int, organization: int, project: int) -> None:
+        """Raise `EnqueuedTokenLimitExceeded` if `tokens` more on what the organization's and the project's
+        unfinished batches hold enqueued pass a limit."""
+        for limit, enqueued, whose in ((self.organization, organization, "organization"), (self.project, project, "project")):
+            if limit and enqueued + tokens > limit:
+                where = principal.organization_id if whose == "organization" else principal.project_id
+                raise EnqueuedTokenLimitExceeded(
+                    f"Enqueued token limit reached for {model} in {whose} {where}. Limit: {limit:,} enqueued "
+                    f"tokens, enqueued now: {enqueued:,}, this batch: {tokens:,}. Please try submitting your "
+                    "requests in smaller batches, or once earlier batches have finished."
+                )
 
 
 @dataclass(eq=False)
@@ -217,14 +254,12 @@ class Limiter:
 
         Call it when the batch is created, before its lines run; `batch_id` leaves that batch's own
         row out of the sum if it is already stored. `LimitsUnavailable` if the store cannot be read.
+        For the check and the write it allows in one transaction (the batch runner, across replicas):
+        `batch_enqueue_limits` first, then `EnqueueLimits.check` in that transaction.
         """
         assert tokens >= 0, "a batch enqueues a whole number of tokens"
-        applied, _ = await anyio.to_thread.run_sync(
-            self.policy.lookup, principal.organization_id, principal.project_id, model
-        )
-        shared = applied.organization.batch_1_day_max_input_tokens
-        own = applied.project.batch_1_day_max_input_tokens
-        if not shared and not own:
+        limits = await self.batch_enqueue_limits(principal, model=model)
+        if not limits:
             return
         organization, project = await anyio.to_thread.run_sync(
             functools.partial(
@@ -235,14 +270,15 @@ class Limiter:
                 excluding=batch_id,
             )
         )
-        for limit, enqueued, whose in ((shared, organization, "organization"), (own, project, "project")):
-            if limit and enqueued + tokens > limit:
-                where = principal.organization_id if whose == "organization" else principal.project_id
-                raise EnqueuedTokenLimitExceeded(
-                    f"Enqueued token limit reached for {model} in {whose} {where}. Limit: {limit:,} enqueued "
-                    f"tokens, enqueued now: {enqueued:,}, this batch: {tokens:,}. Please try submitting your "
-                    "requests in smaller batches, or once earlier batches have finished."
-                )
+        limits.judge(principal, model=model, tokens=tokens, organization=organization, project=project)
+
+    async def batch_enqueue_limits(self, principal: Principal, *, model: str) -> EnqueueLimits:
+        """The enqueued-token limits a batch of `principal`'s project for `model` meets (`LimitsUnavailable`
+        if they cannot be read); false when there are none."""
+        applied, _ = await anyio.to_thread.run_sync(
+            self.policy.lookup, principal.organization_id, principal.project_id, model
+        )
+        return EnqueueLimits(applied.organization.batch_1_day_max_input_tokens, applied.project.batch_1_day_max_input_tokens)
 
     def _request_charges(
         self, principal: Principal, model: str, request_id: str, applied: AppliedLimits, limits: RateLimits
