@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     model_id: str = Field(default="smollm2-135m-instruct", description="Model id clients ask for.")
     model_owned_by: str = Field(default="modelhost", description="`owned_by` shown in /v1/models.")
     slots: int = Field(default=4, ge=1, le=64, description="Sequences the engine decodes at once.")
+    batch_reserved_slots: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Slots a batch line never takes: it is admitted only while more than this many would stay free, "
+            "so an interactive request finds one at once instead of preempting (capped at slots - 1)."
+        ),
+    )
     slot_context: int = Field(
         default=2048, ge=128, description="Context window (tokens) of each slot, capped by the model's."
     )

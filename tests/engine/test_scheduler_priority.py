@@ -65,9 +65,12 @@ class KVModel(FakeModel):
         return self.context
 
 
-def make_engine(model: FakeModel, *, slots: int = 1, batch_tokens: int = 64) -> LlamaCppEngine:
+def make_engine(model: FakeModel, *, slots: int = 1, batch_tokens: int = 64, reserve: int = 0) -> LlamaCppEngine:
+    """An engine whose batch jobs may take every slot unless `reserve` says otherwise: most tests
+    here are about preemption, which the reserve (tested below) makes rarer."""
     return LlamaCppEngine(
-        model, model_id="fake", slots=slots, slot_context=1024, batch_tokens=batch_tokens, threads=1, flash_attention=False  # type: ignore[arg-type]
+        model, model_id="fake", slots=slots, slot_context=1024, batch_tokens=batch_tokens, threads=1, flash_attention=False,  # type: ignore[arg-type]
+        batch_reserved_slots=reserve,
     )
 
 
@@ -240,3 +243,32 @@ def test_the_pipeline_marks_a_batch_principals_request_batch_priority() -> None:
     base = GenerationRequest("r", [1], SamplingParams(max_tokens=1))
     assert base.priority is Priority.INTERACTIVE
     assert dataclasses.replace(base, priority=Priority.BATCH).priority is Priority.BATCH
+
+
+def test_batch_requests_leave_the_reserved_slot_free_for_the_next_interactive_request() -> None:
+    async def main() -> None:
+        engine = make_engine(KVModel(step_seconds=0.003), slots=3, reserve=1)
+        await engine.start()
+        lines = [engine.submit(request([2, i], rid=f"line{i}", max_tokens=30, batch=True)) for i in range(3)]
+        await asyncio.sleep(0.03)
+        running = [job for job in engine._active if job.batch]  # type: ignore[attr-defined]
+        assert len(running) == 2  # the third waits: taking the last free slot would leave none
+        chat = engine.submit(request([5, 5], rid="chat", max_tokens=5))
+        finished: list[str] = []
+        await asyncio.gather(drain(chat, finished, "chat"), *(drain(line, finished, f"line{i}") for i, line in enumerate(lines)))
+        assert finished[0] == "chat"
+        assert all(line.preemptions == 0 for line in lines)  # type: ignore[attr-defined]  # it found the reserved slot
+        await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_a_batch_request_wider_than_the_reserve_leaves_runs_once_every_slot_is_free() -> None:
+    async def main() -> None:
+        engine = make_engine(KVModel(step_seconds=0.002), slots=2, reserve=1)
+        await engine.start()
+        texts = await drain(engine.submit(request([4], rid="wide", max_tokens=5, n=2, batch=True)))
+        assert set(texts) == {0, 1}
+        await engine.stop()
+
+    asyncio.run(main())

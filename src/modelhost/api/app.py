@@ -57,6 +57,7 @@ def default_registry(settings: Settings) -> ModelRegistry:
         model,
         model_id=settings.model_id,
         slots=settings.slots,
+        batch_reserved_slots=settings.batch_reserved_slots,
         slot_context=settings.slot_context,
         batch_tokens=settings.batch_tokens,
         threads=settings.threads,

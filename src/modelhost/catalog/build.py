@@ -284,6 +284,7 @@ def _llamacpp(where: str, spec: ModelSpec, backend: LlamaCppBackend, settings: S
         model,
         model_id=spec.id,
         slots=backend.slots,
+        batch_reserved_slots=backend.batch_reserved_slots,
         slot_context=context,
         batch_tokens=backend.batch_tokens,
         threads=backend.threads,

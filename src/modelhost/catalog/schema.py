@@ -64,6 +64,9 @@ class LlamaCppBackend(_Strict):
     file: str | None = Field(default=None, description="GGUF file name inside `package` when it holds several.")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Refuse to load a file with another digest.")
     slots: int = Field(default=4, ge=1, le=64, description="Sequences decoded at once.")
+    batch_reserved_slots: int = Field(
+        default=1, ge=0, description="Slots batch lines leave free for interactive requests (capped at slots - 1)."
+    )
     threads: int = Field(default=0, ge=0, description="CPU threads; 0: all cores.")
     batch_tokens: int = Field(default=512, ge=32)
     flash_attention: bool = True
