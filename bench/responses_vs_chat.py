@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,6 +57,21 @@ def _chat(client: httpx.Client, tokens: int) -> tuple[float, float]:
     text = [t for t, e in events if e["choices"] and e["choices"][0]["delta"].get("content")]  # type: ignore[index]
     usage = events[-1][1]["usage"]
     return _rates(sent, text, int(usage["completion_tokens"]))  # type: ignore[index]
+
+
+def _chat_turn(client: httpx.Client, messages: list[dict[str, str]]) -> tuple[float, str, dict[str, Any]]:
+    """One streamed turn of a client-kept chat history: TTFT, the answer's text, the usage."""
+    body = {
+        "model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True},
+    }
+    sent = time.perf_counter()
+    with client.stream("POST", "/chat/completions", json=body) as response:
+        response.raise_for_status()
+        events = _events(response)
+    deltas = [(t, e["choices"][0]["delta"].get("content")) for t, e in events if e["choices"]]  # type: ignore[index]
+    text = [(t, c) for t, c in deltas if c]
+    return text[0][0] - sent, "".join(c for _, c in text), events[-1][1]["usage"]  # type: ignore[return-value]
 
 
 def _responses(client: httpx.Client, tokens: int, previous: str | None = None, text_in: str = PROMPT) -> tuple[float, float, dict[str, object]]:
@@ -109,15 +125,27 @@ def main() -> None:
                 print(f"| {api} | {ttft:.1f} | {rate:.1f} |")
             (ct, cr), (rt, rr) = medians["chat.completions"], medians["responses"]
             print(f"\nresponses / chat: TTFT {rt / ct:.3f}×, tok/s {rr / cr:.3f}×\n")
-            print("| turn | TTFT ms | input tokens | cached tokens |\n|---|---|---|---|")
+            print("| turn | responses TTFT ms | input tokens | cached tokens | chat TTFT ms | chat prompt tokens | chat cached |")
+            print("|---|---|---|---|---|---|---|")
             previous = None
+            # Its own system message: the chat conversation shares no prefix with the responses chain
+            # (the same organization's KV cache would otherwise hand it the tokens the chain just computed).
+            history: list[dict[str, str]] = [{"role": "system", "content": "You are a helpful assistant."}]
             for turn in range(1, args.chain + 1):
-                ttft, _, final = _responses(client, 8, previous, f"Turn {turn}: go on, one sentence.")
+                said = f"Turn {turn}: go on, one sentence."
+                ttft, _, final = _responses(client, 8, previous, said)
                 usage = final["usage"]
                 assert isinstance(usage, dict)
                 cached = usage["input_tokens_details"]["cached_tokens"]
-                print(f"| {turn} | {ttft * 1000:.1f} | {usage['input_tokens']} | {cached} |")
                 previous = str(final["id"])
+                # The same conversation through chat completions, the client keeping the history: what
+                # the engine alone costs as the context grows, to tell from what the stored chain adds.
+                history.append({"role": "user", "content": said})
+                chat_ttft, answer, chat_usage = _chat_turn(client, history)
+                history.append({"role": "assistant", "content": answer})
+                chat_cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                print(f"| {turn} | {ttft * 1000:.1f} | {usage['input_tokens']} | {cached} "
+                      f"| {chat_ttft * 1000:.1f} | {chat_usage['prompt_tokens']} | {chat_cached} |")
         finally:
             server.stop()
 
