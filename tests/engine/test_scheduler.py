@@ -212,6 +212,24 @@ def test_prefix_is_reused_within_a_scope_but_not_across() -> None:
     run(main())
 
 
+def test_a_prompt_sharing_only_a_template_opening_does_not_evict_another_conversation() -> None:
+    async def main() -> None:
+        engine = make_engine(FakeModel(), slots=2)
+        await engine.start()
+        opening = [1, 2, 3]
+        first = opening + list(range(10, 40))
+        await drain(engine.submit(request(first, max_tokens=2)))
+        other = engine.submit(request(opening + list(range(50, 80)), max_tokens=2))  # shares 3 tokens only
+        await drain(other)
+        assert other.cached_tokens == 0  # it took the empty slot, not the first conversation's
+        again = engine.submit(request(first + [90, 91], max_tokens=1))
+        await drain(again)
+        assert again.cached_tokens >= len(first)  # the first conversation's cache survived
+        await engine.stop()
+
+    run(main())
+
+
 def test_full_queue_is_overloaded() -> None:
     async def main() -> None:
         model = FakeModel()

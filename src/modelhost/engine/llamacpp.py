@@ -519,7 +519,16 @@ class LlamaCppEngine:
                 return 0
             return _common_prefix(slot.cached, prompt)
 
-        ranked = sorted(free, key=lambda s: (-shared(s), s.last_used))
+        def worth(slot: _Slot) -> int:
+            # A slot lends its prefix only if that keeps more of its cache than it throws away: a
+            # prompt sharing a few tokens (a chat template's opening) with another conversation's
+            # slot must not evict that conversation while an empty or stale slot is free (measured:
+            # two conversations alternating on 4 slots evicted each other every turn, bench/README.md).
+            kept = shared(slot)
+            return kept if kept >= len(slot.cached) - kept else 0
+
+        # The slot worth most; among none worth anything, an empty one, else the least recently used.
+        ranked = sorted(free, key=lambda s: (-worth(s), bool(s.cached) if worth(s) == 0 else False, s.last_used))
         primary = ranked[0]
         keep = min(shared(primary), len(prompt) - 1)  # at least one prompt token is decoded for logits
         ctx.trim(primary.seq, keep)
