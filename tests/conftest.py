@@ -8,8 +8,10 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from serverproc import METRICS_TOKEN, MODEL, ServerProcess
+
+# `database`: a migrated empty SQLite and PostgreSQL database, for any test that asks for one.
+pytest_plugins = ["store.databases"]
 
 
 @dataclass(frozen=True)

@@ -5,30 +5,18 @@ one replica skipped (not waited for) by another on PostgreSQL."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+from store.databases import Database
 
 from modelhost.store import batches as store
-from modelhost.store import migrate, open_engine, session_factory, tenancy
-from store.databases import Database, database_url, drop_schema
+from modelhost.store import tenancy
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 LEASE = timedelta(seconds=30)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url, schema = database_url(request.param, tmp_path)
-    engine = open_engine(url)
-    try:
-        migrate(engine)
-        yield Database(request.param, url, engine, session_factory(engine))
-    finally:
-        engine.dispose()
-        drop_schema(schema)
 
 
 def _batch(database: Database) -> str:

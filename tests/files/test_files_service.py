@@ -6,33 +6,21 @@ with the files sweep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from store.databases import Database
 
 from modelhost import files
 from modelhost.auth import Principal
 from modelhost.blobs.local import LocalBlobStore
 from modelhost.errors import APIError, InvalidRequest, NotFound
 from modelhost.organization import bootstrap
-from modelhost.store import migrate, open_engine, retention, session_factory
 from modelhost.store import files as store
+from modelhost.store import retention
 from modelhost.store.tenancy import create_project
-from store.databases import Database, database_url, drop_schema
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url, schema = database_url(request.param, tmp_path)
-    engine = open_engine(url)
-    try:
-        migrate(engine)
-        yield Database(request.param, url, engine, session_factory(engine))
-    finally:
-        engine.dispose()
-        drop_schema(schema)
 
 
 @pytest.fixture

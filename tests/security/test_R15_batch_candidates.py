@@ -4,29 +4,16 @@ queued a page of batches starved everyone else's until its own had ended)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import pytest
+from store.databases import Database
 
 from modelhost.store import batches as store
-from modelhost.store import migrate, open_engine, session_factory, tenancy
-from store.databases import Database, database_url, drop_schema
+from modelhost.store import tenancy
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url, schema = database_url(request.param, tmp_path)
-    engine = open_engine(url)
-    try:
-        migrate(engine)
-        yield Database(request.param, url, engine, session_factory(engine))
-    finally:
-        engine.dispose()
-        drop_schema(schema)
 
 
 def _batches(database: Database, name: str, count: int, start: datetime) -> list[str]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
+from store.databases import Database
 
 from modelhost.auth import Principal
 from modelhost.batches.lines import LineChecks
@@ -25,22 +24,10 @@ from modelhost.limits.limiter import EnqueueLimits
 from modelhost.organization import bootstrap
 from modelhost.store import batches as store
 from modelhost.store import limits as stored_limits
-from modelhost.store import migrate, open_engine, session_factory
-from store.databases import Database, database_url, drop_schema
 
 MODEL = "scripted"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url, schema = database_url(request.param, tmp_path)
-    engine = open_engine(url)
-    try:
-        migrate(engine)
-        yield Database(request.param, url, engine, session_factory(engine))
-    finally:
-        engine.dispose()
-        drop_schema(schema)
 
 
 def _batch(database: Database, who: Principal, batch_id: str) -> None:

@@ -4,11 +4,12 @@ blob, free for the client: they added nothing to `received`), and 1-byte parts u
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+from store.databases import Database
 
 from modelhost import files
 from modelhost.auth import Principal
@@ -18,20 +19,6 @@ from modelhost.files import uploads
 from modelhost.organization import bootstrap
 from modelhost.protocol.files import CreateUpload
 from modelhost.store import files as store
-from modelhost.store import migrate, open_engine, session_factory
-from store.databases import Database, database_url, drop_schema
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url, schema = database_url(request.param, tmp_path)
-    engine = open_engine(url)
-    try:
-        migrate(engine)
-        yield Database(request.param, url, engine, session_factory(engine))
-    finally:
-        engine.dispose()
-        drop_schema(schema)
 
 
 async def _data(data: bytes) -> AsyncIterator[bytes]:

@@ -11,11 +11,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from modelhost.organization import bootstrap, operations
 from modelhost.auth import Authenticator
 from modelhost.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
-from modelhost.organization import Scope, admin_keys, audit, invites, project_keys, project_users, projects
-from modelhost.organization import service_accounts, users
+from modelhost.organization import Scope, admin_keys, audit, bootstrap, invites, operations, project_keys, project_users, projects, service_accounts, users
 from modelhost.protocol.admin import (
     AdminApiKeyCreateRequest,
     AuditLogQuery,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from modelhost.organization import bootstrap
 from modelhost.auth.keys import hash_secret
-from modelhost.organization import Scope, api_keys
+from modelhost.organization import Scope, api_keys, bootstrap
 from modelhost.store import tenancy
 from modelhost.store.schema import ApiKey, AuditLogEntry
 from store.databases import Database

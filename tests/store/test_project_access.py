@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from modelhost.organization import bootstrap, operations
 from modelhost.auth import Authenticator, Principal
 from modelhost.engine.registry import ModelAccess, ModelRegistry, ServedModel
 from modelhost.errors import AuthenticationError, InvalidRequest, NotFound
-from modelhost.organization import Scope, audit, model_permissions, project_users, projects, users
+from modelhost.organization import Scope, audit, bootstrap, model_permissions, operations, project_users, projects, users
 from modelhost.protocol.admin import (
     AuditLogQuery,
     ProjectCreateRequest,

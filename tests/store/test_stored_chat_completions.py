@@ -157,7 +157,7 @@ def test_the_sweep_deletes_what_expired_and_keeps_the_rest(database: Database) -
     _save(database, mine, "chatcmpl-new", at=NOW + timedelta(days=1), topic="x")
     assert retention.purge_expired(database.sessions, NOW + timedelta(days=30) - timedelta(seconds=1))["chat_completions"] == 0
     swept = retention.purge_expired(database.sessions, NOW + timedelta(days=30))
-    assert swept == {"chat_completions": 1, "conversations": 0, "responses": 0}  # every kind of stored object
+    assert swept == {"chat_completions": 1, "conversations": 0, "responses": 0, "files": 0}  # every kind of stored object
     assert _ids(database, mine) == ["chatcmpl-new"]
     with database.sessions() as session:  # the old one's messages and metadata went with it
         assert session.scalar(select(func.count()).select_from(StoredChatMessage)) == 4

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import openai
-
 from serverproc import ServerProcess, ledger_of, wait_for_entry
 
 HI = [{"role": "user", "content": "Hi"}]
