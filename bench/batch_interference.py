@@ -23,7 +23,6 @@ import argparse
 import concurrent.futures
 import io
 import json
-import statistics
 import sys
 import tempfile
 import time
