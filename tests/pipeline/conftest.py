@@ -1,3 +1,0 @@
-"""The pipeline's store-backed tests use the same SQLite and PostgreSQL databases as tests/store."""
-
-from store.conftest import database  # noqa: F401  (the fixture)
