@@ -10,6 +10,7 @@ gets a new key) and is either whole or absent: a write that fails leaves no blob
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
@@ -32,6 +33,36 @@ class BlobTooLarge(Exception):
 
 class BlobMissing(Exception):
     """No blob under this key (deleted, or never written whole)."""
+
+
+class Blocks:
+    """`chunks` regrouped into blocks of at least `block_size` bytes (the last one may be smaller),
+    counted and hashed as they pass: `BlobTooLarge` as soon as they go past `limit`, before that
+    chunk is stored. What every store's `write` reads its input through; `written()` once it ends."""
+
+    def __init__(self, chunks: AsyncIterable[bytes], *, limit: int, block_size: int) -> None:
+        self._chunks, self._limit, self._block_size = chunks, limit, block_size
+        self._digest = hashlib.md5(usedforsecurity=False)
+        self._size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pending: list[bytes] = []
+        pending_size = 0
+        async for chunk in self._chunks:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                raise BlobTooLarge(self._limit)
+            self._digest.update(chunk)
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= self._block_size:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+        if pending_size:
+            yield b"".join(pending)
+
+    def written(self) -> Written:
+        return Written(size=self._size, md5=self._digest.hexdigest())
 
 
 class BlobStore(abc.ABC):

@@ -13,7 +13,6 @@ away, a full disk) removes the temporary file. File I/O runs on worker threads i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -24,7 +23,7 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
-from modelhost.blobs.base import BlobMissing, BlobStore, BlobTooLarge, Written
+from modelhost.blobs.base import BlobMissing, Blocks, BlobStore, Written
 
 BLOCK = 1024 * 1024  # bytes gathered before a write to disk, and read per chunk
 # Keys are made by the server ("files/file-…", "uploads/upload_…/part_…"): path segments of safe characters.
@@ -55,26 +54,12 @@ class LocalBlobStore(BlobStore):
         await anyio.to_thread.run_sync(lambda: final.parent.mkdir(parents=True, exist_ok=True))
         temp = final.parent / f"{_TEMP_PREFIX}{final.name}.{secrets.token_hex(8)}"
         handle: BinaryIO = await anyio.to_thread.run_sync(lambda: open(temp, "xb"))
-        digest = hashlib.md5(usedforsecurity=False)
-        size = 0
-        pending: list[bytes] = []
-        pending_size = 0
+        blocks = Blocks(chunks, limit=limit, block_size=BLOCK)
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise BlobTooLarge(limit)
-                digest.update(chunk)
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= BLOCK:
-                    block = b"".join(pending)
-                    pending, pending_size = [], 0
-                    await anyio.to_thread.run_sync(handle.write, block)
-            block = b"".join(pending)
+            async for block in blocks:
+                await anyio.to_thread.run_sync(handle.write, block)
 
             def finish() -> None:
-                handle.write(block)
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
@@ -86,7 +71,7 @@ class LocalBlobStore(BlobStore):
             with anyio.CancelScope(shield=True):  # a cancelled request still removes what it wrote
                 await anyio.to_thread.run_sync(self._discard, handle, temp)
             raise
-        return Written(size=size, md5=digest.hexdigest())
+        return blocks.written()
 
     @staticmethod
     def _discard(handle: BinaryIO, temp: Path) -> None:

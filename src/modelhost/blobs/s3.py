@@ -15,14 +15,13 @@ directory store's disk errors are).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from modelhost.blobs.base import BlobMissing, BlobStore, BlobTooLarge, Written
+from modelhost.blobs.base import BlobMissing, Blocks, BlobStore, Written
 
 T = TypeVar("T")
 PART_BYTES = 8 * 1024 * 1024  # gathered before each part is sent (S3's minimum is 5 MiB)
@@ -84,10 +83,7 @@ class S3BlobStore(BlobStore):
 
     async def write(self, key: str, chunks: AsyncIterable[bytes], *, limit: int) -> Written:
         name = self.prefix + key
-        digest = hashlib.md5(usedforsecurity=False)
-        size = 0
-        pending: list[bytes] = []
-        pending_size = 0
+        blocks = Blocks(chunks, limit=limit, block_size=PART_BYTES)
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
 
@@ -103,18 +99,12 @@ class S3BlobStore(BlobStore):
             parts.append({"PartNumber": number, "ETag": sent["ETag"]})
 
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise BlobTooLarge(limit)
-                digest.update(chunk)
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= PART_BYTES:
-                    data = b"".join(pending)
-                    pending, pending_size = [], 0
-                    await send_part(data)
-            data = b"".join(pending)
+            last: bytes | None = None  # held back until the next: only the last block may go in one PUT
+            async for block in blocks:
+                if last is not None:
+                    await send_part(last)
+                last = block
+            data = last or b""
             if upload_id is None:
                 await self._call(self._client.put_object, Bucket=self.bucket, Key=name, Body=data)
             else:
@@ -136,7 +126,7 @@ class S3BlobStore(BlobStore):
                     except (OSError, BlobMissing):
                         pass  # the bucket's lifecycle rule for incomplete uploads is the fallback (docs/files.md)
             raise
-        return Written(size=size, md5=digest.hexdigest())
+        return blocks.written()
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
         found = await self._call(self._client.get_object, Bucket=self.bucket, Key=self.prefix + key)
