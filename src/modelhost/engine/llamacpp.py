@@ -528,7 +528,9 @@ class LlamaCppEngine:
             return kept if kept >= len(slot.cached) - kept else 0
 
         # The slot worth most; among none worth anything, an empty one, else the least recently used.
-        ranked = sorted(free, key=lambda s: (-worth(s), bool(s.cached) if worth(s) == 0 else False, s.last_used))
+        # (Each slot's prefix is compared once: a prompt may be thousands of tokens.)
+        worths = {slot.seq: worth(slot) for slot in free}
+        ranked = sorted(free, key=lambda s: (-worths[s.seq], worths[s.seq] == 0 and bool(s.cached), s.last_used))
         primary = ranked[0]
         keep = min(shared(primary), len(prompt) - 1)  # at least one prompt token is decoded for logits
         ctx.trim(primary.seq, keep)
